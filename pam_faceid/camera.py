@@ -1,0 +1,395 @@
+"""Frame sources: a V4L2 camera, a video file, or a folder of images.
+
+Everything downstream (faces, the helper, enrolment, tests) sees one thing: an
+iterator of BGR uint8 frames. A webcam, an IR camera, a recorded video and a
+folder of photos are interchangeable, which is how this project runs and is
+tested on machines without a camera. The PAM helper imports this module, so it
+depends on cv2, numpy and the standard library only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+OPEN_TIMEOUT = 1.0
+"""Seconds a source may take to open before it is reported as broken (PAM must fall through fast)."""
+
+ROTATIONS = {
+    0: None,
+    90: cv2.ROTATE_90_CLOCKWISE,
+    180: cv2.ROTATE_180,
+    270: cv2.ROTATE_90_COUNTERCLOCKWISE,
+}
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".pgm", ".ppm", ".pbm", ".pnm", ".pxm",
+     ".tif", ".tiff", ".webp", ".gif", ".jp2", ".sr", ".ras", ".hdr", ".pic", ".exr", ".avif"}
+)
+"""Suffixes treated as a single still image when the source is a file rather than a folder."""
+
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+"""Files larger than this in an image folder are skipped unread (a stray video must not fill memory)."""
+
+# Luma weights (BT.601, as cv2.cvtColor BGR2GRAY) in B, G, R order: the mean of the grey frame.
+_LUMA_BGR = (0.114, 0.587, 0.299)
+
+# V4L2_CID_EXPOSURE_AUTO values: OpenCV's V4L2 backend passes CAP_PROP_AUTO_EXPOSURE through as-is.
+_V4L2_EXPOSURE_MANUAL = 1
+
+
+class CameraError(Exception):
+    """A frame source cannot be opened or read; the message is one line naming the source."""
+
+
+def _check_options(spec: str, rotate: int, dark_threshold: float) -> None:
+    if rotate not in ROTATIONS:
+        raise CameraError(f"{spec}: rotate must be one of 0, 90, 180, 270, not {rotate!r}")
+    if not 0.0 <= float(dark_threshold) <= 100.0:
+        raise CameraError(f"{spec}: dark_threshold must be a percentage 0-100, not {dark_threshold!r}")
+
+
+def to_bgr(frame: np.ndarray) -> np.ndarray:
+    """Return ``frame`` as 3-channel BGR uint8, so greyscale/IR and 16-bit frames look like colour ones."""
+    if frame.dtype == np.uint16:
+        frame = (frame >> 8).astype(np.uint8)
+    elif frame.dtype != np.uint8:
+        frame = cv2.normalize(frame, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    channels = frame.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    if channels == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    if channels == 3:
+        return np.ascontiguousarray(frame)
+    raise CameraError(f"unsupported frame with {channels} channels")
+
+
+def brightness_percent(frame: np.ndarray) -> float:
+    """Mean luma of a BGR frame as a percentage of 255 (the measure ``dark_threshold`` compares with)."""
+    b, g, r, _ = cv2.mean(frame)
+    return (b * _LUMA_BGR[0] + g * _LUMA_BGR[1] + r * _LUMA_BGR[2]) * 100.0 / 255.0
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """Decode one image file to BGR uint8, or None when it is unreadable or not an image.
+
+    Reads the bytes ourselves and uses ``cv2.imdecode`` so a bad file gives None
+    quietly instead of an OpenCV warning; EXIF orientation is applied.
+    """
+    try:
+        if os.path.getsize(path) > MAX_IMAGE_BYTES:
+            return None
+        data = np.fromfile(os.fspath(path), dtype=np.uint8)
+    except (OSError, ValueError):
+        return None
+    if data.size == 0:
+        return None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        return None
+    return to_bgr(image)
+
+
+def _run_with_timeout(what: str, opener: Any, timeout: float) -> Any:
+    """Run ``opener()`` in a thread and give up after ``timeout`` s, so a stuck driver cannot hold PAM up."""
+    result: dict[str, Any] = {}
+    abandoned = threading.Event()
+
+    def target() -> None:
+        try:
+            value = opener()
+        except BaseException as exc:  # re-raised in the caller's thread
+            result["error"] = exc
+            return
+        if abandoned.is_set():
+            if hasattr(value, "release"):
+                value.release()
+            return
+        result["value"] = value
+
+    thread = threading.Thread(target=target, name=f"open {what}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        abandoned.set()
+        raise CameraError(f"{what}: did not open within {timeout:g} s")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+class FrameSource:
+    """An iterator of BGR uint8 frames with dark frames skipped and counted.
+
+    Build one with :func:`open_source` or :meth:`from_config`. Iterating stops
+    when the source ends (end of video, last image); it never raises for that.
+    ``frames_read`` counts frames taken from the source (dark ones included),
+    ``dark_frames`` the ones skipped as too dark, ``skipped_files`` the files of
+    an image folder that were not readable images.
+    """
+
+    kind = "source"
+
+    def __init__(self, spec: str, *, rotate: int = 0, dark_threshold: float = 10.0) -> None:
+        _check_options(spec, rotate, dark_threshold)
+        self.spec = spec
+        self.rotate = rotate
+        self.dark_threshold = float(dark_threshold)
+        self.frames_read = 0
+        self.dark_frames = 0
+        self.skipped_files = 0
+        self.closed = False
+
+    @classmethod
+    def from_config(cls, camera: Any) -> "FrameSource":
+        """Open the source a config's ``camera`` section describes (``cfg.camera``)."""
+        return open_source(
+            str(camera.device),
+            width=int(camera.width),
+            height=int(camera.height),
+            fps=float(camera.fps),
+            force_mjpeg=bool(camera.force_mjpeg),
+            exposure=float(camera.exposure),
+            rotate=int(camera.rotate),
+            dark_threshold=float(camera.dark_threshold),
+        )
+
+    def _read_raw(self) -> np.ndarray | None:
+        """The next frame as the source gives it, or None at the end."""
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Free the underlying device or file."""
+
+    def read(self) -> np.ndarray | None:
+        """Next frame, BGR and rotated, even if dark; None when the source has ended."""
+        if self.closed:
+            return None
+        raw = self._read_raw()
+        if raw is None:
+            return None
+        self.frames_read += 1
+        frame = to_bgr(raw)
+        code = ROTATIONS[self.rotate]
+        if code is not None:
+            frame = cv2.rotate(frame, code)
+        return frame
+
+    def is_dark(self, frame: np.ndarray) -> bool:
+        """True when the frame's mean brightness is under ``dark_threshold`` percent."""
+        return brightness_percent(frame) < self.dark_threshold
+
+    def _next_bright(self, deadline: float | None) -> np.ndarray | None:
+        """Next frame that is not dark, or None at the end of the source or past ``deadline``."""
+        while deadline is None or time.monotonic() < deadline:
+            frame = self.read()
+            if frame is None:
+                return None
+            if not self.is_dark(frame):
+                return frame
+            self.dark_frames += 1
+        return None
+
+    def frames(self, timeout: float | None = None) -> Iterator[np.ndarray]:
+        """Yield bright-enough frames until the source ends or ``timeout`` seconds pass.
+
+        The timeout is checked between every frame read, dark ones included, so a
+        camera facing a dark room cannot keep the caller waiting past it.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (frame := self._next_bright(deadline)) is not None:
+            yield frame
+
+    def __iter__(self) -> "FrameSource":
+        return self
+
+    def __next__(self) -> np.ndarray:
+        frame = self._next_bright(None)
+        if frame is None:
+            raise StopIteration
+        return frame
+
+    def close(self) -> None:
+        """Release the source; safe to call twice."""
+        if not self.closed:
+            self.closed = True
+            self._release()
+
+    def __enter__(self) -> "FrameSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.spec!r} read={self.frames_read} "
+                f"dark={self.dark_frames} skipped_files={self.skipped_files}>")
+
+
+class _CaptureSource(FrameSource):
+    """A source backed by ``cv2.VideoCapture`` (V4L2 device or video file)."""
+
+    def __init__(self, spec: str, capture: cv2.VideoCapture, **kwargs: Any) -> None:
+        super().__init__(spec, **kwargs)
+        self._capture = capture
+
+    def _read_raw(self) -> np.ndarray | None:
+        ok, frame = self._capture.read()
+        if not ok or frame is None or frame.size == 0:
+            return None
+        return frame
+
+    def _release(self) -> None:
+        self._capture.release()
+
+
+class V4L2Source(_CaptureSource):
+    """A live camera through OpenCV's V4L2 backend."""
+
+    kind = "v4l2"
+
+
+class VideoFileSource(_CaptureSource):
+    """A recorded video file, played frame by frame as fast as it decodes."""
+
+    kind = "video"
+
+
+class ImageFolderSource(FrameSource):
+    """The images of a folder (or one image file), in file-name order."""
+
+    kind = "images"
+
+    def __init__(self, spec: str, paths: list[Path], **kwargs: Any) -> None:
+        super().__init__(spec, **kwargs)
+        self.paths = paths
+        self._next = 0
+
+    def _read_raw(self) -> np.ndarray | None:
+        while self._next < len(self.paths):
+            path = self.paths[self._next]
+            self._next += 1
+            image = read_image(path)
+            if image is not None:
+                return image
+            self.skipped_files += 1
+            log.debug("skipped %s: not a readable image", path)
+        return None
+
+
+def _open_v4l2(device: str, *, width: int, height: int, fps: float, force_mjpeg: bool,
+               exposure: float, timeout: float) -> cv2.VideoCapture:
+    try:
+        st = os.stat(device)
+    except FileNotFoundError:
+        raise CameraError(f"{device}: no such camera device (is the camera plugged in and its driver loaded?)") from None
+    except OSError as exc:
+        raise CameraError(f"{device}: cannot open camera: {exc.strerror}") from None
+    if not stat.S_ISCHR(st.st_mode):
+        raise CameraError(f"{device}: not a camera device (not a character device)")
+    if not os.access(device, os.R_OK | os.W_OK):
+        raise CameraError(f"{device}: permission denied (root or the 'video' group is needed)")
+
+    def opener() -> cv2.VideoCapture:
+        capture = cv2.VideoCapture(device, cv2.CAP_V4L2)
+        if not capture.isOpened():
+            capture.release()
+            raise CameraError(f"{device}: V4L2 could not open the camera (busy, or not a capture device?)")
+        if force_mjpeg:
+            capture.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG"))
+        capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+        capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+        capture.set(cv2.CAP_PROP_FPS, fps)
+        capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        if exposure >= 0:
+            capture.set(cv2.CAP_PROP_AUTO_EXPOSURE, _V4L2_EXPOSURE_MANUAL)
+            capture.set(cv2.CAP_PROP_EXPOSURE, exposure)
+        return capture
+
+    return _run_with_timeout(device, opener, timeout)
+
+
+def _open_video(path: str, timeout: float) -> cv2.VideoCapture:
+    def opener() -> cv2.VideoCapture:
+        capture = cv2.VideoCapture(path)
+        if not capture.isOpened():
+            capture.release()
+            raise CameraError(f"{path}: not a video file OpenCV can decode")
+        return capture
+
+    return _run_with_timeout(path, opener, timeout)
+
+
+def open_source(
+    spec: str,
+    *,
+    width: int = 640,
+    height: int = 480,
+    fps: float = 30,
+    force_mjpeg: bool = False,
+    exposure: float = -1,
+    rotate: int = 0,
+    dark_threshold: float = 10.0,
+    open_timeout: float = OPEN_TIMEOUT,
+) -> FrameSource:
+    """Open a frame source from ``camera.device``: "/dev/videoN", a video file, an image folder or image.
+
+    ``width``/``height``/``fps``/``force_mjpeg``/``exposure`` (-1 = auto) apply
+    to V4L2 cameras only; ``rotate`` (clockwise degrees) and ``dark_threshold``
+    (percent mean brightness under which frames are skipped) apply to all.
+    Raises :class:`CameraError` within ``open_timeout`` seconds when the source
+    cannot be opened.
+    """
+    spec = os.fspath(spec)
+    if not spec:
+        raise CameraError("camera device is empty: give /dev/videoN, a video file or a folder of images")
+    common = {"rotate": rotate, "dark_threshold": dark_threshold}
+    _check_options(spec, rotate, dark_threshold)
+    path = Path(spec)
+    is_char_device = False
+    try:
+        is_char_device = stat.S_ISCHR(os.stat(spec).st_mode)
+    except OSError:
+        pass
+    if spec.startswith("/dev/") or is_char_device:
+        capture = _open_v4l2(spec, width=width, height=height, fps=fps, force_mjpeg=force_mjpeg,
+                             exposure=exposure, timeout=open_timeout)
+        log.debug("opened V4L2 camera %s", spec)
+        return V4L2Source(spec, capture, **common)
+    if path.is_dir():
+        try:
+            paths = sorted((p for p in path.iterdir() if p.is_file()), key=lambda p: p.name)
+        except OSError as exc:
+            raise CameraError(f"{spec}: cannot list image folder: {exc.strerror}") from None
+        if not paths:
+            raise CameraError(f"{spec}: image folder has no files")
+        return ImageFolderSource(spec, paths, **common)
+    if not path.exists():
+        raise CameraError(f"{spec}: no such file or folder (camera.device takes /dev/videoN, a video file or an image folder)")
+    if not path.is_file():
+        raise CameraError(f"{spec}: not a camera device, video file or image folder")
+    if not os.access(spec, os.R_OK):
+        raise CameraError(f"{spec}: permission denied")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return ImageFolderSource(spec, [path], **common)
+    capture = _open_video(spec, open_timeout)
+    return VideoFileSource(spec, capture, **common)
