@@ -1,0 +1,754 @@
+"""The one configuration schema, its strict loader and its generated documents.
+
+Everything about a setting lives in ``SCHEMA``: the loader validates against it,
+and the shipped ``config/config.yaml`` and the README's reference table are
+generated from it (``python -m pam_faceid.config yaml|markdown|update``), so the
+three cannot drift apart. The PAM helper imports this module, so it uses only
+the standard library and PyYAML.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import stat
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+DEFAULT_PATH = "/etc/pam_faceid/config.yaml"
+ENV_VAR = "FACEID_CONFIG"
+MAX_FILE_BYTES = 1 << 20  # a config is a few KiB; refuse anything absurd before parsing it
+README_START = "<!-- config-reference:start -->"
+README_END = "<!-- config-reference:end -->"
+
+FLOAT_OR_AUTO = "float_or_auto"
+
+
+class ConfigError(Exception):
+    """A config problem, as one line: file, key, value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """One setting: where it lives, its type, default, allowed values and meaning."""
+
+    name: str  # "section.key"
+    type: Any  # bool | int | float | str | FLOAT_OR_AUTO
+    default: Any
+    doc: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[Any, ...] | None = None
+    nonempty: bool = False  # str: refuse ""
+    absolute: bool = False  # str: must be an absolute path ("" too, unless nonempty)
+
+    @property
+    def section(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    @property
+    def field(self) -> str:
+        return self.name.split(".", 1)[1]
+
+    @property
+    def type_name(self) -> str:
+        if self.type == FLOAT_OR_AUTO:
+            return "float or auto"
+        return self.type.__name__
+
+    def allowed(self) -> str:
+        """What the key accepts, worded to follow "must be"."""
+        if self.choices is not None:
+            return "one of " + ", ".join(str(c) for c in self.choices)
+        if self.type is bool:
+            return "true or false"
+        if self.type is int:
+            return f"a whole number from {_num(self.min)} to {_num(self.max)}"
+        if self.type is float:
+            return f"a number from {_num(self.min)} to {_num(self.max)}"
+        if self.type == FLOAT_OR_AUTO:
+            return f"auto or a number from {_num(self.min)} to {_num(self.max)}"
+        if self.absolute:
+            return "an absolute path" if self.nonempty else "empty or an absolute path"
+        return "non-empty text" if self.nonempty else "text"
+
+
+SECTIONS: dict[str, str] = {
+    "camera": "Where frames come from and how they are captured.",
+    "auth": "How one authentication attempt runs and decides.",
+    "model": "The face embedding model.",
+    "daemon": "The root daemon (faceidd), its socket and its limits.",
+    "lockout": "Face authentication pauses after repeated failures (the password always works).",
+    "liveness": "Checks against photos and screens held up to the camera.",
+    "snapshots": "Frames kept from recent attempts, written out by `faceid snapshot`.",
+    "enroll": "Defaults for `faceid enroll`.",
+    "logging": "Log verbosity of the daemon and the PAM helper (stderr, journald).",
+}
+
+SCHEMA: list[Key] = [
+    Key("camera.device", str, "/dev/video0", nonempty=True,
+        doc="V4L2 device (/dev/videoN), a video file, or a folder of images read in name order"),
+    Key("camera.width", int, 640, min=16, max=7680, doc="capture width in pixels"),
+    Key("camera.height", int, 480, min=16, max=4320, doc="capture height in pixels"),
+    Key("camera.fps", int, 30, min=1, max=240, doc="capture frames per second"),
+    Key("camera.force_mjpeg", bool, False, doc="ask a V4L2 camera for MJPG frames (faster on USB webcams)"),
+    Key("camera.exposure", int, -1, min=-1, max=10000,
+        doc="V4L2 absolute exposure; -1 leaves the camera on auto exposure"),
+    Key("camera.rotate", int, 0, choices=(0, 90, 180, 270), doc="rotate frames clockwise by this many degrees"),
+    Key("camera.dark_threshold", float, 10.0, min=0, max=100,
+        doc="skip frames whose mean brightness is under this percent (IR emitter still off)"),
+    Key("auth.enabled", bool, True, doc="when false, the helper steps aside at once and PAM asks for the password"),
+    Key("auth.timeout", float, 4.0, min=0.5, max=30, doc="seconds to look for a matching face before giving up"),
+    Key("auth.threshold", FLOAT_OR_AUTO, "auto", min=-1, max=1,
+        doc="cosine similarity needed to match; auto uses the model's shipped threshold"),
+    Key("auth.min_matching_frames", int, 2, min=1, max=60,
+        doc="frames that must match before the user is accepted"),
+    Key("auth.detection_notice", bool, True, doc="print 'Attempting face detection' while looking"),
+    Key("auth.abort_if_ssh", bool, True, doc="skip face authentication in SSH sessions"),
+    Key("auth.abort_if_lid_closed", bool, True, doc="skip face authentication when the laptop lid is closed"),
+    Key("model.path", str, "", absolute=True,
+        doc="folder with embedder.onnx, embedder.pt and model.json; empty uses the model bundled with the package"),
+    Key("model.backend", str, "onnx", choices=("onnx", "torch"),
+        doc="runtime for the embedder; torch needs the train extra and starts slower"),
+    Key("daemon.socket", str, "/run/pam_faceid/faceidd.sock", nonempty=True, absolute=True,
+        doc="Unix socket the daemon listens on"),
+    Key("daemon.state_dir", str, "/var/lib/pam_faceid", nonempty=True, absolute=True,
+        doc="folder for enrolments, per-user models, lockouts and snapshots (root only)"),
+    Key("daemon.max_sessions", int, 8, min=1, max=256, doc="authentication sessions served at the same time"),
+    Key("daemon.max_frames_per_session", int, 60, min=1, max=1000,
+        doc="frames one session may send before it is refused"),
+    Key("daemon.max_message_bytes", int, 2097152, min=1024, max=67108864,
+        doc="largest protocol message accepted, in bytes"),
+    Key("lockout.max_failures", int, 5, min=1, max=1000,
+        doc="failed face attempts within the window that lock face authentication for a user"),
+    Key("lockout.window", int, 600, min=1, max=86400, doc="seconds over which failures are counted"),
+    Key("lockout.duration", int, 300, min=1, max=86400, doc="seconds face authentication stays locked"),
+    Key("liveness.mode", str, "basic", choices=("off", "basic", "strict"),
+        doc="how hard to check that a live face, not a photo, is in front of the camera"),
+    Key("snapshots.enabled", bool, False, doc="keep the frames of recent attempts in the state folder"),
+    Key("snapshots.keep", int, 5, min=1, max=100, doc="number of recent attempts whose frames are kept"),
+    Key("enroll.keep_images", bool, False, doc="also store the raw enrolment images, not only the embeddings"),
+    Key("enroll.frames", int, 5, min=1, max=50, doc="good frames captured per enrolment"),
+    Key("logging.level", str, "info", choices=("debug", "info", "warning", "error"),
+        doc="lowest level of messages logged"),
+]
+
+KEYS: dict[str, Key] = {k.name: k for k in SCHEMA}
+
+
+def _num(x: float | None) -> str:
+    if isinstance(x, float) and x.is_integer():
+        return str(int(x))
+    return str(x)
+
+
+_PLAIN = re.compile(r"^[A-Za-z0-9_/.][A-Za-z0-9_/.+:@=,-]*$")
+
+
+def format_value(value: Any) -> str:
+    """Write a value as YAML would read it back (true, 4.0, /dev/video0, "")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return repr(value)
+    if isinstance(value, float):
+        text = repr(value)
+        mantissa, e, exponent = text.partition("e")
+        if e and "." not in mantissa:  # YAML needs the dot: 1e-05 would read back as text
+            return f"{mantissa}.0e{exponent}"
+        return text
+    if isinstance(value, str):
+        if _PLAIN.match(value) and _scalar_type(value) is str:
+            return value
+        import json
+
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def _shown(value: Any) -> str:
+    """A bad value for an error message: bounded, and quoted only where our loader would not read it as text."""
+    if isinstance(value, str) and _PLAIN.match(value) and _scalar_type(value, _Loader) is str:
+        text = value
+    else:
+        text = format_value(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ---------------------------------------------------------------- YAML reading
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans and no duplicate keys.
+
+    YAML 1.1 reads ``off``/``no``/``yes`` as booleans, so ``liveness.mode: off``
+    would arrive as False; here only true/false are booleans.
+    """
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+        except TypeError:
+            continue  # unhashable key: the constructor below reports it
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _scalar_type(text: str, loader: type = yaml.SafeLoader) -> type:
+    """The type a loader (YAML 1.1 by default) gives a plain scalar; text like ``off`` gets quoted for every reader."""
+    for tag, rx in loader.yaml_implicit_resolvers.get(text[:1], []):
+        if rx.match(text):
+            return {"tag:yaml.org,2002:bool": bool, "tag:yaml.org,2002:int": int,
+                    "tag:yaml.org,2002:float": float, "tag:yaml.org,2002:null": type(None)}.get(tag, object)
+    return str
+
+
+def _yaml_error(path: str, exc: yaml.YAMLError) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return ConfigError(f"{path}: invalid YAML{where}: {problem}")
+
+
+def _parse_text(path: str, text: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        raise _yaml_error(path, exc) from None
+
+
+# ---------------------------------------------------------------- validation
+
+def _error(path: str | None, key: str, value: Any, what: str, raw: str | None = None) -> ConfigError:
+    """The one-line message; ``raw`` is text the user typed, shown as typed."""
+    prefix = f"{path}: " if path else ""
+    shown = _shown(value) if raw is None else (raw if len(raw) <= 80 else raw[:77] + "...")
+    return ConfigError(f"{prefix}{key} = {shown}: {what}")
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def validate_value(key: Key, value: Any, path: str | None = None, raw: str | None = None) -> Any:
+    """Check one value against its key and return it normalised (ints become floats for float keys)."""
+    original = value
+
+    def bad() -> ConfigError:
+        return _error(path, key.name, original, "must be " + key.allowed(), raw)
+
+    def in_range(number: float) -> bool:
+        return (key.min is None or number >= key.min) and (key.max is None or number <= key.max)
+
+    kind = key.type
+    if kind == FLOAT_OR_AUTO:
+        if value == "auto":
+            return value
+        kind = float
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad()
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        if key.choices is None and not in_range(value):
+            raise bad()
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        value = float(value)
+        if math.isnan(value) or not in_range(value):
+            raise bad()
+    elif kind is str:
+        if not isinstance(value, str):
+            raise bad()
+        if key.nonempty and not value:
+            raise bad()
+        if key.absolute and value and not os.path.isabs(value):
+            raise bad()
+        if "\0" in value:
+            raise bad()
+    if key.choices is not None and value not in key.choices:
+        raise bad()
+    return value
+
+
+def _check_cross(path: str | None, values: dict[str, dict[str, Any]], changed: str | None = None) -> None:
+    """Rules that involve two keys; the message names ``changed`` when that is the key being set."""
+    need = values["auth"]["min_matching_frames"]
+    cap = values["daemon"]["max_frames_per_session"]
+    if need > cap:
+        if changed == "daemon.max_frames_per_session":
+            raise _error(path, changed, cap, f"must be at least auth.min_matching_frames ({need})")
+        raise _error(path, "auth.min_matching_frames", need,
+                     f"must not exceed daemon.max_frames_per_session ({cap})")
+
+
+def _defaults() -> dict[str, dict[str, Any]]:
+    values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key in SCHEMA:
+        values[key.section][key.field] = key.default
+    return values
+
+
+def _validate_document(path: str, data: Any) -> dict[str, dict[str, Any]]:
+    values = _defaults()
+    if data is None:
+        return values
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the document is {_shown(data)}: must be a mapping of sections "
+                          f"({', '.join(SECTIONS)})")
+    for section, body in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{path}: {_shown(section)}: unknown section{_suggest(str(section), list(SECTIONS))}"
+                              f" (sections: {', '.join(SECTIONS)})")
+        if body is None:
+            continue  # a section whose keys are all commented out
+        fields = [k.field for k in SCHEMA if k.section == section]
+        if not isinstance(body, dict):
+            raise _error(path, section, body, f"must be a mapping of keys ({', '.join(fields)})")
+        for field, value in body.items():
+            name = f"{section}.{field}"
+            key = KEYS.get(name) if isinstance(field, str) else None
+            if key is None:
+                raise _error(path, name, value, f"unknown key{_suggest(name, list(KEYS))}"
+                             f" ({section} keys: {', '.join(fields)})")
+            values[section][field] = validate_value(key, value, path)
+    _check_cross(path, values)
+    return values
+
+
+# ---------------------------------------------------------------- permissions
+
+def _check_owner_mode(path: str, target: str, st: os.stat_result) -> None:
+    """StrictModes, as sshd: only root (or the running user) may be able to change the config."""
+    what = "config file" if target == path else f"config folder {target}"
+    euid = os.geteuid()
+    if st.st_uid not in (0, euid):
+        try:
+            import pwd
+
+            owner = pwd.getpwuid(st.st_uid).pw_name
+        except (KeyError, ImportError):
+            owner = str(st.st_uid)
+        raise ConfigError(f"{path}: {what} is owned by {owner}, not root, refused; run: chown root: {target}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        mode = stat.S_IMODE(st.st_mode)
+        raise ConfigError(f"{path}: {what} is writable by group or others (mode {mode:04o}), refused; "
+                          f"run: chmod go-w {target}")
+
+
+def _check_folders(path: str) -> None:
+    folders = {os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))}
+    for folder in sorted(folders):
+        try:
+            st = os.stat(folder)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot check config folder {folder}: {exc.strerror}") from None
+        _check_owner_mode(path, folder, st)
+
+
+# ---------------------------------------------------------------- the Config object
+
+class Section:
+    """Read-only attribute access to one section's values (cfg.auth.timeout)."""
+
+    __slots__ = ("_name", "_values")
+
+    def __init__(self, name: str, values: dict[str, Any]):
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, field: str) -> Any:
+        try:
+            return self._values[field]
+        except KeyError:
+            raise AttributeError(f"config section {self._name!r} has no key {field!r}") from None
+
+    def __setattr__(self, field: str, value: Any) -> None:
+        raise AttributeError("config values are read-only; use set_value() to change the file")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Section) and (self._name, self._values) == (other._name, other._values)
+
+    def __repr__(self) -> str:
+        return f"Section({self._name!r}, {self._values!r})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+class Config:
+    """Validated settings: one attribute per section, plus where they came from."""
+
+    def __init__(self, values: dict[str, dict[str, Any]], path: str, from_file: bool):
+        self.path = path
+        self.from_file = from_file  # False when the default file is absent and all values are defaults
+        self._values = {name: dict(values[name]) for name in SECTIONS}
+        self._sections = {name: Section(name, body) for name, body in self._values.items()}
+
+    def __getattr__(self, section: str) -> Section:
+        sections = self.__dict__.get("_sections", {})
+        try:
+            return sections[section]
+        except KeyError:
+            raise AttributeError(f"config has no section {section!r}") from None
+
+    def get(self, name: str) -> Any:
+        """A value by its dotted name; KeyError for a name not in the schema."""
+        if name not in KEYS:
+            raise KeyError(name)
+        key = KEYS[name]
+        return self._values[key.section][key.field]
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dict(body) for name, body in self._values.items()}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self._values == other._values
+
+    def __repr__(self) -> str:
+        return f"Config(path={self.path!r}, from_file={self.from_file})"
+
+
+def defaults(path: str = DEFAULT_PATH) -> Config:
+    """All defaults, as used when the default config file does not exist."""
+    return Config(_defaults(), path, from_file=False)
+
+
+def resolve_path(path: str | None = None) -> tuple[str, bool]:
+    """The config file to read and whether it was asked for explicitly (--config or $FACEID_CONFIG)."""
+    if path:
+        return path, True
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return env, True
+    return DEFAULT_PATH, False
+
+
+def _read(path: str, check_permissions: bool) -> str:
+    """Read the file through one descriptor so the checked file is the read file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)  # a FIFO must not hang us
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path}: not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        if check_permissions:
+            _check_owner_mode(path, path, st)
+            _check_folders(path)
+        data = handle.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: config file larger than {MAX_FILE_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def load_config(path: str | None = None, *, check_permissions: bool = True) -> Config:
+    """Load and validate the config; raise ConfigError (one line) on any problem.
+
+    Path: ``path``, else $FACEID_CONFIG, else DEFAULT_PATH. Only a missing file
+    at the default path means "all defaults"; a missing file that was asked for
+    is an error, so a typo in --config cannot silently drop the admin's settings.
+    """
+    path, explicit = resolve_path(path)
+    if not explicit and not os.path.lexists(path):
+        return defaults(path)
+    if explicit and not os.path.lexists(path):
+        raise ConfigError(f"{path}: no such config file")
+    text = _read(path, check_permissions)
+    return Config(_validate_document(path, _parse_text(path, text)), path, from_file=True)
+
+
+# ---------------------------------------------------------------- changing one key
+
+def parse_value(name: str, text: str, path: str | None = None) -> Any:
+    """Turn a command-line string into a valid value for key ``name``."""
+    key = KEYS.get(name)
+    if key is None:
+        raise _unknown_key(name, path)
+    kind = key.type
+    value: Any = text
+    try:
+        if kind is bool:
+            lowered = text.strip().lower()
+            words = {"true": True, "yes": True, "on": True, "1": True,
+                     "false": False, "no": False, "off": False, "0": False}
+            value = words[lowered] if lowered in words else text
+        elif kind is int:
+            value = int(text.strip(), 10)
+        elif kind is float:
+            value = float(text)
+        elif kind == FLOAT_OR_AUTO:
+            value = "auto" if text.strip() == "auto" else float(text)
+    except ValueError:
+        raise _error(path, name, text, "must be " + key.allowed(), text) from None
+    return validate_value(key, value, path, raw=text)
+
+
+def _unknown_key(name: str, path: str | None) -> ConfigError:
+    prefix = f"{path}: " if path else ""
+    return ConfigError(f"{prefix}{name}: unknown key{_suggest(name, list(KEYS))} (see 'faceid config' for all keys)")
+
+
+def _edit_text(text: str, key: Key, value: Any) -> str | None:
+    """Change one key in the YAML text, keeping comments and layout; None if the layout is unusual."""
+    try:
+        root = yaml.compose(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError:
+        return None
+    new = format_value(value)
+    if root is None:
+        return text + ("" if text.endswith("\n") or not text else "\n") + f"{key.section}:\n  {key.field}: {new}\n"
+    if not isinstance(root, yaml.MappingNode) or root.flow_style:
+        return None
+    for sec_node, body in root.value:
+        if sec_node.value != key.section:
+            continue
+        empty_mapping = isinstance(body, yaml.MappingNode) and not body.value
+        if empty_mapping or (isinstance(body, yaml.ScalarNode) and body.tag.endswith(":null")):
+            if body.end_mark.index > body.start_mark.index:  # an explicit "~", "null" or "{}": replace it
+                head = text[:body.start_mark.index].rstrip(" ")
+                return head + f"\n  {key.field}: {new}" + text[body.end_mark.index:]
+            line_end = text.find("\n", sec_node.end_mark.index)
+            line_end = len(text) if line_end < 0 else line_end
+            return text[:line_end] + f"\n  {key.field}: {new}" + text[line_end:]
+        if not isinstance(body, yaml.MappingNode) or body.flow_style or not body.value:
+            return None
+        for field_node, value_node in body.value:
+            if field_node.value == key.field:
+                if not isinstance(value_node, yaml.ScalarNode):
+                    return None
+                start, end = value_node.start_mark.index, value_node.end_mark.index
+                return text[:start] + new + text[end:]
+        last_value = body.value[-1][1]
+        indent = " " * body.value[0][0].start_mark.column
+        line_end = text.find("\n", last_value.end_mark.index)
+        if line_end < 0:
+            return text + f"\n{indent}{key.field}: {new}\n"
+        return text[:line_end] + f"\n{indent}{key.field}: {new}" + text[line_end:]
+    sep = "" if text.endswith("\n") or not text else "\n"
+    return text + sep + f"{key.section}:\n  {key.field}: {new}\n"
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Replace the file so readers see the old or the new file, never half of one.
+
+    A symlinked config is updated at its target, so the link stays.
+    """
+    import tempfile
+
+    path = os.path.realpath(path)
+    folder = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=".config.yaml.", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fchmod(handle.fileno(), 0o644)
+            if os.geteuid() == 0:
+                os.fchown(handle.fileno(), 0, 0)
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def set_value(path: str | None, name: str, value_string: str, *, check_permissions: bool = True) -> Config:
+    """Validate ``value_string`` for key ``name`` and write it into the config file atomically.
+
+    The other keys, comments and layout stay as they were. Nothing is written
+    unless the whole resulting file loads cleanly; a missing file is created
+    from the documented template first.
+    """
+    import fcntl
+
+    path, _ = resolve_path(path)
+    key = KEYS.get(name)
+    if key is None:
+        raise _unknown_key(name, path)
+    value = parse_value(name, value_string, path)
+    folder = os.path.dirname(os.path.realpath(path))
+    if not os.path.isdir(folder):
+        try:
+            os.makedirs(folder, mode=0o755)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot create folder {folder}: {exc.strerror}") from None
+    lock_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)  # two concurrent 'faceid config' runs must not lose a change
+        if os.path.lexists(path):
+            text = _read(path, check_permissions)
+            current = _validate_document(path, _parse_text(path, text))
+        else:
+            if check_permissions:
+                _check_folders(path)
+            text = render_yaml()
+            current = _defaults()
+        expected = {section: dict(body) for section, body in current.items()}
+        expected[key.section][key.field] = value
+        _check_cross(path, expected, changed=name)
+        new_text = _edit_text(text, key, value)
+        if new_text is None or _validate_document(path, _parse_text(path, new_text)) != expected:
+            raise ConfigError(f"{path}: cannot change {name} in place (unusual YAML layout); "
+                              f"edit the file by hand: {name}: {format_value(value)}")
+        try:
+            _write_atomic(path, new_text)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot write config: {exc.strerror}") from None
+    finally:
+        os.close(lock_fd)
+    return Config(expected, path, from_file=True)
+
+
+# ---------------------------------------------------------------- generated documents
+
+def render_yaml() -> str:
+    """The shipped config/config.yaml: every key at its default, documented."""
+    lines = [
+        "# pam_faceid configuration (default location: /etc/pam_faceid/config.yaml).",
+        "# Generated from SCHEMA in pam_faceid/config.py by: python -m pam_faceid.config yaml",
+        "# Every key is shown at its default. Unknown keys and bad values are refused with one line",
+        "# naming the key; the file and its folder must not be writable by anyone but root.",
+        "# Change a key safely with: sudo faceid config KEY VALUE",
+    ]
+    for section, doc in SECTIONS.items():
+        lines += ["", f"# {doc}", f"{section}:"]
+        for key in (k for k in SCHEMA if k.section == section):
+            doc = f"  # {key.doc[0].upper()}{key.doc[1:]}."
+            allowed = f"Allowed: {key.allowed()}."
+            if len(doc) + 1 + len(allowed) <= 110:
+                lines.append(f"{doc} {allowed}")
+            else:
+                lines += [doc, f"  # {allowed}"]
+            lines.append(f"  {key.field}: {format_value(key.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown() -> str:
+    """The README's configuration reference: one table row per key."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = [
+        f"The configuration file is `{DEFAULT_PATH}` (`--config FILE` or `${ENV_VAR}` choose another).",
+        "A missing default file means every key takes its default. Unknown keys, wrong types and",
+        "out-of-range values are refused with one line naming the file, key, value and what is allowed.",
+        "The file and its folder must be owned by root and not writable by group or others.",
+        "Change a key with `sudo faceid config KEY VALUE` (validated, written atomically, daemon reloaded).",
+        "",
+        "| Key | Type | Default | Allowed | Meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for key in SCHEMA:
+        default = format_value(key.default)
+        lines.append(f"| `{key.name}` | {key.type_name} | `{cell(default)}` | {cell(key.allowed())} "
+                     f"| {cell(key.doc)} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(text: str) -> str:
+    """Replace the reference between the README markers (creating a minimal README if empty)."""
+    if not text.strip():
+        text = f"# pam_faceid\n\n## Configuration reference\n\n{README_START}\n{README_END}\n"
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ConfigError(f"README has no {README_START} ... {README_END} markers")
+    return text[:start + len(README_START)] + "\n" + render_markdown() + text[end:]
+
+
+def _repo_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_generated(root: str | None = None) -> list[str]:
+    """Write config/config.yaml and the README table from the schema; return the files changed."""
+    root = root or _repo_root()
+    changed = []
+    targets = [(os.path.join(root, "config", "config.yaml"), lambda _old: render_yaml()),
+               (os.path.join(root, "README.md"), update_readme)]
+    for target, render in targets:
+        old = open(target, encoding="utf-8").read() if os.path.exists(target) else ""
+        new = render(old)
+        if new != old:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "w", encoding="utf-8") as handle:
+                handle.write(new)
+            changed.append(target)
+    return changed
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pam_faceid.config",
+        description="Print or write the documents generated from the config schema.",
+        epilog="example: python -m pam_faceid.config update   # after changing SCHEMA",
+    )
+    parser.add_argument("what", choices=["yaml", "markdown", "update"],
+                        help="yaml: the shipped config.yaml; markdown: the README table; "
+                             "update: write both into the repository")
+    args = parser.parse_args(argv)
+    if args.what == "yaml":
+        sys.stdout.write(render_yaml())
+    elif args.what == "markdown":
+        sys.stdout.write(render_markdown())
+    else:
+        try:
+            changed = write_generated()
+        except ConfigError as exc:
+            print(f"python -m pam_faceid.config: {exc}", file=sys.stderr)
+            return 1
+        for target in changed:
+            print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
