@@ -1,0 +1,175 @@
+"""faceid evaluate: measure the face model on a folder of faces (LFW pairs, enrol-K logins).
+
+The metrics live in pam_faceid.evaluate; this module only wires the real
+recognition path (FacePipeline -> Embedder) into them and prints the answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+
+from pam_faceid.cli import EXIT_OK, EXIT_USAGE, CommandError
+
+EXAMPLE = """example:
+  faceid evaluate ../shared/faces/dev/lfw --pairs ../shared/faces/dev/pairs.txt --flip
+  faceid evaluate ../shared/faces/dev/lfw --enroll 3 --json"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``faceid evaluate``."""
+    parser = sub.add_parser(
+        "evaluate",
+        help="measure the face model on DATASET/IDENTITY/IMAGE folders",
+        description="Measure the face model on a folder DATASET/IDENTITY/IMAGE: LFW-style pairs (accuracy with "
+                    "10-fold-style threshold fitting, AUC, EER, TAR at FAR) and/or an enrol-K login protocol "
+                    "(FAR, FRR at the threshold). Unreadable files are skipped and counted.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("dataset", metavar="DATASET", help="folder of identity folders of images")
+    parser.add_argument("--pairs", metavar="PAIRS", help="LFW pairs.txt ('folds n' header; name i j / name1 i name2 j)")
+    parser.add_argument("--enroll", metavar="K", type=int,
+                        help="enrol each identity's first K images, attempt with the rest and with everyone else")
+    parser.add_argument("--model", metavar="DIR", help="model folder (default: the bundled model)")
+    parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx", help="inference backend (default onnx)")
+    parser.add_argument("--threshold", type=float, metavar="T",
+                        help="cosine threshold for FAR/FRR (default: the model's shipped threshold)")
+    parser.add_argument("--flip", action="store_true", help="average each face's embedding with its mirror image's")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--workers", type=int, default=1, metavar="N", help="images processed in parallel (default 1)")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def make_embed(model: str | None, backend: str, flip: bool):
+    """Build ``embed(image) -> unit vector`` over the real path, plus the embedder (for its threshold).
+
+    Each worker thread gets its own FacePipeline (the detector keeps per-call
+    state); the Embedder's session is shared.
+    """
+    import numpy as np
+
+    from pam_faceid.embedder import Embedder
+    from pam_faceid.evaluate import NoFace
+    from pam_faceid.faces import FacePipeline
+
+    embedder = Embedder(model, backend=backend)
+    local = threading.local()
+
+    def embed(image: np.ndarray) -> np.ndarray:
+        pipeline = getattr(local, "pipeline", None)
+        if pipeline is None:
+            pipeline = local.pipeline = FacePipeline()
+        crop, reason = pipeline.process(image)
+        if crop is None:
+            raise NoFace(reason or "no_face")
+        batch = np.stack([crop, crop[:, ::-1]]) if flip else crop[None]
+        vectors = embedder.embed(np.ascontiguousarray(batch))
+        vector = vectors.sum(axis=0)
+        return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+    return embed, embedder
+
+
+def _fmt(value, kind: str = "g") -> str:
+    if value is None:
+        return "-"
+    if kind == "%":
+        return f"{100 * value:.2f} %"
+    if kind == "f":
+        return f"{value:.4f}"
+    if kind == "s":
+        return f"{value:.1f} s"
+    return str(value)
+
+
+def format_table(result: dict) -> str:
+    """The result as aligned 'name  value' lines, the pairs and enrol blocks only when they ran."""
+    rows: list[tuple[str, str]] = [
+        ("images", _fmt(result["images"])),
+        ("identities", _fmt(result["identities"])),
+        ("no face found", _fmt(result["no_face"])),
+        ("skipped files", _fmt(result.get("skipped_files"))),
+    ]
+    for reason, count in (result.get("skipped_reasons") or {}).items():
+        rows.append((f"  {reason}", str(count)))
+    for reason, count in (result.get("no_face_reasons") or {}).items():
+        rows.append((f"  no face: {reason}", str(count)))
+    if result.get("pairs") is not None:
+        std = result.get("accuracy_std")
+        accuracy = _fmt(result["accuracy"], "f") + (f" ± {std:.4f}" if std is not None else "")
+        rows += [
+            ("pairs (scored / in file)", f"{result['pairs_scored']} / {result['pairs']}"),
+            ("pairs missing an image", _fmt(result["pairs_missing_image"] + result["pairs_unreadable_image"])),
+            ("pairs with no face (scored -1)", _fmt(result["pairs_no_face"])),
+            (f"accuracy ({result.get('folds')} folds)", accuracy),
+            ("ROC AUC", _fmt(result["auc"], "f")),
+            ("EER", _fmt(result["eer"], "%")),
+            ("TAR at FAR 1e-2", _fmt(result["tar_at_far_1e-2"], "%")),
+            ("TAR at FAR 1e-3", _fmt(result["tar_at_far_1e-3"], "%")),
+            ("best threshold (all pairs)", _fmt(result.get("best_threshold"), "f")),
+        ]
+    if result.get("enroll_k") is not None:
+        rows += [
+            (f"enrol {result['enroll_k']}: identities enrolled", _fmt(result["enrolled_identities"])),
+            ("threshold", _fmt(result["threshold"], "f")),
+            ("genuine attempts", _fmt(result["genuine_attempts"])),
+            ("impostor attempts", _fmt(result["impostor_attempts"])),
+            ("FAR", _fmt(result["far"], "%")),
+            ("FRR", _fmt(result["frr"], "%")),
+            ("threshold for FAR 1e-3", _fmt(result.get("enroll_threshold_at_far_1e-3"), "f")),
+            ("FRR there", _fmt(result.get("enroll_frr_at_far_1e-3"), "%")),
+        ]
+    fps = result.get("faces_per_second")
+    rows += [
+        ("seconds", _fmt(result["seconds"], "s")),
+        ("faces per second", f"{fps:.1f}" if fps is not None else "-"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model, run the protocols, print a table or one JSON object."""
+    from pam_faceid.evaluate import EvaluateError, evaluate, parse_pairs, scan_dataset, show_path, to_json
+
+    if args.workers < 1:
+        raise CommandError(f"--workers needs N >= 1, got {args.workers}", EXIT_USAGE)
+    if args.enroll is not None and args.enroll < 1:
+        raise CommandError(f"--enroll needs K >= 1, got {args.enroll}", EXIT_USAGE)
+    if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
+        raise CommandError(f"--threshold is a cosine similarity in [-1, 1], got {args.threshold}", EXIT_USAGE)
+    if args.pairs is not None and not Path(args.pairs).is_file():
+        raise CommandError(f"pairs file {show_path(args.pairs)} does not exist", EXIT_USAGE)
+    try:
+        if args.pairs is not None:
+            parse_pairs(args.pairs)
+        scan_dataset(args.dataset)
+    except EvaluateError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+
+    loaded = time.perf_counter()
+    try:
+        embed, embedder = make_embed(args.model, args.backend, args.flip)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CommandError(f"cannot load the model: {exc}") from None
+    load_seconds = time.perf_counter() - loaded
+    threshold = args.threshold if args.threshold is not None else float(embedder.threshold)
+    try:
+        result = evaluate(args.dataset, embed, pairs=args.pairs, enroll=args.enroll, threshold=threshold,
+                          workers=args.workers, progress=not args.json and sys.stderr.isatty())
+    except EvaluateError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    result["model_load_seconds"] = load_seconds
+    result["flip"] = bool(args.flip)
+    result["backend"] = args.backend
+    result["model"] = (getattr(embedder, "metadata", None) or {}).get("id")
+    if args.json:
+        print(to_json(result))
+    else:
+        print(format_table(result))
+    return EXIT_OK
