@@ -1,0 +1,192 @@
+"""The wire protocol on real socket pairs: exact bytes, limits checked before reading, deadlines, bad input."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from pam_faceid import protocol
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+
+def test_encode_is_the_documented_layout():
+    data = protocol.encode("frame", {"n": 1}, b"\xff\xd8JPEG")
+    header = b'{"v":1,"type":"frame","n":1}'
+    assert data == struct.pack(">I", 4 + len(header) + 6) + struct.pack(">I", len(header)) + header + b"\xff\xd8JPEG"
+
+
+def test_round_trip_over_a_socket():
+    a, b = pair()
+    with a, b:
+        protocol.send_message(a, "hello", protocol.hello_fields("alice", "sudo", "/dev/pts/1", ""))
+        protocol.send_message(a, "frame", payload=bytes(range(256)) * 10)
+        msg = protocol.recv_message(b, deadline=time.monotonic() + 1, allowed_types=protocol.CLIENT_TYPES)
+        assert msg.type == "hello" and msg.fields == {"user": "alice", "service": "sudo", "tty": "/dev/pts/1",
+                                                      "rhost": ""}
+        msg = protocol.recv_message(b, deadline=time.monotonic() + 1)
+        assert msg.type == "frame" and msg.payload == bytes(range(256)) * 10
+
+
+def test_oversized_length_is_refused_before_reading_the_body():
+    a, b = pair()
+    with a, b:
+        a.sendall(struct.pack(">I", 3_000_000_000))  # no body follows: reading it would block
+        started = time.monotonic()
+        with pytest.raises(protocol.ProtocolError) as err:
+            protocol.recv_message(b, deadline=time.monotonic() + 5, max_bytes=1024)
+        assert err.value.code == "too_large"
+        assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.parametrize("body, code", [
+    (struct.pack(">I", 5) + b'{"v":', "bad_message"),                     # header JSON truncated
+    (struct.pack(">I", 2) + b"[]", "bad_message"),                        # not an object
+    (struct.pack(">I", 9) + b"\xff\xfe garbage", "bad_message"),          # not UTF-8
+    (struct.pack(">I", 100) + b'{"v":1}', "bad_message"),                 # header length past the body
+    (struct.pack(">I", 16) + b'{"v":2,"type":"x"}'[:16], "bad_message"),
+    (struct.pack(">I", 18) + b'{"v":2,"type":"x"}', "bad_version"),
+    (struct.pack(">I", 22) + b'{"v":true,"type":"end"}'[:22], "bad_message"),
+    (struct.pack(">I", 23) + b'{"v":true,"type":"end"}', "bad_version"),
+    (struct.pack(">I", 23) + b'{"v":1,"type":"launch"}', "unknown_type"),
+    (struct.pack(">I", 12) + b'{"v":1,"t":1}', "bad_message"),
+    (b"\x00\x00", "bad_message"),                                          # shorter than the header length
+])
+def test_bad_bodies_raise_with_a_code(body, code):
+    with pytest.raises(protocol.ProtocolError) as err:
+        protocol.decode_body(body, protocol.CLIENT_TYPES)
+    assert err.value.code == code, str(err.value)
+
+
+def test_truncated_message_then_close_is_connection_closed():
+    a, b = pair()
+    with b:
+        a.sendall(protocol.encode("hello", {"user": "x"})[:-3])
+        a.close()
+        with pytest.raises(protocol.ConnectionClosed, match="middle"):
+            protocol.recv_message(b, deadline=time.monotonic() + 1)
+
+
+def test_silent_peer_times_out_at_the_deadline():
+    a, b = pair()
+    with a, b:
+        a.sendall(protocol.encode("hello", {"user": "x"})[:7])  # a slow-loris: part of a message, then nothing
+        started = time.monotonic()
+        with pytest.raises(protocol.ProtocolTimeout):
+            protocol.recv_message(b, deadline=started + 0.3)
+        assert 0.25 < time.monotonic() - started < 1.0
+
+
+def test_trickling_peer_cannot_extend_the_deadline():
+    a, b = pair()
+    data = protocol.encode("hello", {"user": "x" * 50})
+    stop = threading.Event()
+
+    def trickle():
+        for byte in data:
+            if stop.wait(0.05):
+                return
+            try:
+                a.send(bytes([byte]))
+            except OSError:
+                return
+
+    thread = threading.Thread(target=trickle)
+    thread.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(protocol.ProtocolTimeout):
+            protocol.recv_message(b, deadline=started + 0.5)
+        assert time.monotonic() - started < 1.0
+    finally:
+        stop.set()
+        thread.join()
+        a.close()
+        b.close()
+
+
+def test_clean_close_between_messages():
+    a, b = pair()
+    a.close()
+    with b, pytest.raises(protocol.ConnectionClosed):
+        protocol.recv_message(b, deadline=time.monotonic() + 1)
+
+
+def test_header_limit_and_nan_are_refused_when_encoding():
+    with pytest.raises(ValueError):
+        protocol.encode("hello", {"user": "x" * (protocol.MAX_HEADER_BYTES + 1)})
+    with pytest.raises(ValueError):
+        protocol.encode("verdict", {"score": float("nan")})
+
+
+def test_jpeg_size_reads_real_encoder_output():
+    image = np.random.default_rng(0).integers(0, 255, (37, 91, 3), np.uint8)
+    for params in ([], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]):
+        ok, buf = cv2.imencode(".jpg", image, params)
+        assert ok
+        assert protocol.jpeg_size(buf.tobytes()) == (91, 37)
+    ok, png = cv2.imencode(".png", image)
+    assert protocol.jpeg_size(png.tobytes()) is None
+    assert protocol.jpeg_size(b"\xff\xd8\xff") is None
+    assert protocol.jpeg_size(b"") is None
+
+
+def test_client_helpers_report_a_missing_daemon(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(protocol.DaemonError, match="not running"):
+        protocol.request_status(str(tmp_path / "none.sock"))
+    with pytest.raises(protocol.DaemonError, match="not running"):
+        protocol.request_reload(str(tmp_path / "none.sock"))
+    assert time.monotonic() - started < 0.5
+
+
+def test_client_request_times_out_on_a_silent_server(tmp_path):
+    path = str(tmp_path / "silent.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    try:
+        started = time.monotonic()
+        with pytest.raises(protocol.DaemonError, match="did not answer"):
+            protocol.request_status(path, timeout=0.3)
+        assert time.monotonic() - started < 1.0
+    finally:
+        server.close()
+
+
+def test_client_raises_error_replies(tmp_path):
+    path = str(tmp_path / "err.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            protocol.recv_message(conn, deadline=time.monotonic() + 2)
+            protocol.send_message(conn, "error", {"code": "refused", "message": "status is for root only"})
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with pytest.raises(protocol.DaemonError, match="refused: status is for root only"):
+            protocol.request_status(path)
+    finally:
+        thread.join()
+        server.close()
+
+
+def test_header_is_plain_json():
+    data = protocol.encode("verdict", {"result": "match", "score": 0.5, "frames": 2, "reason": None})
+    (head_len,) = struct.unpack(">I", data[4:8])
+    assert json.loads(data[8:8 + head_len]) == {"v": 1, "type": "verdict", "result": "match", "score": 0.5,
+                                                "frames": 2, "reason": None}
