@@ -1,0 +1,429 @@
+#!/usr/bin/env bash
+# install.sh: set up pam_faceid for development or install it system-wide.
+#
+#   ./install.sh --dev                    ./.venv with the package editable + training and test tools
+#   sudo ./install.sh                     system install (venv in /opt/pam_faceid, config, state, units, PAM profile)
+#   sudo ./install.sh --uninstall         remove the system install; keeps enrolments in /var/lib/pam_faceid
+#   sudo ./install.sh --uninstall --purge also remove /etc/pam_faceid and /var/lib/pam_faceid
+#
+# Options:
+#   --root DIR   system install/uninstall under DIR instead of / (for tests and staging). Paths written into
+#                files point inside DIR so the result runs; apt, systemctl and pam-auth-update are not used.
+#   --no-apt     never call apt-get; fail with the command to run when a package is missing.
+#
+# What the system install puts where:
+#   /opt/pam_faceid/                 venv from /usr/bin/python3, package installed non-editable, runtime deps only
+#   /etc/pam_faceid/config.yaml      from config/config.yaml, 0644 root; an existing one is kept
+#   /var/lib/pam_faceid/             state and enrolments, 0700 root
+#   /etc/systemd/system/             systemd/*.service and *.socket; enabled and started only when systemd is PID 1
+#   /usr/local/bin/faceid            -> /opt/pam_faceid/bin/faceid        (admin CLI)
+#   /usr/local/bin/faceidd           -> /opt/pam_faceid/bin/faceidd       (the daemon)
+#   /usr/local/sbin/faceid-helper    -> /opt/pam_faceid/bin/faceid-helper (the PAM helper)
+#   /usr/share/pam-configs/faceid    pam-auth-update profile, installed but NOT enabled ('faceid pam enable' does that)
+# Every run is idempotent: what is already in place is reused and said so.
+set -euo pipefail
+umask 022
+
+SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PYTHON=/usr/bin/python3
+TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
+DEV_APT=(python3-venv python3-dev libpam-modules libpam-runtime libpam0g systemd)
+SYSTEM_APT=(python3-venv libpam-modules libpam-runtime)
+
+MODE=system
+PURGE=0
+ROOT=""
+NO_APT=0
+
+step() { printf '==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+
+while (($#)); do
+    case "$1" in
+        --dev) MODE=dev ;;
+        --uninstall) MODE=uninstall ;;
+        --purge) PURGE=1 ;;
+        --root) (($# >= 2)) || die "--root needs a folder"; ROOT="$2"; shift ;;
+        --root=*) ROOT="${1#--root=}" ;;
+        --no-apt) NO_APT=1 ;;
+        -h|--help) usage; exit 0 ;;
+        *) die "unknown option '$1' (see ./install.sh --help)" ;;
+    esac
+    shift
+done
+if ((PURGE)) && [[ $MODE != uninstall ]]; then die "--purge goes with --uninstall"; fi
+if [[ -n $ROOT ]]; then
+    [[ $MODE != dev ]] || die "--root is for the system install, not --dev"
+    mkdir -p "$ROOT"
+    ROOT="$(cd "$ROOT" && pwd)"
+    [[ $ROOT != / ]] || ROOT=""
+fi
+
+PREFIX="$ROOT/opt/pam_faceid"
+INSTALL_STATE="$PREFIX/.install"       # what this script installed, read back by --uninstall
+ETC="$ROOT/etc/pam_faceid"
+STATE="$ROOT/var/lib/pam_faceid"
+UNIT_DIR="$ROOT/etc/systemd/system"
+PAM_PROFILE="$ROOT/usr/share/pam-configs/faceid"
+LINKS=("$ROOT/usr/local/bin/faceid:faceid" "$ROOT/usr/local/bin/faceidd:faceidd"
+       "$ROOT/usr/local/sbin/faceid-helper:faceid-helper")
+
+# systemd is the init system (PID 1) and we are installing into the real root.
+systemd_running() { [[ -z $ROOT && -d /run/systemd/system && $(cat /proc/1/comm 2>/dev/null) == systemd ]]; }
+
+# Owner options for install(1): root-owned when we are root (a staging --root run may be unprivileged).
+OWN=()
+if ((EUID == 0)); then OWN=(-o 0 -g 0); fi
+
+STAGE=""
+trap '[[ -z $STAGE ]] || rm -rf "$STAGE"' EXIT
+
+ensure_apt_packages() {
+    local missing=() pkg
+    if ! command -v dpkg-query >/dev/null; then
+        step "no dpkg here: not checking system packages (needed: $*)"
+        return
+    fi
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
+    done
+    if ((${#missing[@]} == 0)); then
+        step "system packages present: $*"
+        return
+    fi
+    if ((NO_APT)) || [[ -n $ROOT ]] || ((EUID != 0)); then
+        die "missing packages: ${missing[*]}; install them with: sudo apt-get install ${missing[*]}"
+    fi
+    step "apt-get update"
+    apt-get update
+    step "apt-get install ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+# Print "base_prefix major.minor" of a Python, to tell which interpreter a venv was built from.
+python_identity() { "$1" -c 'import sys; print(sys.base_prefix, "%d.%d" % sys.version_info[:2])'; }
+
+# Create the venv at $1 from $PYTHON, or reuse it when it already runs on that interpreter.
+ensure_venv() {
+    local venv="$1" want have
+    [[ -x $PYTHON ]] || die "$PYTHON not found (install python3)"
+    want="$(python_identity "$PYTHON")"
+    if [[ -x $venv/bin/python ]] && have="$(python_identity "$venv/bin/python" 2>/dev/null)"; then
+        if [[ $have == "$want" ]]; then
+            step "reusing venv $venv (Python $want)"
+            return 0
+        fi
+        return 1
+    fi
+    [[ ! -e $venv ]] || return 1
+    step "creating venv $venv from $PYTHON"
+    "$PYTHON" -m venv "$venv"
+}
+
+# Exit 0 when pam_faceid is installed editable from $1 with every requirement of setup.cfg
+# (install_requires and the extras named after it) satisfied, so pip need not run.
+dev_install_is_current() {
+    "$SRC/.venv/bin/python" -I - "$@" <<'PY'
+import configparser, json, sys
+from importlib import metadata
+from pathlib import Path
+
+src, extras = Path(sys.argv[1]).resolve(), sys.argv[2:]
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    sys.exit("no 'packaging' module to check requirements with")
+try:
+    dist = metadata.distribution("pam_faceid")
+except metadata.PackageNotFoundError:
+    sys.exit("pam_faceid is not installed")
+url = json.loads(dist.read_text("direct_url.json") or "{}")
+if not url.get("dir_info", {}).get("editable") or url.get("url") != src.as_uri():
+    sys.exit(f"pam_faceid is not installed editable from {src}")
+cfg = configparser.ConfigParser()
+cfg.read(src / "setup.cfg")
+if dist.version != cfg["metadata"]["version"]:
+    sys.exit(f"installed version {dist.version} differs from setup.cfg")
+wanted = set(cfg["options.entry_points"].get("console_scripts", "").split("\n")) - {""}
+have = {f"{ep.name} = {ep.value}" for ep in dist.entry_points if ep.group == "console_scripts"}
+if {w.replace(" ", "") for w in wanted} != {h.replace(" ", "") for h in have}:
+    sys.exit("console scripts changed in setup.cfg")
+lines = cfg["options"].get("install_requires", "").split("\n")
+for extra in extras:
+    lines += cfg["options.extras_require"].get(extra, "").split("\n")
+for line in filter(None, (l.strip() for l in lines)):
+    req = Requirement(line)
+    if req.marker is not None and not req.marker.evaluate():
+        continue
+    try:
+        version = metadata.version(req.name)
+    except metadata.PackageNotFoundError:
+        sys.exit(f"{req.name} is not installed")
+    if not req.specifier.contains(version, prereleases=True):
+        sys.exit(f"{req.name} {version} does not satisfy {req}")
+PY
+}
+
+dev_install() {
+    local venv="$SRC/.venv" pip reason
+    ensure_apt_packages "${DEV_APT[@]}"
+    ensure_venv "$venv" || die "$venv was not built from $PYTHON (non-root users cannot run it); remove it (rm -rf '$venv') and re-run"
+    pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+    if "$venv/bin/python" -c 'import sys
+from importlib.metadata import version
+sys.exit(not (version("torch") == sys.argv[1] and version("torchvision") == sys.argv[2]))' \
+        "${TORCH_PINS[0]#*==}" "${TORCH_PINS[1]#*==}" 2>/dev/null; then
+        step "torch and torchvision present (${TORCH_PINS[*]})"
+    else
+        step "pip install ${TORCH_PINS[*]}"
+        "${pip[@]}" install "${TORCH_PINS[@]}"
+    fi
+    if reason="$(dev_install_is_current "$SRC" train test 2>&1)"; then
+        step "pam_faceid already installed editable with [train,test] requirements satisfied"
+    else
+        step "pip install -e '.[train,test]' ($reason)"
+        "${pip[@]}" install "${TORCH_PINS[@]}" -e "$SRC[train,test]"
+    fi
+    step "done: run the tests with: cd '$SRC' && .venv/bin/python -m pytest -q"
+}
+
+# Copy what building the package needs (not venvs, caches or runs) to $1, so pip never writes into the checkout.
+stage_source() {
+    local items=() item
+    for item in pam_faceid setup.cfg setup.py pyproject.toml MANIFEST.in README.md LICENSE LICENSE.md; do
+        [[ ! -e $SRC/$item ]] || items+=("$item")
+    done
+    tar -C "$SRC" --exclude=__pycache__ --exclude='*.pyc' -cf - "${items[@]}" | tar -C "$1" -xf -
+}
+
+tree_sha256() { (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1); }
+
+install_package() {
+    local hash
+    STAGE="$(mktemp -d)"
+    stage_source "$STAGE"
+    hash="$(tree_sha256 "$STAGE")"
+    if [[ -f $INSTALL_STATE/source.sha256 && $(<"$INSTALL_STATE/source.sha256") == "$hash" ]] \
+        && "$PREFIX/bin/python" -c 'import pam_faceid' 2>/dev/null; then
+        step "pam_faceid already installed in $PREFIX from this source"
+        PACKAGE_CHANGED=0
+        return
+    fi
+    step "pip install pam_faceid (runtime dependencies only, no torch) into $PREFIX"
+    "$PREFIX/bin/python" -m pip --disable-pip-version-check install "$STAGE"
+    if "$PREFIX/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)'; then
+        die "torch ended up in $PREFIX: the runtime must not depend on it"
+    fi
+    mkdir -p "$INSTALL_STATE"
+    printf '%s\n' "$hash" >"$INSTALL_STATE/source.sha256"
+    PACKAGE_CHANGED=1
+}
+
+install_config() {
+    install -d -m 0755 "${OWN[@]}" "$ETC"
+    if [[ -e $ETC/config.yaml ]]; then
+        step "keeping existing $ETC/config.yaml"
+    elif [[ -f $SRC/config/config.yaml ]]; then
+        step "installing $ETC/config.yaml (0644 root)"
+        install -m 0644 "${OWN[@]}" "$SRC/config/config.yaml" "$ETC/config.yaml"
+        sha256sum "$ETC/config.yaml" | cut -d' ' -f1 >"$INSTALL_STATE/config.sha256"
+    else
+        step "no config/config.yaml in the source: not installing one (built-in defaults apply)"
+    fi
+}
+
+install_links() {
+    local entry link name target
+    for entry in "${LINKS[@]}"; do
+        link="${entry%%:*}" name="${entry##*:}" target="$PREFIX/bin/$name"
+        if [[ -L $link && $(readlink "$link") == "$target" ]]; then
+            step "link $link present"
+        elif [[ -e $link || -L $link ]]; then
+            step "NOT replacing $link: it exists and is not our link to $target"
+        else
+            step "linking $link -> $target"
+            mkdir -p "$(dirname "$link")"
+            ln -s "$target" "$link"
+        fi
+    done
+}
+
+install_pam_profile() {
+    local content
+    content="Name: Face unlock (pam_faceid)
+Default: no
+Priority: 260
+Auth-Type: Primary
+Auth:
+	[success=end default=ignore]	pam_exec.so quiet stdout seteuid $PREFIX/bin/faceid-helper"
+    if [[ -f $PAM_PROFILE && $(<"$PAM_PROFILE") == "$content" ]]; then
+        step "pam-auth-update profile $PAM_PROFILE present (not enabled by this script)"
+        return
+    fi
+    step "installing pam-auth-update profile $PAM_PROFILE (not enabled: 'faceid pam enable' turns it on)"
+    install -d -m 0755 "$(dirname "$PAM_PROFILE")"
+    printf '%s\n' "$content" >"$PAM_PROFILE.tmp"
+    chmod 0644 "$PAM_PROFILE.tmp"
+    mv -f "$PAM_PROFILE.tmp" "$PAM_PROFILE"
+}
+
+install_units() {
+    local unit name units=() enable=() changed=0
+    shopt -s nullglob
+    for unit in "$SRC"/systemd/*.service "$SRC"/systemd/*.socket; do
+        units+=("$unit")
+    done
+    shopt -u nullglob
+    if ((${#units[@]} == 0)); then
+        step "no systemd units in $SRC/systemd: skipping"
+        return
+    fi
+    install -d -m 0755 "$UNIT_DIR"
+    : >"$INSTALL_STATE/units.new"
+    for unit in "${units[@]}"; do
+        name="$(basename "$unit")"
+        printf '%s\n' "$name" >>"$INSTALL_STATE/units.new"
+        grep -q '^\[Install\]' "$unit" && enable+=("$name")
+        if cmp -s "$unit" "$UNIT_DIR/$name"; then
+            step "unit $UNIT_DIR/$name present"
+        else
+            step "installing unit $UNIT_DIR/$name"
+            install -m 0644 "$unit" "$UNIT_DIR/$name"
+            changed=1
+        fi
+    done
+    mv -f "$INSTALL_STATE/units.new" "$INSTALL_STATE/units"
+    if ! systemd_running; then
+        if [[ -n $ROOT ]]; then
+            step "staging root $ROOT: units installed, not enabled"
+        else
+            step "systemd is not PID 1 here: units installed, not enabled. Run the daemon directly as root:"
+            note "/usr/local/bin/faceidd    (reads /etc/pam_faceid/config.yaml; run it under your init system or in the background)"
+        fi
+        return
+    fi
+    if ((changed)); then
+        step "systemctl daemon-reload"
+        systemctl daemon-reload
+    fi
+    if ((${#enable[@]})); then
+        step "systemctl enable --now ${enable[*]}"
+        systemctl enable --now "${enable[@]}"
+    fi
+    if ((changed || PACKAGE_CHANGED)) && [[ -f $UNIT_DIR/faceidd.service ]]; then
+        step "systemctl try-restart faceidd.service (new code or units)"
+        systemctl try-restart faceidd.service
+    fi
+}
+
+system_install() {
+    [[ -n $ROOT ]] || ((EUID == 0)) || die "the system install needs root: sudo ./install.sh"
+    if [[ -n $ROOT ]]; then
+        step "installing into staging root $ROOT (no apt, systemctl or pam-auth-update)"
+        command -v "$PYTHON" >/dev/null && "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null \
+            || die "$PYTHON cannot make venvs: install python3-venv"
+    else
+        ensure_apt_packages "${SYSTEM_APT[@]}"
+    fi
+    if ! ensure_venv "$PREFIX"; then
+        [[ -f $PREFIX/pyvenv.cfg ]] || die "$PREFIX exists and is not a venv: move it away and re-run"
+        step "rebuilding $PREFIX: it was not built from $PYTHON (or no longer runs)"
+        rm -rf "$PREFIX"
+        ensure_venv "$PREFIX"
+    fi
+    chmod 0755 "$PREFIX"
+    mkdir -p "$INSTALL_STATE"
+    install_package
+    install_config
+    if [[ -d $STATE ]]; then
+        step "state folder $STATE present (0700 root)"
+    else
+        step "creating state folder $STATE (0700 root)"
+    fi
+    install -d -m 0700 "${OWN[@]}" "$STATE"
+    chmod 0700 "$STATE"
+    install_links
+    install_pam_profile
+    install_units
+    step "done. Face auth is NOT enabled yet: enrol with 'sudo faceid enroll USER', then 'sudo faceid pam enable'"
+}
+
+uninstall() {
+    local units=() name entry link target sum
+    [[ -n $ROOT ]] || ((EUID == 0)) || die "uninstalling needs root: sudo ./install.sh --uninstall"
+    if [[ -f $INSTALL_STATE/units ]]; then
+        mapfile -t units <"$INSTALL_STATE/units"
+    else
+        shopt -s nullglob
+        for name in "$SRC"/systemd/*.service "$SRC"/systemd/*.socket; do units+=("$(basename "$name")"); done
+        shopt -u nullglob
+    fi
+    if systemd_running && ((${#units[@]})); then
+        step "systemctl disable --now ${units[*]}"
+        systemctl disable --now "${units[@]}" || true
+    fi
+    for name in "${units[@]}"; do
+        if [[ -f $UNIT_DIR/$name ]]; then
+            step "removing unit $UNIT_DIR/$name"
+            rm -f "$UNIT_DIR/$name"
+        fi
+    done
+    if systemd_running && ((${#units[@]})); then
+        systemctl daemon-reload
+    fi
+    if [[ -f $PAM_PROFILE ]]; then
+        if [[ -z $ROOT ]] && command -v pam-auth-update >/dev/null && grep -qs faceid-helper /etc/pam.d/common-auth; then
+            step "pam-auth-update --package --remove faceid (face auth is on in /etc/pam.d/common-auth: turning it off)"
+            pam-auth-update --package --remove faceid
+        fi
+        step "removing $PAM_PROFILE"
+        rm -f "$PAM_PROFILE"
+    fi
+    for entry in "${LINKS[@]}"; do
+        link="${entry%%:*}" target="$PREFIX/bin/${entry##*:}"
+        if [[ -L $link && $(readlink "$link") == "$target" ]]; then
+            step "removing link $link"
+            rm -f "$link"
+        fi
+    done
+    if ((PURGE)); then
+        if [[ -d $ETC ]]; then
+            step "purging $ETC"
+            rm -rf "$ETC"
+        fi
+    elif [[ -f $ETC/config.yaml ]]; then
+        sum="$(sha256sum "$ETC/config.yaml" | cut -d' ' -f1)"
+        if [[ -f $INSTALL_STATE/config.sha256 && $(<"$INSTALL_STATE/config.sha256") == "$sum" ]]; then
+            step "removing $ETC/config.yaml (unchanged since install)"
+            rm -f "$ETC/config.yaml"
+            rmdir "$ETC" 2>/dev/null || true
+        else
+            step "keeping $ETC/config.yaml (edited or not installed by this script; --purge removes it)"
+        fi
+    elif [[ -d $ETC ]]; then
+        rmdir "$ETC" 2>/dev/null || true
+    fi
+    if [[ -d $PREFIX ]]; then
+        [[ -f $PREFIX/pyvenv.cfg ]] || die "$PREFIX is not a venv made by this script: not removing it"
+        step "removing $PREFIX"
+        rm -rf "$PREFIX"
+    fi
+    if [[ -d $STATE ]]; then
+        if ((PURGE)); then
+            step "purging $STATE (enrolments)"
+            rm -rf "$STATE"
+        else
+            step "keeping $STATE (enrolments); --purge removes it"
+        fi
+    fi
+    step "uninstalled"
+}
+
+PACKAGE_CHANGED=0
+case "$MODE" in
+    dev) dev_install ;;
+    system) system_install ;;
+    uninstall) uninstall ;;
+esac
