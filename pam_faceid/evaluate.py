@@ -633,7 +633,8 @@ def threshold_for_far(result: EnrolResult, far: float) -> tuple[float | None, fl
     edges = np.linspace(-1.0, 1.0, HIST_BINS + 1)
     at_or_above = np.concatenate([np.cumsum(result.impostor_histogram[::-1])[::-1], [0]])
     allowed = at_or_above <= far * result.impostor_attempts
-    threshold = float(edges[int(np.argmax(allowed))])
+    cut = int(np.argmax(allowed))
+    threshold = float(edges[cut]) if cut < HIST_BINS else float(np.nextafter(1.0, 2.0))
     frr = float(np.mean(~(result.genuine_scores >= threshold)))
     return threshold, frr
 

@@ -48,8 +48,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def make_embed(model: str | None, backend: str, flip: bool):
     """Build ``embed(image) -> unit vector`` over the real path, plus the embedder (for its threshold).
 
-    Each worker thread gets its own FacePipeline (the detector keeps per-call
-    state); the Embedder's session is shared.
+    Faces are chosen as for training photos (the face nearest the centre, as
+    LFW-style collections centre the labelled person), not the live-camera
+    "largest, refuse if ambiguous" rule. Each worker thread gets its own
+    FacePipeline (the detector keeps per-call state); the Embedder is shared.
+    A model whose metadata already asks for flip-sum is not flipped twice.
     """
     import numpy as np
 
@@ -58,12 +61,13 @@ def make_embed(model: str | None, backend: str, flip: bool):
     from pam_faceid.faces import FacePipeline
 
     embedder = Embedder(model, backend=backend)
+    flip = flip and not getattr(embedder, "flip", False)
     local = threading.local()
 
     def embed(image: np.ndarray) -> np.ndarray:
         pipeline = getattr(local, "pipeline", None)
         if pipeline is None:
-            pipeline = local.pipeline = FacePipeline()
+            pipeline = local.pipeline = FacePipeline(policy="centre", min_size=20)
         crop, reason = pipeline.process(image)
         if crop is None:
             raise NoFace(reason or "no_face")
@@ -93,12 +97,10 @@ def format_table(result: dict) -> str:
         ("images", _fmt(result["images"])),
         ("identities", _fmt(result["identities"])),
         ("no face found", _fmt(result["no_face"])),
-        ("skipped files", _fmt(result.get("skipped_files"))),
     ]
-    for reason, count in (result.get("skipped_reasons") or {}).items():
-        rows.append((f"  {reason}", str(count)))
-    for reason, count in (result.get("no_face_reasons") or {}).items():
-        rows.append((f"  no face: {reason}", str(count)))
+    rows += [(f"  {reason}", str(count)) for reason, count in (result.get("no_face_reasons") or {}).items()]
+    rows.append(("skipped files", _fmt(result.get("skipped_files"))))
+    rows += [(f"  {reason}", str(count)) for reason, count in (result.get("skipped_reasons") or {}).items()]
     if result.get("pairs") is not None:
         std = result.get("accuracy_std")
         accuracy = _fmt(result["accuracy"], "f") + (f" ± {std:.4f}" if std is not None else "")
@@ -153,9 +155,12 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(exc), EXIT_USAGE) from None
 
     loaded = time.perf_counter()
+    from pam_faceid.embedder import ModelError
+    from pam_faceid.faces import DetectorError
+
     try:
         embed, embedder = make_embed(args.model, args.backend, args.flip)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (ModelError, DetectorError, OSError, ValueError, RuntimeError) as exc:
         raise CommandError(f"cannot load the model: {exc}") from None
     load_seconds = time.perf_counter() - loaded
     threshold = args.threshold if args.threshold is not None else float(embedder.threshold)
@@ -165,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     except EvaluateError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
     result["model_load_seconds"] = load_seconds
-    result["flip"] = bool(args.flip)
+    result["flip"] = bool(args.flip or getattr(embedder, "flip", False))
     result["backend"] = args.backend
     result["model"] = (getattr(embedder, "metadata", None) or {}).get("id")
     if args.json:
