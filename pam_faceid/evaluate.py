@@ -165,7 +165,9 @@ def _to_bgr8(image: np.ndarray) -> np.ndarray:
     import cv2
 
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
+        # Scaled by the peak, not >> 8: 10- and 12-bit sensors store small values in 16-bit files.
+        peak = max(int(image.max()), 1) if image.size else 1
+        image = np.clip(image.astype(np.float32) * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8)
     elif image.dtype != np.uint8:
         image = image.astype(np.float32)
         top = float(np.nanmax(image)) if image.size else 1.0
@@ -360,7 +362,7 @@ class PairsFile:
 
 
 def _is_int(token: str) -> bool:
-    return token.isdigit()
+    return token.isascii() and token.isdigit()
 
 
 def parse_pairs(path: Path | str) -> PairsFile:
@@ -427,7 +429,7 @@ def pair_image_index(dataset: Dataset) -> dict[tuple[str, int], Path]:
         for path in sorted(paths, key=_suffix_rank):
             stem = path.name.rsplit(".", 1)[0] if "." in path.name else path.name
             rest = stem[len(prefix):] if stem.startswith(prefix) else ""
-            if rest.isdigit():
+            if _is_int(rest):
                 index.setdefault((name, int(rest)), path)
     return index
 

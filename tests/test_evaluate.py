@@ -307,6 +307,10 @@ def test_load_image_downscales_and_converts(tmp_path):
     image = ev.load_image(tmp_path / "big.png")
     assert image.dtype == np.uint8 and image.shape == (853, 1280, 3)
     assert image[426, 640].tolist() == [255, 255, 255] and image[10, 10].tolist() == [0, 0, 0]
+    twelve_bit = np.zeros((40, 40), np.uint16)
+    twelve_bit[10:30, 10:30] = 4095
+    cv2.imwrite(str(tmp_path / "d12.png"), twelve_bit)
+    assert ev.load_image(tmp_path / "d12.png")[20, 20].tolist() == [255, 255, 255]
 
 
 @pytest.fixture
