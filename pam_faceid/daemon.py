@@ -1,0 +1,779 @@
+"""faceidd: the root daemon that holds the model and the enrolments and answers "is this the user?".
+
+Why a daemon: loading the model and every enrolment once keeps each PAM call
+under a second, and keeps biometric templates readable by root only while a
+screen locker running as the user can still ask. The PAM helper streams
+frames over the Unix socket (protocol.py); the daemon decides.
+
+Security model: any local user may connect (socket 0666); SO_PEERCRED tells
+who is asking. Root may ask about any user, other uids only about their own
+user name, admin requests (status, reload) are root only. Every session is
+bounded in time, frames and message size, and each non-root uid may hold
+only a few connections, so a hostile local user cannot stall the owner's login.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import pwd
+import selectors
+import signal
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pam_faceid import protocol
+from pam_faceid.config import Config, ConfigError, load_config
+from pam_faceid.store import Enrolment, Store, StoreError, validate_user
+
+log = logging.getLogger("faceidd")
+
+SESSION_MARGIN = 2.0
+"""Seconds a session may run past auth.timeout (transfer of the last frames) before it is cut."""
+HELLO_TIMEOUT = 2.0
+"""Seconds a new connection has to send its first whole message."""
+MESSAGE_TIMEOUT = 2.0
+"""Longest silence between two messages of a session."""
+QUEUE_WAIT = 3.0
+"""Seconds an accepted connection waits for a free session slot before it is told "busy"."""
+PER_UID_CONNECTIONS = 3
+"""Connections (waiting or served) one non-root uid may hold at once."""
+SHUTDOWN_GRACE = 1.0
+"""Seconds SIGTERM waits for sessions in flight before the process exits."""
+
+
+# ---------------------------------------------------------------- decision (pure)
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The one answer of a session (see protocol.RESULTS)."""
+
+    result: str
+    score: float | None = None
+    frames: int = 0
+    reason: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        score = None if self.score is None else round(float(self.score), 4)
+        return {"result": self.result, "score": score, "frames": self.frames, "reason": self.reason}
+
+
+class Decision:
+    """Turns per-frame scores into a session verdict; pure (the caller passes the clock).
+
+    A frame matches when its best similarity to the user's templates is at
+    least ``threshold``. The session is a match once ``min_matching_frames``
+    frames have matched within ``timeout`` seconds of ``started``. It ends
+    without a match when the time is up, ``max_frames`` frames were seen or
+    the client has no more frames: ``no_face`` when no frame had a face,
+    ``no_match`` when faces were seen, ``timeout`` when no frame came at all.
+    Later checks (liveness) hook in by subclassing ``observe``/``finish``.
+    """
+
+    def __init__(self, threshold: float, min_matching_frames: int, timeout: float, max_frames: int,
+                 started: float):
+        self.threshold = float(threshold)
+        self.min_matching_frames = int(min_matching_frames)
+        self.timeout = float(timeout)
+        self.max_frames = int(max_frames)
+        self.started = float(started)
+        self.frames = 0
+        self.faces = 0
+        self.matches = 0
+        self.best: float | None = None
+        self.last_reason: str | None = None
+        self.verdict: Verdict | None = None
+
+    def expired(self, now: float) -> bool:
+        return now - self.started > self.timeout
+
+    def observe(self, score: float | None, reason: str | None, now: float) -> Verdict | None:
+        """Count one frame (score None = no usable face, with ``reason``); the verdict once decided."""
+        if self.verdict is not None:
+            return self.verdict
+        if self.expired(now):
+            return self.finish(now, "time is up")
+        self.frames += 1
+        self.last_reason = reason
+        if score is not None:
+            self.faces += 1
+            self.best = score if self.best is None else max(self.best, score)
+            if score >= self.threshold:
+                self.matches += 1
+        if self.matches >= self.min_matching_frames:
+            self.verdict = Verdict("match", self.best, self.frames, None)
+        elif self.frames >= self.max_frames:
+            return self.finish(now, f"{self.max_frames} frames seen")
+        elif self.expired(now):
+            return self.finish(now, "time is up")
+        return self.verdict
+
+    def finish(self, now: float, why: str | None = None) -> Verdict:
+        """End the session without further frames; the verdict from what was seen."""
+        if self.verdict is not None:
+            return self.verdict
+        if self.frames == 0:
+            result = "timeout"
+        elif self.faces == 0:
+            result = "no_face"
+            why = self.last_reason or why
+        else:
+            result = "no_match"
+        self.verdict = Verdict(result, self.best, self.frames, why)
+        return self.verdict
+
+    def progress(self) -> dict[str, Any]:
+        return {"frames": self.frames, "faces": self.faces, "matches": self.matches, "reason": self.last_reason}
+
+
+# ---------------------------------------------------------------- model and state
+
+def model_id_of(embedder: Any) -> str:
+    """The identity of the embedder's weights: enrolments from another model do not compare."""
+    explicit = getattr(embedder, "model_id", None)
+    if explicit:
+        return str(explicit)
+    meta = getattr(embedder, "metadata", {}) or {}
+    return str(meta.get("model_id") or meta.get("id") or "")
+
+
+class Engine:
+    """Frame bytes -> best similarity to a user's templates, through FacePipeline and Embedder.
+
+    One lock serialises the detector (OpenCV's FaceDetectorYN keeps per-call
+    state); on two cores nothing is lost by it.
+    """
+
+    def __init__(self, model_path: str, backend: str, dark_threshold: float):
+        from pam_faceid.embedder import Embedder
+        from pam_faceid.faces import ALIGN_SIZE, FacePipeline
+
+        self.key = (model_path, backend, _model_stamp(model_path))
+        self.embedder = Embedder(model_path or None, backend)
+        self.pipeline = FacePipeline(dark_threshold=dark_threshold)
+        self.model_id = model_id_of(self.embedder)
+        self.threshold = float(self.embedder.threshold)
+        self.lock = threading.Lock()
+        # One embedding at load: warms the runtime up and tells the vector size enrolments must have.
+        self.dim = int(self.embedder.embed_one(np.zeros((ALIGN_SIZE, ALIGN_SIZE, 3), np.uint8)).size)
+
+    def score(self, jpeg: bytes, templates: np.ndarray) -> tuple[float | None, str | None]:
+        """(best cosine similarity, None) or (None, why there is no usable face)."""
+        import cv2
+
+        size = protocol.jpeg_size(jpeg)
+        if size is None:
+            return None, "not_jpeg"
+        if not (0 < size[0] <= protocol.MAX_FRAME_SIDE and 0 < size[1] <= protocol.MAX_FRAME_SIDE):
+            return None, "frame_too_large"
+        frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        if frame is None:
+            return None, "undecodable"
+        with self.lock:
+            crop, reason = self.pipeline.process(frame)
+            if crop is None:
+                return None, reason or "no_face"
+            vector = self.embedder.embed_one(crop)
+        return float(np.max(templates @ vector)), None
+
+
+def _model_stamp(model_path: str) -> tuple[float, ...]:
+    """Modification times of the model files, so a reload notices a replaced model."""
+    from pam_faceid.embedder import META_FILE, ONNX_FILE, default_model_dir
+
+    folder = Path(model_path) if model_path else default_model_dir()
+    stamps = []
+    for name in (ONNX_FILE, META_FILE):
+        try:
+            stamps.append(os.stat(folder / name).st_mtime)
+        except OSError:
+            stamps.append(0.0)
+    return tuple(stamps)
+
+
+@dataclasses.dataclass
+class State:
+    """Everything one session needs, swapped whole on reload so sessions in flight keep theirs."""
+
+    cfg: Config
+    socket_path: str
+    state_dir: str
+    engine: Engine | None
+    engine_error: str | None
+    threshold: float | None
+    templates: dict[str, np.ndarray]
+    skipped: dict[str, str]
+    loaded: float
+
+    def summary(self) -> str:
+        model = self.engine.model_id if self.engine else f"none ({self.engine_error})"
+        return (f"config={self.cfg.path} state_dir={self.state_dir} users={len(self.templates)} "
+                f"skipped={len(self.skipped)} model={model or 'unnamed'} threshold={self.threshold}")
+
+
+def load_state(config_path: str | None, overrides: dict[str, str], previous: State | None = None) -> State:
+    """Read config, model and enrolments. ConfigError propagates; a bad model or user file is recorded, not fatal."""
+    cfg = load_config(config_path)
+    socket_path = overrides.get("socket") or cfg.daemon.socket
+    state_dir = overrides.get("state_dir") or cfg.daemon.state_dir
+    engine: Engine | None = None
+    engine_error: str | None = None
+    try:
+        key = (cfg.model.path, cfg.model.backend, _model_stamp(cfg.model.path))
+        if previous is not None and previous.engine is not None and previous.engine.key == key:
+            engine = previous.engine
+        else:
+            engine = Engine(cfg.model.path, cfg.model.backend, 0.0)
+    except Exception as exc:  # a missing/corrupt model must not stop the daemon: sessions answer "error"
+        engine_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.error("model not loaded: %s", engine_error)
+    threshold: float | None
+    if cfg.auth.threshold == "auto":
+        threshold = engine.threshold if engine else None
+    else:
+        threshold = float(cfg.auth.threshold)
+    templates: dict[str, np.ndarray] = {}
+    skipped: dict[str, str] = {}
+    try:
+        good, bad = Store(state_dir).load_all()
+    except StoreError as exc:
+        good, bad = {}, {"*": str(exc)}
+        log.error("enrolments not loaded: %s", exc)
+    for user, reason in bad.items():
+        log.error("skipping user %s: %s", user, reason)
+        skipped[user] = reason
+    for user, enrolment in good.items():
+        problem = _enrolment_problem(enrolment, engine)
+        if problem:
+            log.error("skipping user %s: %s", user, problem)
+            skipped[user] = problem
+        else:
+            templates[user] = enrolment.matrix()
+    return State(cfg, socket_path, state_dir, engine, engine_error, threshold, templates, skipped, time.time())
+
+
+def _enrolment_problem(enrolment: Enrolment, engine: Engine | None) -> str | None:
+    if engine is None:
+        return None
+    if enrolment.model_id and engine.model_id and enrolment.model_id != engine.model_id:
+        return (f"enrolled with model {enrolment.model_id!r} but the daemon runs {engine.model_id!r}; "
+                f"enrol again")
+    dim = enrolment.matrix().shape[1]
+    if dim != engine.dim:
+        return f"templates have {dim} values, the model gives {engine.dim}; enrol again"
+    return None
+
+
+# ---------------------------------------------------------------- systemd integration
+
+def sd_notify(state: str) -> bool:
+    """Send ``state`` (e.g. "READY=1") to $NOTIFY_SOCKET; False when not run under a notify-aware manager."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+        return True
+    except OSError as exc:
+        log.warning("sd_notify to %s failed: %s", address, exc)
+        return False
+
+
+def socket_from_systemd() -> socket.socket | None:
+    """The listening socket systemd passed (LISTEN_FDS/LISTEN_PID, fd 3), or None."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    try:
+        count = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    if count < 1:
+        return None
+    sock = socket.socket(fileno=3)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        raise OSError(f"systemd passed a socket of family {sock.family!r} type {sock.type!r}; want AF_UNIX stream")
+    os.set_inheritable(3, False)
+    return sock
+
+
+def bind_socket(path: str) -> socket.socket:
+    """Listen on ``path`` (mode 0666; folder created 0755), replacing a stale socket but never a live daemon."""
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        os.makedirs(folder, mode=0o755, exist_ok=True)
+        os.chmod(folder, 0o755)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise OSError(f"{path} exists and is not a socket; remove it or set daemon.socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(0.5)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)
+        else:
+            raise OSError(f"another faceidd is already listening on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.bind(path)
+    os.chmod(path, 0o666)
+    sock.listen(64)
+    return sock
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end, from the kernel (SO_PEERCRED)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+# ---------------------------------------------------------------- the daemon
+
+class Slots:
+    """Counts connections: a global cap on sessions served at once and a per-uid cap for non-root peers."""
+
+    def __init__(self, limit: Callable[[], int]):
+        self.limit = limit
+        self.cond = threading.Condition()
+        self.active = 0
+        self.held: dict[int, int] = {}
+
+    def admit(self, uid: int) -> bool:
+        """Register a new connection of ``uid``; False when that uid already holds too many."""
+        with self.cond:
+            count = self.held.get(uid, 0)
+            if uid != 0 and count >= PER_UID_CONNECTIONS:
+                return False
+            if sum(self.held.values()) >= 4 * max(1, self.limit()):
+                return False
+            self.held[uid] = count + 1
+            return True
+
+    def leave(self, uid: int) -> None:
+        with self.cond:
+            self.held[uid] -= 1
+            if not self.held[uid]:
+                del self.held[uid]
+
+    def acquire(self, uid: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a session slot; non-root peers leave the last one to root."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                limit = max(1, self.limit())
+                cap = limit if uid == 0 or limit == 1 else limit - 1
+                if self.active < cap:
+                    self.active += 1
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+
+    def release(self) -> None:
+        with self.cond:
+            self.active -= 1
+            self.cond.notify_all()
+
+
+class Daemon:
+    """Serves the socket: accept loop in the main thread, one thread per connection."""
+
+    def __init__(self, config_path: str | None, overrides: dict[str, str]):
+        self.config_path = config_path
+        self.overrides = overrides
+        self.state = load_state(config_path, overrides)
+        self.reload_lock = threading.Lock()
+        self.slots = Slots(lambda: int(self.state.cfg.daemon.max_sessions))
+        self.started = time.time()
+        self.sessions_served = 0
+        self.counter_lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.listener: socket.socket | None = None
+        self.owned_socket: tuple[str, int, int] | None = None
+
+    # -- lifecycle
+
+    def open_listener(self) -> None:
+        activated = socket_from_systemd()
+        if activated is not None:
+            self.listener = activated
+            log.info("listening on the socket passed by systemd (%s)", activated.getsockname() or "unnamed")
+            return
+        path = self.state.socket_path
+        self.listener = bind_socket(path)
+        st = os.stat(path)
+        self.owned_socket = (path, st.st_dev, st.st_ino)
+        log.info("listening on %s", path)
+
+    def remove_socket(self) -> None:
+        """Unlink the socket file we created, unless someone replaced it since."""
+        if self.owned_socket is None:
+            return
+        path, dev, ino = self.owned_socket
+        try:
+            st = os.lstat(path)
+            if (st.st_dev, st.st_ino) == (dev, ino):
+                os.unlink(path)
+        except OSError:
+            pass
+        self.owned_socket = None
+
+    def reload(self) -> tuple[bool, str | None]:
+        """Re-read config, model (if changed) and enrolments; keep the old state when the config is bad."""
+        with self.reload_lock:
+            sd_notify("RELOADING=1")
+            try:
+                new = load_state(self.config_path, self.overrides, self.state)
+            except ConfigError as exc:
+                log.error("reload failed, keeping the previous config: %s", exc)
+                sd_notify("READY=1\nSTATUS=reload failed: config error")
+                return False, str(exc)
+            if new.socket_path != self.state.socket_path and self.owned_socket is not None:
+                log.warning("daemon.socket changed to %s: takes effect at restart", new.socket_path)
+            _set_log_level(new.cfg.logging.level)
+            self.state = new
+            log.info("reloaded: %s", new.summary())
+            sd_notify(f"READY=1\nSTATUS=serving {len(new.templates)} users")
+            return True, None
+
+    def serve(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit status."""
+        assert self.listener is not None
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        pending: list[int] = []
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            pending.append(signum)
+
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, on_signal)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self.listener.setblocking(False)
+        selector = selectors.DefaultSelector()
+        selector.register(self.listener, selectors.EVENT_READ, "accept")
+        selector.register(wake_r, selectors.EVENT_READ, "wake")
+        sd_notify(f"READY=1\nSTATUS=serving {len(self.state.templates)} users\nMAINPID={os.getpid()}")
+        log.info("ready: %s", self.state.summary())
+        try:
+            while not self.stopping.is_set():
+                for key, _ in selector.select(timeout=5.0):
+                    if key.data == "wake":
+                        try:
+                            while wake_r.recv(64):
+                                pass
+                        except BlockingIOError:
+                            pass
+                    else:
+                        self._accept()
+                while pending:
+                    signum = pending.pop(0)
+                    if signum == signal.SIGHUP:
+                        log.info("SIGHUP: reloading")
+                        threading.Thread(target=self.reload, name="reload", daemon=True).start()
+                    else:
+                        log.info("%s: shutting down", signal.Signals(signum).name)
+                        self.stopping.set()
+        finally:
+            sd_notify("STOPPING=1")
+            selector.close()
+            self.listener.close()
+            self.remove_socket()
+            signal.set_wakeup_fd(-1)
+            wake_r.close()
+            wake_w.close()
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        while self.slots.held and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log.info("stopped")
+        return 0
+
+    # -- connections
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            conn, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.error("accept failed: %s", exc)
+            time.sleep(0.05)
+            return
+        try:
+            pid, uid, _gid = peer_credentials(conn)
+        except OSError as exc:
+            log.error("no peer credentials: %s", exc)
+            conn.close()
+            return
+        if not self.slots.admit(uid):
+            log.warning("refused connection from pid=%d uid=%d: too many connections", pid, uid)
+            self._reject(conn, "busy", "too many connections from this user; try again")
+            return
+        thread = threading.Thread(target=self._connection, args=(conn, pid, uid), name=f"conn-{pid}", daemon=True)
+        thread.start()
+
+    @staticmethod
+    def _reject(conn: socket.socket, code: str, message: str) -> None:
+        """Best-effort error reply that never blocks, then close."""
+        try:
+            conn.setblocking(False)
+            conn.send(protocol.encode("error", {"code": code, "message": message}))
+        except OSError:
+            pass
+        conn.close()
+
+    def _send(self, conn: socket.socket, msg_type: str, fields: dict[str, Any]) -> bool:
+        try:
+            protocol.send_message(conn, msg_type, fields, deadline=time.monotonic() + MESSAGE_TIMEOUT)
+            return True
+        except protocol.ProtocolError:
+            return False
+
+    def _connection(self, conn: socket.socket, pid: int, uid: int) -> None:
+        try:
+            if not self.slots.acquire(uid, QUEUE_WAIT):
+                log.warning("busy: dropped connection from pid=%d uid=%d after %.0f s in the queue",
+                            pid, uid, QUEUE_WAIT)
+                self._reject(conn, "busy", "all sessions are in use; try again")
+                return
+            try:
+                self._dispatch(conn, pid, uid)
+            finally:
+                self.slots.release()
+        except Exception:
+            log.exception("internal error serving pid=%d uid=%d", pid, uid)
+            self._reject(conn, "internal", "internal error")
+        finally:
+            conn.close()
+            self.slots.leave(uid)
+
+    def _dispatch(self, conn: socket.socket, pid: int, uid: int) -> None:
+        state = self.state
+        max_bytes = int(state.cfg.daemon.max_message_bytes)
+        try:
+            msg = protocol.recv_message(conn, deadline=time.monotonic() + HELLO_TIMEOUT, max_bytes=max_bytes,
+                                        allowed_types=protocol.CLIENT_TYPES)
+        except protocol.ConnectionClosed:
+            log.debug("pid=%d uid=%d closed without a request", pid, uid)
+            return
+        except protocol.ProtocolError as exc:
+            self._protocol_error(conn, pid, uid, exc)
+            return
+        if msg.type in protocol.ADMIN_TYPES:
+            self._admin(conn, msg, pid, uid)
+        elif msg.type == "hello":
+            self._session(conn, msg, pid, uid, state)
+        else:
+            self._protocol_error(conn, pid, uid, protocol.ProtocolError(
+                f"{msg.type} before hello", "unexpected"))
+
+    def _protocol_error(self, conn: socket.socket, pid: int, uid: int, exc: protocol.ProtocolError) -> None:
+        log.warning("protocol error from pid=%d uid=%d: %s: %s", pid, uid, exc.code, exc)
+        self._send(conn, "error", {"code": exc.code, "message": str(exc)[:200]})
+
+    # -- admin
+
+    def _admin(self, conn: socket.socket, msg: protocol.Message, pid: int, uid: int) -> None:
+        if uid != 0:
+            log.warning("refused %s from pid=%d uid=%d: admin requests are root only", msg.type, pid, uid)
+            self._send(conn, "error", {"code": "refused", "message": f"{msg.type} is for root only"})
+            return
+        if msg.type == "status":
+            self._send(conn, "status", self.status())
+            log.info("status asked by pid=%d", pid)
+            return
+        ok, error = self.reload()
+        state = self.state
+        self._send(conn, "reload", {"ok": ok, "error": error, "users": sorted(state.templates),
+                                    "skipped": state.skipped})
+        log.info("reload asked by pid=%d: %s", pid, "ok" if ok else "failed")
+
+    def status(self) -> dict[str, Any]:
+        """What `faceid status` shows: who is enrolled, who was skipped and why, the model, the load."""
+        state = self.state
+        engine = state.engine
+        return {
+            "pid": os.getpid(),
+            "version": _package_version(),
+            "uptime": round(time.time() - self.started, 1),
+            "config": state.cfg.path,
+            "socket": state.socket_path,
+            "state_dir": state.state_dir,
+            "users": sorted(state.templates),
+            "skipped": state.skipped,
+            "model": {"loaded": engine is not None, "id": engine.model_id if engine else None,
+                      "error": state.engine_error, "threshold": state.threshold},
+            "sessions": {"active": self.slots.active, "served": self.sessions_served,
+                         "max": int(state.cfg.daemon.max_sessions)},
+            "loaded": state.loaded,
+        }
+
+    # -- authentication sessions
+
+    def _authorise(self, user: Any, pid: int, uid: int) -> Verdict | None:
+        """None when ``uid`` may ask about ``user``; otherwise the refusal."""
+        if uid == 0:
+            return None
+        own = user_name(uid)
+        if own is not None and own == user:
+            return None
+        log.warning("refused hello for user=%r from pid=%d uid=%d (%s): may only ask about itself",
+                    user, pid, uid, own or "no passwd entry")
+        return Verdict("refused", reason="a non-root client may only ask about its own user")
+
+    def before_session(self, user: str, state: State) -> Verdict | None:
+        """Hook run before frames are taken (lockout will refuse here); None lets the session go on."""
+        return None
+
+    def after_session(self, user: str, verdict: Verdict, state: State) -> None:
+        """Hook run with every verdict of a session that took frames (lockout will count failures here)."""
+
+    def _session(self, conn: socket.socket, hello: protocol.Message, pid: int, uid: int, state: State) -> None:
+        t0 = time.monotonic()
+        user, service = hello.get("user"), hello.get("service", "")
+        tty, rhost = hello.get("tty", ""), hello.get("rhost", "")
+        if not all(isinstance(v, str) for v in (user, service, tty, rhost)):
+            self._protocol_error(conn, pid, uid, protocol.ProtocolError("hello needs string user/service/tty/rhost"))
+            return
+        try:
+            validate_user(user)
+        except StoreError as exc:
+            self._protocol_error(conn, pid, uid, protocol.ProtocolError(str(exc)))
+            return
+        verdict, frames_taken = self._run_session(conn, user, pid, uid, state, t0)
+        if frames_taken:
+            self.after_session(user, verdict, state)
+        with self.counter_lock:
+            self.sessions_served += 1
+        ms = (time.monotonic() - t0) * 1000
+        log.info("auth user=%s service=%s tty=%s rhost=%s pid=%d uid=%d verdict=%s score=%s frames=%d ms=%.0f%s",
+                 user, service or "-", tty or "-", rhost or "-", pid, uid, verdict.result,
+                 "-" if verdict.score is None else f"{verdict.score:.3f}", verdict.frames, ms,
+                 f" reason={verdict.reason!r}" if verdict.reason else "")
+        self._send(conn, "verdict", verdict.fields())
+
+    def _run_session(self, conn: socket.socket, user: str, pid: int, uid: int, state: State,
+                     t0: float) -> tuple[Verdict, bool]:
+        """The verdict of one session and whether frames were taken."""
+        refusal = self._authorise(user, pid, uid) or self.before_session(user, state)
+        if refusal is not None:
+            return refusal, False
+        templates = state.templates.get(user)
+        if templates is None:
+            if user in state.skipped:
+                return Verdict("error", reason="enrolment unreadable: see the daemon log"), False
+            return Verdict("not_enrolled"), False
+        if state.engine is None or state.threshold is None:
+            return Verdict("error", reason="model not loaded"), False
+        cfg = state.cfg
+        timeout = float(cfg.auth.timeout)
+        max_frames = int(cfg.daemon.max_frames_per_session)
+        decision = Decision(state.threshold, cfg.auth.min_matching_frames, timeout, max_frames, t0)
+        if not self._send(conn, "ready", {"timeout": timeout, "max_frames": max_frames}):
+            return decision.finish(time.monotonic(), "client went away"), False
+        session_deadline = t0 + timeout + SESSION_MARGIN
+        max_bytes = int(cfg.daemon.max_message_bytes)
+        while True:
+            now = time.monotonic()
+            try:
+                msg = protocol.recv_message(conn, deadline=min(session_deadline, now + MESSAGE_TIMEOUT),
+                                            max_bytes=max_bytes, allowed_types=protocol.CLIENT_TYPES)
+            except protocol.ProtocolTimeout:
+                return decision.finish(time.monotonic(), "client stopped sending"), decision.frames > 0
+            except protocol.ConnectionClosed:
+                return decision.finish(time.monotonic(), "client went away"), decision.frames > 0
+            except protocol.ProtocolError as exc:
+                self._protocol_error(conn, pid, uid, exc)
+                return decision.finish(time.monotonic(), f"protocol error: {exc.code}"), decision.frames > 0
+            if msg.type == "end":
+                return decision.finish(time.monotonic(), "client ended"), decision.frames > 0
+            if msg.type != "frame":
+                self._protocol_error(conn, pid, uid, protocol.ProtocolError(
+                    f"{msg.type} during a session", "unexpected"))
+                return decision.finish(time.monotonic(), "protocol error"), decision.frames > 0
+            score, reason = state.engine.score(msg.payload, templates)
+            verdict = decision.observe(score, reason, time.monotonic())
+            if verdict is not None:
+                return verdict, True
+            if not self._send(conn, "progress", decision.progress()):
+                return decision.finish(time.monotonic(), "client went away"), True
+
+
+def _package_version() -> str:
+    from pam_faceid import __version__
+
+    return __version__
+
+
+def _set_log_level(level: str) -> None:
+    logging.getLogger().setLevel(getattr(logging, str(level).upper(), logging.INFO))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="faceidd",
+        description="The pam_faceid daemon: holds the face model and enrolments, answers the PAM helper.",
+        epilog="Normally started by systemd (faceidd.socket / faceidd.service). SIGHUP reloads config and "
+               "enrolments; SIGTERM stops.",
+    )
+    parser.add_argument("--config", help="config file (default: $FACEID_CONFIG or /etc/pam_faceid/config.yaml)")
+    parser.add_argument("--socket", help="listen on this socket path instead of daemon.socket")
+    parser.add_argument("--state-dir", help="read enrolments from this folder instead of daemon.state_dir")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Before cv2 is first imported: OpenCV never decodes an image larger than a frame may be.
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(protocol.MAX_FRAME_SIDE ** 2))
+    logging.basicConfig(level=logging.INFO, format="faceidd: %(levelname)s %(message)s", stream=sys.stderr)
+    overrides = {k: v for k, v in (("socket", args.socket), ("state_dir", args.state_dir)) if v}
+    try:
+        daemon = Daemon(args.config, overrides)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    _set_log_level(daemon.state.cfg.logging.level)
+    try:
+        daemon.open_listener()
+    except OSError as exc:
+        log.error("cannot listen: %s", exc)
+        return 1
+    return daemon.serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""faceid-helper: the program pam_exec runs; looks at the camera and asks faceidd whether it sees the user.
+
+Use it in a PAM service before the password module::
+
+    auth [success=done default=ignore] pam_exec.so quiet stdout seteuid /opt/pam_faceid/bin/faceid-helper
+
+An optional ``--config FILE`` after the path selects another config (else
+$FACEID_CONFIG, else /etc/pam_faceid/config.yaml). pam_exec passes the
+request in PAM_USER, PAM_SERVICE, PAM_RHOST, PAM_TTY (no PATH, no HOME).
+
+Fail safe, fail fast: every problem (no such user, face auth disabled, a
+remote session, a closed lid, no daemon within 1 s, no camera, a bad config,
+any bug) exits non-zero at once with the reason in the journal (syslog
+AUTHPRIV, ident faceid-helper), and PAM falls through to the password. Exit 0
+only when the daemon's verdict is ``match``.
+
+Imports only config, camera and protocol (plus cv2, numpy and the standard
+library): never torch, onnxruntime or the face model, so it starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import glob
+import os
+import pwd
+import signal
+import socket
+import stat
+import sys
+import syslog
+import time
+from typing import Any, Mapping
+
+from pam_faceid import protocol
+from pam_faceid.config import ConfigError, load_config
+
+EXIT_MATCH = 0
+EXIT_NOT_RECOGNISED = 1
+"""The daemon's verdict was not match (no_match, no_face, timeout, not_enrolled, locked_out, refused, error)."""
+EXIT_CONFIG = 2
+"""Bad or unreadable config, or not run by PAM (no PAM_USER)."""
+EXIT_SKIPPED = 3
+"""Face auth does not apply here: unknown user, disabled, remote session, lid closed."""
+EXIT_NO_DAEMON = 4
+"""faceidd not running or not answering within DAEMON_TIMEOUT."""
+EXIT_NO_CAMERA = 5
+EXIT_INTERNAL = 6
+"""An unexpected error or the helper ran out of time: a bug, logged as one line."""
+
+DAEMON_TIMEOUT = 1.0
+"""Seconds the daemon has to accept and answer hello before PAM falls through."""
+MAX_SEND_SIDE = 640
+"""Frames are downscaled to at most this many pixels on their long side before JPEG encoding."""
+JPEG_QUALITY = 85
+LID_GLOB = "/proc/acpi/button/lid/*/state"
+LOCAL_HOSTS = frozenset({"localhost", "localhost.localdomain", "127.0.0.1", "::1", "0:0:0:0:0:0:0:1"})
+SSH_VARIABLES = ("SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY")
+
+NOTICE_LOOKING = "Looking for your face…"
+NOTICE_MATCH = "Face recognised."
+NOTICE_NO_MATCH = "Face not recognised: enter your password."
+
+
+class Abort(Exception):
+    """Stop now with exit ``code``; the message is the reason logged."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+
+
+def _stderr_is_private() -> bool:
+    """False when stderr is the same pipe as stdout, as pam_exec's ``stdout`` option makes it.
+
+    Then anything written to stderr would be shown to the person at the
+    prompt, and they must see no more than the verdict.
+    """
+    try:
+        out, err = os.fstat(1), os.fstat(2)
+    except OSError:
+        return False
+    return not ((out.st_dev, out.st_ino) == (err.st_dev, err.st_ino) and stat.S_ISFIFO(out.st_mode))
+
+
+def log(priority: int, message: str) -> None:
+    """One line to syslog (AUTHPRIV, the journal) and to stderr when stderr is not shown to the user."""
+    try:
+        syslog.syslog(priority, message)
+    except Exception:
+        pass
+    if _stderr_is_private():
+        try:
+            print(f"faceid-helper: {message}", file=sys.stderr, flush=True)
+        except Exception:
+            pass
+
+
+def notice(enabled: bool, text: str) -> None:
+    """A state line for the person at the prompt (pam_exec ``stdout`` shows our stdout)."""
+    if enabled:
+        try:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+        except Exception:
+            pass
+
+
+def remote_reason(env: Mapping[str, str], parent_env: Mapping[str, str] | None = None) -> str | None:
+    """Why this looks like a remote session (the camera is not in front of that person), or None.
+
+    PAM_RHOST names the remote host for sshd and login-over-network; SSH_* in
+    our own or the calling program's environment (sudo inside an SSH session)
+    gives it away too.
+    """
+    rhost = env.get("PAM_RHOST", "").strip()
+    if rhost and rhost.lower() not in LOCAL_HOSTS and rhost != socket.gethostname():
+        return f"remote session from {rhost}"
+    if env.get("PAM_TTY", "") == "ssh":
+        return "SSH session (PAM_TTY=ssh)"
+    for source in (env, parent_env or {}):
+        for name in SSH_VARIABLES:
+            if source.get(name):
+                return f"SSH session ({name} set)"
+    return None
+
+
+def parent_environment() -> dict[str, str]:
+    """The calling program's environment (sudo's, su's), best effort; empty when unreadable."""
+    try:
+        with open(f"/proc/{os.getppid()}/environ", "rb") as fh:
+            raw = fh.read(1 << 20)
+    except OSError:
+        return {}
+    env = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+    return env
+
+
+def lid_closed(pattern: str = LID_GLOB) -> bool:
+    """True when every lid ACPI reports says "closed" (no lid, as on desktops: False)."""
+    states = []
+    for path in glob.glob(pattern):
+        try:
+            with open(path) as fh:
+                states.append(fh.read().lower())
+        except OSError:
+            continue
+    return bool(states) and all("closed" in s for s in states)
+
+
+def encode_frame(frame: Any) -> bytes:
+    """A BGR frame as JPEG bytes, downscaled to MAX_SEND_SIDE so a frame is a few tens of KiB."""
+    import cv2
+
+    height, width = frame.shape[:2]
+    scale = MAX_SEND_SIDE / max(height, width)
+    if scale < 1:
+        frame = cv2.resize(frame, (max(1, round(width * scale)), max(1, round(height * scale))),
+                           interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise Abort(EXIT_INTERNAL, "cv2.imencode failed on a camera frame")
+    return buf.tobytes()
+
+
+def _arm_watchdog(seconds: float) -> None:
+    """Never hang PAM: SIGALRM logs and exits; faulthandler's C thread exits even if Python is stuck in C."""
+    def on_alarm(_signum: int, _frame: Any) -> None:
+        log(syslog.LOG_ERR, f"gave up after {seconds:.0f} s: took too long")
+        os._exit(EXIT_INTERNAL)
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    faulthandler.dump_traceback_later(seconds + 1.0, exit=True, file=_devnull())
+
+
+_DEVNULL: Any = None
+
+
+def _devnull() -> Any:
+    global _DEVNULL
+    if _DEVNULL is None:
+        _DEVNULL = open(os.devnull, "w")
+    return _DEVNULL
+
+
+def _open_session(socket_path: str, hello: dict[str, str]) -> tuple[protocol.Client, protocol.Message]:
+    """Connect and say hello; the daemon must answer within DAEMON_TIMEOUT in all."""
+    deadline = time.monotonic() + DAEMON_TIMEOUT
+    try:
+        client = protocol.Client(socket_path, DAEMON_TIMEOUT)
+        answer = client.request("hello", hello, timeout=max(0.05, deadline - time.monotonic()))
+    except protocol.DaemonError as exc:
+        raise Abort(EXIT_NO_DAEMON, str(exc)) from None
+    return client, answer
+
+
+def authenticate(env: Mapping[str, str], config_path: str | None) -> int:
+    """The whole helper run; returns the exit code or raises Abort."""
+    user = env.get("PAM_USER", "")
+    if not user:
+        raise Abort(EXIT_CONFIG, "PAM_USER is not set: run me from pam_exec")
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise Abort(EXIT_SKIPPED, f"user {user!r} does not exist") from None
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        raise Abort(EXIT_CONFIG, f"config: {exc}") from None
+    _arm_watchdog(float(cfg.auth.timeout) + 3.0)
+    if not cfg.auth.enabled:
+        raise Abort(EXIT_SKIPPED, "face authentication is disabled (auth.enabled: false)")
+    if cfg.auth.abort_if_ssh:
+        why = remote_reason(env, parent_environment())
+        if why:
+            raise Abort(EXIT_SKIPPED, f"{why}: skipped (auth.abort_if_ssh)")
+    if cfg.auth.abort_if_lid_closed and lid_closed():
+        raise Abort(EXIT_SKIPPED, "laptop lid is closed: skipped (auth.abort_if_lid_closed)")
+
+    service = env.get("PAM_SERVICE", "")
+    hello = protocol.hello_fields(user, service, env.get("PAM_TTY", ""), env.get("PAM_RHOST", ""))
+    client, answer = _open_session(cfg.daemon.socket, hello)
+    with client:
+        if answer.type == "verdict":
+            return _finish(answer, user, service, False)
+        if answer.type != "ready":
+            raise Abort(EXIT_INTERNAL, f"daemon answered hello with {answer.type}")
+        timeout = float(answer.get("timeout") or cfg.auth.timeout)
+        return _stream(client, cfg, timeout, user, service)
+
+
+def _stream(client: protocol.Client, cfg: Any, timeout: float, user: str, service: str) -> int:
+    """Send frames lock-step until the daemon's verdict, the end of the source or the timeout."""
+    from pam_faceid.camera import CameraError, FrameSource
+
+    shown = bool(cfg.auth.detection_notice)
+    deadline = time.monotonic() + timeout
+    try:
+        source = FrameSource.from_config(cfg.camera)
+    except CameraError as exc:
+        raise Abort(EXIT_NO_CAMERA, f"camera: {exc}") from None
+    notice(shown, NOTICE_LOOKING)
+    try:
+        with source:
+            for frame in source.frames(timeout=timeout):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                client.send("frame", payload=encode_frame(frame), timeout=left + 1.0)
+                answer = client.recv(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+                if answer.type == "verdict":
+                    return _finish(answer, user, service, shown)
+                if answer.type != "progress":
+                    raise Abort(EXIT_INTERNAL, f"daemon answered a frame with {answer.type}")
+        client.send("end", timeout=1.0)
+        answer = client.recv(timeout=1.0)
+    except protocol.DaemonError as exc:
+        notice(shown, NOTICE_NO_MATCH)
+        raise Abort(EXIT_NO_DAEMON, str(exc)) from None
+    if answer.type != "verdict":
+        raise Abort(EXIT_INTERNAL, f"daemon answered end with {answer.type}")
+    return _finish(answer, user, service, shown)
+
+
+def _finish(answer: protocol.Message, user: str, service: str, shown: bool) -> int:
+    result = answer.get("result")
+    score = answer.get("score")
+    detail = (f"user={user} service={service or '-'} verdict={result} frames={answer.get('frames')} "
+              f"score={'-' if score is None else score}")
+    if answer.get("reason"):
+        detail += f" reason={answer.get('reason')}"
+    if result == "match":
+        log(syslog.LOG_NOTICE, detail)
+        notice(shown, NOTICE_MATCH)
+        return EXIT_MATCH
+    log(syslog.LOG_INFO, detail)
+    notice(shown, NOTICE_NO_MATCH)
+    return EXIT_NOT_RECOGNISED
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script entry point; the exit code is what pam_exec turns into success or fall-through."""
+    syslog.openlog("faceid-helper", syslog.LOG_PID, syslog.LOG_AUTHPRIV)
+    try:
+        parser = argparse.ArgumentParser(prog="faceid-helper", description="PAM helper of pam_faceid (run by "
+                                         "pam_exec; PAM_USER etc. come from the environment).")
+        parser.add_argument("--config", help="config file (default: $FACEID_CONFIG or /etc/pam_faceid/config.yaml)")
+        args = parser.parse_args(argv)
+        _arm_watchdog(10.0)
+        return authenticate(os.environ, args.config)
+    except Abort as abort:
+        log(syslog.LOG_WARNING if abort.code == EXIT_INTERNAL else syslog.LOG_INFO, str(abort))
+        return abort.code
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        log(syslog.LOG_ERR, f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
