@@ -80,7 +80,7 @@ def split_identities(labels: np.ndarray, fraction: float, rng: np.random.Generat
     """Mask of faces whose identity is held out for validation (identities with 2+ faces only)."""
     ids, counts = np.unique(labels[labels >= 0], return_counts=True)
     multi = ids[counts >= 2]
-    held = rng.choice(multi, size=max(1, int(len(multi) * fraction)), replace=False) if len(multi) else []
+    held = rng.choice(multi, size=min(len(multi), max(2, int(len(multi) * fraction))), replace=False)
     return np.isin(labels, held)
 
 
@@ -104,6 +104,14 @@ class PKSampler:
         if len(self.extra) and self.cfg.extra_per_batch:
             out = np.concatenate([out, self.rng.choice(self.extra, size=self.cfg.extra_per_batch)])
         return out
+
+
+def learning_rate(peak: float, step: int, total: int, warmup: float = 0.05) -> float:
+    """Linear warm-up then cosine decay; a function of the step alone, so --resume with more epochs stretches it."""
+    w = max(1, int(total * warmup))
+    if step < w:
+        return peak * (step + 1) / w
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -226,7 +234,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     batch_size = cfg.ids_per_batch * cfg.images_per_id + (cfg.extra_per_batch if use_teacher else 0)
     steps = cfg.steps_per_epoch or max(1, len(train_idx) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.1)
     loss_fn, miner = triplet_loss_and_miner(cfg.margin, cfg.miner)
     gen = torch.Generator().manual_seed(cfg.seed)
 
@@ -237,7 +244,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
         gen.set_state(state["gen"])
         rng.bit_generator.state = state["rng"]
         history, start_epoch, best = state["history"], state["epoch"], state["best"]
@@ -247,7 +253,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         net.train()
         totals = {"loss": 0.0, "triplet": 0.0, "distill": 0.0}
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, unit="step")
-        for _ in bar:
+        for step in bar:
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(cfg.lr, epoch * steps + step, cfg.epochs * steps)
             idx = sampler.batch()
             x = augment(torch.from_numpy(preprocess(faces.crops[idx])), gen)
             emb = net(x)
@@ -264,7 +272,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             opt.zero_grad()
             loss.backward()
             opt.step()
-            sched.step()
             for key, value in (("loss", loss), ("triplet", triplet), ("distill", distill)):
                 totals[key] += float(value) / steps
             bar.set_postfix(loss=f"{float(loss):.3f}")
@@ -280,7 +287,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         if best is None or metrics["tar_at_far_1e-2"] + metrics["auc"] > best["score"]:
             best = {"score": metrics["tar_at_far_1e-2"] + metrics["auc"], "epoch": epoch + 1, **metrics}
             torch.save(net.state_dict(), out / "best.pt")
-        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+        torch.save({"net": net.state_dict(), "opt": opt.state_dict(),
                     "gen": gen.get_state(), "rng": rng.bit_generator.state, "history": history,
                     "epoch": epoch + 1, "best": best, "config": asdict(cfg)}, ckpt.with_suffix(".tmp"))
         os.replace(ckpt.with_suffix(".tmp"), ckpt)

@@ -1,0 +1,108 @@
+"""Detection, selection and alignment on real photographs."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from pam_faceid import faces
+from pam_faceid.faces import ALIGN_SIZE, DetectorError, FaceDetector, FacePipeline, FaceRefused, align, load_image
+from tests.conftest import OTHER_PERSON, PERSON, images_of
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector()
+
+
+def test_detects_one_face_with_eyes_above_mouth(detector):
+    image = load_image(images_of(PERSON)[0])
+    found = detector.detect(image)
+    assert found, "no face found in an LFW portrait"
+    lm = found[0].landmarks
+    assert lm[0, 0] < lm[1, 0], "first eye landmark should be on the image's left"
+    assert lm[:2, 1].max() < lm[2, 1] < lm[3:, 1].min(), "eyes above nose above mouth"
+
+
+def test_alignment_puts_landmarks_on_the_template(detector):
+    image = load_image(images_of(PERSON)[1])
+    face = FacePipeline(policy="centre", detector=detector).find(image)
+    crop = align(image, face)
+    assert crop.shape == (ALIGN_SIZE, ALIGN_SIZE, 3) and crop.dtype == np.uint8
+    moved = cv2.transform(face.landmarks[None], faces.similarity_matrix(face.landmarks))[0]
+    assert np.abs(moved - faces.TEMPLATE_112).max() < 6.0
+    again = detector.detect(crop)
+    assert again and np.abs(again[0].landmarks - faces.TEMPLATE_112).max() < 8.0
+
+
+def test_same_code_aligns_greyscale_frames(detector):
+    grey = cv2.cvtColor(load_image(images_of(PERSON)[2]), cv2.COLOR_BGR2GRAY)
+    crop, reason = FacePipeline(detector=detector).process(grey)
+    assert reason is None and crop.shape == (112, 112, 3)
+
+
+def test_refusals_name_their_reason(detector):
+    pipeline = FacePipeline(detector=detector, dark_threshold=10.0)
+    blank = np.full((240, 320, 3), 128, np.uint8)
+    assert pipeline.process(blank) == (None, "no_face")
+
+    portrait = load_image(images_of(PERSON)[0])
+    dark = (portrait * 0.05).astype(np.uint8)
+    assert pipeline.process(dark) == (None, "too_dark")
+
+    tiny = np.full((480, 640, 3), 90, np.uint8)
+    small = cv2.resize(portrait, (80, 80))
+    tiny[200:280, 280:360] = small
+    found = detector.detect(tiny)
+    if found:  # a 20-px face may be missed altogether, which is a no_face refusal instead
+        assert pipeline.process(tiny)[1] == "face_too_small"
+    else:
+        assert pipeline.process(tiny)[1] == "no_face"
+
+    other = load_image(images_of(OTHER_PERSON)[0])
+    pair = np.hstack([portrait, cv2.resize(other, portrait.shape[1::-1])])
+    assert pipeline.process(pair) == (None, "several_faces")
+    with pytest.raises(FaceRefused) as refused:
+        pipeline.find(pair)
+    assert "only one person" in str(refused.value)
+
+
+def test_centre_policy_prefers_the_centred_person(detector):
+    portrait = load_image(images_of(PERSON)[0])
+    other = cv2.resize(load_image(images_of(OTHER_PERSON)[0]), None, fx=1.6, fy=1.6)
+    canvas = np.full((other.shape[0], other.shape[1] + portrait.shape[1] * 2, 3), 100, np.uint8)
+    canvas[:, : other.shape[1]] = other
+    x0 = (canvas.shape[1] - portrait.shape[1]) // 2 + portrait.shape[1] // 2
+    canvas[: portrait.shape[0], x0: x0 + portrait.shape[1]] = portrait
+    centre = FacePipeline(policy="centre", detector=detector).find(canvas)
+    largest = faces.select_face(detector.detect(canvas), canvas, policy="largest", similar_ratio=10)
+    assert centre.centre[0] > other.shape[1] > largest.centre[0]
+
+
+def test_detector_checksum_is_enforced(tmp_path):
+    tampered = tmp_path / faces.YUNET_FILE
+    shutil.copyfile(faces.detector_path(), tampered)
+    with open(tampered, "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(DetectorError, match="sha256"):
+        FaceDetector(model_path=tampered)
+    with pytest.raises(DetectorError, match="reinstall"):
+        FaceDetector(model_path=tmp_path / "missing.onnx")
+
+
+def test_load_image_handles_odd_files(tmp_path, shared_faces):
+    src = images_of(PERSON)[0]
+    image = cv2.imread(str(src))
+    cv2.imwrite(str(tmp_path / "grey.pgm"), cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(tmp_path / "deep.png"), image.astype(np.uint16) * 256)
+    cv2.imwrite(str(tmp_path / "huge.jpg"), cv2.resize(image, (4000, 4000)))
+    (tmp_path / "text.jpg").write_text("not an image")
+    assert load_image(tmp_path / "grey.pgm").shape == image.shape
+    deep = load_image(tmp_path / "deep.png")
+    assert deep.dtype == np.uint8 and abs(float(deep.mean()) - float(image.mean())) < 3
+    assert max(load_image(tmp_path / "huge.jpg").shape[:2]) == 1280
+    assert load_image(tmp_path / "text.jpg") is None
