@@ -17,6 +17,12 @@ COMMANDS = [
     "train_base",
     "evaluate",
     "config",
+    "enroll",
+    "list",
+    "remove",
+    "clear",
+    "test",
+    "status",
 ]
 
 EXIT_OK = 0

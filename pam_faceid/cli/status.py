@@ -1,0 +1,210 @@
+"""faceid status: is face unlock working here, and for whom?
+
+One screen with what an admin checks first: the daemon, the camera, the
+model and its measured accuracy, who is enrolled (and whose file is
+unreadable), lockouts, and which PAM services call the helper. Every part
+reports its own problem and the others still show.
+
+Exit codes: 0 shown; 1 shown, but something is broken (daemon down, camera
+or model missing, an unreadable enrolment); the output says what.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pam_faceid.cli import EXIT_FAILURE
+from pam_faceid.cli import _common as common
+
+EXAMPLE = """examples:
+  sudo faceid status
+  sudo faceid status --json"""
+
+PAM_DIR = "/etc/pam.d"
+HELPER_NAME = "faceid-helper"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register 'faceid status'."""
+    parser = sub.add_parser(
+        "status",
+        help="daemon, camera, model, enrolled users, lockouts, PAM services",
+        description="Show the daemon (asked over its socket when it runs), the camera, the model and its "
+                    "metrics, the enrolled users, lockouts and the PAM services that have face auth on. "
+                    "Run as root for the daemon's and the enrolments' part.",
+        epilog=EXAMPLE,
+        formatter_class=common.formatter(),
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def pam_services(pam_dir: str = PAM_DIR) -> list[str]:
+    """PAM service files that call the helper on an uncommented line."""
+    found = []
+    try:
+        names = sorted(os.listdir(pam_dir))
+    except OSError:
+        return []
+    for name in names:
+        path = os.path.join(pam_dir, name)
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                lines = fh.read().splitlines()
+        except OSError:
+            continue
+        if any(HELPER_NAME in line and not line.lstrip().startswith("#") for line in lines):
+            found.append(name)
+    return found
+
+
+def _daemon(cfg: Any) -> dict[str, Any]:
+    from pam_faceid.protocol import DaemonError, request_status
+
+    if os.geteuid() != 0:
+        return {"running": None, "error": "status is asked as root only: run with sudo"}
+    try:
+        return {"running": True, **request_status(cfg.daemon.socket)}
+    except DaemonError as exc:
+        return {"running": False, "error": str(exc).splitlines()[0]}
+
+
+def _camera(cfg: Any) -> dict[str, Any]:
+    from pam_faceid.camera import CameraError, FrameSource
+
+    info: dict[str, Any] = {"device": cfg.camera.device}
+    started = time.monotonic()
+    try:
+        with FrameSource.from_config(cfg.camera) as source:
+            info["kind"] = source.kind
+            frame = next(iter(source.frames(timeout=2.0)), None)
+    except CameraError as exc:
+        info.update(ok=False, error=str(exc).splitlines()[0])
+        return info
+    if frame is None:
+        info.update(ok=False, error="opened, but gave no usable frame within 2 s")
+    else:
+        info.update(ok=True, frame=f"{frame.shape[1]}x{frame.shape[0]}", ms=round((time.monotonic() - started) * 1000))
+    return info
+
+
+def _model(cfg: Any) -> dict[str, Any]:
+    from pam_faceid.embedder import ModelError, load_metadata
+
+    folder = common.model_dir(cfg)
+    info: dict[str, Any] = {"path": str(folder), "backend": cfg.model.backend}
+    try:
+        meta = load_metadata(folder)
+    except ModelError as exc:
+        info.update(ok=False, error=str(exc))
+        return info
+    info.update(ok=True, name=meta.get("name") or meta.get("id") or "unnamed", threshold=meta.get("threshold"),
+                configured_threshold=cfg.auth.threshold, metrics=meta.get("metrics") or {})
+    return info
+
+
+def _enrolments(cfg: Any) -> dict[str, Any]:
+    from pam_faceid.store import StoreError
+
+    if os.geteuid() != 0:
+        return {"error": "enrolments are readable by root only: run with sudo"}
+    try:
+        good, bad = common.open_store(cfg).load_all()
+    except StoreError as exc:
+        return {"error": str(exc)}
+    models = Path(cfg.daemon.state_dir) / "models"
+    return {"users": {u: {"templates": len(e.templates), "per_user_model": (models / u).is_dir()}
+                      for u, e in sorted(good.items())},
+            "unreadable": bad}
+
+
+def _lockouts(daemon: dict[str, Any]) -> Any:
+    """The daemon reports lockouts once the trust work lands; until then say it is not known."""
+    if "lockouts" in daemon:
+        return daemon["lockouts"]
+    return None
+
+
+def _flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> list[str]:
+    parts = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            parts.extend(_flatten_metrics(value, f"{prefix}{key}."))
+        elif isinstance(value, float):
+            parts.append(f"{prefix}{key}={value:.4g}")
+        elif isinstance(value, (int, str)):
+            parts.append(f"{prefix}{key}={value}")
+    return parts
+
+
+def _print(report: dict[str, Any]) -> None:
+    d = report["daemon"]
+    if d.get("running"):
+        model = d.get("model") or {}
+        print(f"daemon:   running, pid {d.get('pid')}, up {d.get('uptime', 0):.0f} s, socket {d.get('socket')}, "
+              f"{len(d.get('users', []))} user(s) loaded, model {model.get('id') or 'unnamed'} "
+              f"threshold {model.get('threshold')}" + (f", MODEL ERROR: {model['error']}" if model.get("error") else ""))
+        for user, why in (d.get("skipped") or {}).items():
+            print(f"          skipped {user}: {why}")
+    else:
+        print(f"daemon:   {'not running' if d.get('running') is False else 'unknown'} ({d.get('error')})")
+    c = report["camera"]
+    if c.get("ok"):
+        print(f"camera:   {c['device']} ({c.get('kind')}): ok, {c['frame']} frame in {c['ms']} ms")
+    else:
+        print(f"camera:   {c['device']}: NOT USABLE: {c.get('error')}")
+    m = report["model"]
+    if m.get("ok"):
+        print(f"model:    {m['path']} ({m['name']}, {m['backend']}), shipped threshold {m['threshold']}, "
+              f"auth.threshold {m['configured_threshold']}")
+        metrics = _flatten_metrics(m.get("metrics") or {})
+        if metrics:
+            print("          " + ", ".join(metrics[:12]))
+    else:
+        print(f"model:    NOT USABLE: {m.get('error')}")
+    e = report["enrolments"]
+    if "error" in e:
+        print(f"enrolled: unknown ({e['error']})")
+    else:
+        users = e["users"]
+        listed = ", ".join(f"{u} ({v['templates']}{', own model' if v['per_user_model'] else ''})"
+                           for u, v in users.items())
+        print(f"enrolled: {listed or 'nobody'}")
+        for user, why in e["unreadable"].items():
+            print(f"          UNREADABLE {user}: {why}")
+    lockouts = report["lockouts"]
+    if lockouts is None:
+        print("lockouts: not reported by the daemon")
+    else:
+        print(f"lockouts: {', '.join(map(str, lockouts)) if lockouts else 'none'}")
+    services = report["pam_services"]
+    print(f"pam:      face auth on for {', '.join(services) if services else 'no service'} (in {PAM_DIR})")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Gather every part, print it, and exit 1 when a part is broken."""
+    cfg = common.load_cfg(args)
+    daemon = _daemon(cfg)
+    report = {
+        "config": cfg.path,
+        "daemon": daemon,
+        "camera": _camera(cfg),
+        "model": _model(cfg),
+        "enrolments": _enrolments(cfg),
+        "lockouts": _lockouts(daemon),
+        "pam_services": pam_services(),
+    }
+    if args.json:
+        print(json.dumps(report, indent=1, sort_keys=True, default=str))
+    else:
+        print(f"config:   {cfg.path}{'' if cfg.from_file else ' (no file: defaults)'}")
+        _print(report)
+    broken = (daemon.get("running") is False or not report["camera"].get("ok") or not report["model"].get("ok")
+              or bool(report["enrolments"].get("unreadable")))
+    return EXIT_FAILURE if broken else 0
