@@ -1,0 +1,68 @@
+"""faceid test (per-frame scores, and --pam through the real PAM stack) and faceid status, as subprocesses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cli_support import PamService, cli_env, daemon, faceid, temp_user, write_config  # noqa: F401 (fixtures)
+from conftest import OTHER_PERSON, PERSON
+
+
+@pytest.fixture
+def enrolled(cli_env, temp_user, person_images, make_image_folder):
+    """temp_user enrolled with 8 images of PERSON; returns (config, user)."""
+    config, _camera = cli_env
+    done = faceid(config, "enroll", temp_user.name, "--from", str(make_image_folder(person_images(PERSON)[:8])))
+    assert done.returncode == 0, done.stderr
+    return config, temp_user
+
+
+def test_frames_of_the_person_match_and_of_another_do_not(enrolled, person_images, make_image_folder):
+    config, user = enrolled
+    same = faceid(config, "test", user.name, "--from", str(make_image_folder(person_images(PERSON)[30:36])))
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "MATCH" in same.stdout and "verdict: match" in same.stdout
+    other = faceid(config, "test", user.name, "--from", str(make_image_folder(person_images(OTHER_PERSON)[:6])))
+    assert other.returncode == 1, other.stdout
+    assert "verdict: no_match" in other.stdout
+    assert other.stdout.count("score ") >= 5
+
+
+def test_pam_runs_the_real_stack(enrolled, daemon, person_images, make_image_folder):
+    config, user = enrolled
+    service = PamService(config)
+    try:
+        face = faceid(config, "test", user.name, "--pam", service.name)
+        assert face.returncode == 0, face.stdout + face.stderr
+        assert "PAM said: Face recognised." in face.stdout
+        assert "PAM answered: success (code 0" in face.stdout
+        # Someone else in front of the camera: face auth falls through to pam_unix, and no password is given.
+        write_config(config.parent, make_image_folder(person_images(OTHER_PERSON)[:8]))
+        other = faceid(config, "test", user.name, "--pam", service.name)
+        assert other.returncode == 1, other.stdout
+        assert "Face not recognised" in other.stdout and "PAM answered: failure" in other.stdout
+    finally:
+        service.remove()
+    missing = faceid(config, "test", user.name, "--pam", "no-such-service-xq")
+    assert missing.returncode == 2 and "no PAM service" in missing.stderr
+
+
+def test_status_shows_daemon_model_users_and_pam_services(enrolled, daemon):
+    config, user = enrolled
+    service = PamService(config)
+    try:
+        shown = faceid(config, "status")
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert "daemon:   running" in shown.stdout
+        assert f"enrolled: {user.name} (8)" in shown.stdout
+        assert service.name in shown.stdout.split("pam:", 1)[1]
+        assert "camera:" in shown.stdout and ": ok," in shown.stdout
+        report = json.loads(faceid(config, "status", "--json").stdout)
+        assert user.name in report["daemon"]["users"] and report["model"]["ok"]
+    finally:
+        service.remove()
+    daemon.stop()
+    down = faceid(config, "status")
+    assert down.returncode == 1 and "daemon:   not running" in down.stdout
