@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import logging
 import os
 import pwd
@@ -38,8 +39,8 @@ from pam_faceid.store import Enrolment, Store, StoreError, validate_user
 
 log = logging.getLogger("faceidd")
 
-SESSION_MARGIN = 2.0
-"""Seconds a session may run past auth.timeout (transfer of the last frames) before it is cut."""
+SESSION_MARGIN = 3.0
+"""Seconds a session may run past auth.timeout (camera start, the last frames) before it is cut."""
 HELLO_TIMEOUT = 2.0
 """Seconds a new connection has to send its first whole message."""
 MESSAGE_TIMEOUT = 2.0
@@ -77,16 +78,18 @@ class Decision:
     without a match when the time is up, ``max_frames`` frames were seen or
     the client has no more frames: ``no_face`` when no frame had a face,
     ``no_match`` when faces were seen, ``timeout`` when no frame came at all.
+    The clock starts at ``started``, or at the first frame when None (the
+    camera's start-up does not eat the user's time).
     Later checks (liveness) hook in by subclassing ``observe``/``finish``.
     """
 
     def __init__(self, threshold: float, min_matching_frames: int, timeout: float, max_frames: int,
-                 started: float):
+                 started: float | None = None):
         self.threshold = float(threshold)
         self.min_matching_frames = int(min_matching_frames)
         self.timeout = float(timeout)
         self.max_frames = int(max_frames)
-        self.started = float(started)
+        self.started = started
         self.frames = 0
         self.faces = 0
         self.matches = 0
@@ -95,12 +98,14 @@ class Decision:
         self.verdict: Verdict | None = None
 
     def expired(self, now: float) -> bool:
-        return now - self.started > self.timeout
+        return self.started is not None and now - self.started > self.timeout
 
     def observe(self, score: float | None, reason: str | None, now: float) -> Verdict | None:
         """Count one frame (score None = no usable face, with ``reason``); the verdict once decided."""
         if self.verdict is not None:
             return self.verdict
+        if self.started is None:
+            self.started = now
         if self.expired(now):
             return self.finish(now, "time is up")
         self.frames += 1
@@ -139,12 +144,26 @@ class Decision:
 # ---------------------------------------------------------------- model and state
 
 def model_id_of(embedder: Any) -> str:
-    """The identity of the embedder's weights: enrolments from another model do not compare."""
+    """The identity of the embedder's weights: enrolments from another model do not compare.
+
+    An explicit ``model_id`` attribute, else model.json's "model_id" or "id",
+    else a hash of embedder.onnx, so retrained weights never meet old vectors.
+    """
     explicit = getattr(embedder, "model_id", None)
     if explicit:
         return str(explicit)
     meta = getattr(embedder, "metadata", {}) or {}
-    return str(meta.get("model_id") or meta.get("id") or "")
+    named = meta.get("model_id") or meta.get("id")
+    if named:
+        return str(named)
+    model_dir = getattr(embedder, "model_dir", None)
+    if model_dir is not None:
+        try:
+            with open(Path(model_dir) / "embedder.onnx", "rb") as fh:
+                return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()[:16]
+        except OSError:
+            pass
+    return ""
 
 
 class Engine:
@@ -701,7 +720,7 @@ class Daemon:
         cfg = state.cfg
         timeout = float(cfg.auth.timeout)
         max_frames = int(cfg.daemon.max_frames_per_session)
-        decision = Decision(state.threshold, cfg.auth.min_matching_frames, timeout, max_frames, t0)
+        decision = Decision(state.threshold, cfg.auth.min_matching_frames, timeout, max_frames)
         if not self._send(conn, "ready", {"timeout": timeout, "max_frames": max_frames}):
             return decision.finish(time.monotonic(), "client went away"), False
         session_deadline = t0 + timeout + SESSION_MARGIN
@@ -724,7 +743,11 @@ class Daemon:
                 self._protocol_error(conn, pid, uid, protocol.ProtocolError(
                     f"{msg.type} during a session", "unexpected"))
                 return decision.finish(time.monotonic(), "protocol error"), decision.frames > 0
-            score, reason = state.engine.score(msg.payload, templates)
+            try:
+                score, reason = state.engine.score(msg.payload, templates)
+            except Exception as exc:  # a model failure ends this session with "error", never the daemon
+                log.exception("scoring a frame for user=%s failed", user)
+                return Verdict("error", decision.best, decision.frames, f"internal error: {type(exc).__name__}"), True
             verdict = decision.observe(score, reason, time.monotonic())
             if verdict is not None:
                 return verdict, True

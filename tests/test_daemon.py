@@ -64,6 +64,15 @@ def test_frame_limit_ends_the_session():
     assert v.result == "no_match" and v.frames == 3 and "3 frames" in v.reason
 
 
+def test_clock_starts_at_the_first_frame_by_default():
+    d = Decision(0.5, 2, timeout=1.0, max_frames=60)
+    assert d.observe(0.9, None, now=100.0) is None  # camera start-up before it does not count
+    assert d.observe(0.9, None, now=100.9).result == "match"
+    d = Decision(0.5, 2, timeout=1.0, max_frames=60)
+    d.observe(0.9, None, now=100.0)
+    assert d.observe(0.9, None, now=101.5).result == "no_match"
+
+
 def test_single_frame_policy():
     assert decide([(0.55, None)], need=1).result == "match"
 
