@@ -26,7 +26,8 @@ VENV_BIN = Path(sys.executable).parent
 FACEIDD = VENV_BIN / "faceidd"
 HELPER = VENV_BIN / "faceid-helper"
 PYTHON = VENV_BIN / "python"
-MODEL_DIR = REPO / "pam_faceid" / "data" / "model"
+MODEL_DIR = Path(os.environ.get("FACEID_TEST_MODEL") or REPO / "pam_faceid" / "data" / "model")
+"""The model the tests use: the bundled one, or the folder in $FACEID_TEST_MODEL (to try a candidate model)."""
 
 
 def model_available() -> bool:
@@ -62,7 +63,8 @@ class Faceidd:
         self.config_path = base / "etc" / "config.yaml"
         self.log_path = base / "faceidd.log"
         self.notify_path = str(base / "notify.sock")
-        values: dict[str, dict[str, Any]] = {"daemon": {"socket": self.socket, "state_dir": str(self.state_dir)}}
+        values: dict[str, dict[str, Any]] = {"daemon": {"socket": self.socket, "state_dir": str(self.state_dir)},
+                                             "model": {"path": str(MODEL_DIR)}}
         for section, keys in (config or {}).items():
             values.setdefault(section, {}).update(keys)
         self.values = values
