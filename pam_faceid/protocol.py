@@ -32,7 +32,7 @@ Messages (client -> daemon)
 ``hello``   {"user", "service", "tty", "rhost"}: start an authentication session
             for ``user`` (strings; tty and rhost may be ""). Root may ask about
             any user; any other uid only about its own user name.
-``frame``   {} + payload: one camera frame, JPEG-encoded (at most 4096x4096).
+``frame``   {} + payload: one camera frame, JPEG-encoded (at most 2048x2048; the helper sends 640 px).
 ``end``     {}: the client has no more frames (camera ended, its time is up);
             the daemon answers with the verdict at once.
 ``status``  {}: root only. Answer: ``status``.
@@ -76,7 +76,7 @@ VERSION = 1
 MAX_HEADER_BYTES = 65536
 DEFAULT_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 CLIENT_MAX_MESSAGE_BYTES = 1024 * 1024
-MAX_FRAME_SIDE = 4096
+MAX_FRAME_SIDE = 2048
 _LEN = struct.Struct(">I")
 
 CLIENT_TYPES = frozenset({"hello", "frame", "end", "status", "reload"})
