@@ -23,6 +23,7 @@ COMMANDS = [
     "clear",
     "test",
     "status",
+    "pam",
 ]
 
 EXIT_OK = 0

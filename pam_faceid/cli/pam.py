@@ -1,0 +1,110 @@
+"""faceid pam: turn face auth on or off for PAM services, never leaving the password path broken.
+
+The work is in pam_faceid.pamconf: pam-auth-update's profile when it is
+installed and no service is named, otherwise an edit of the named (or the
+usual: sudo, login, greeters, lockers) /etc/pam.d files with a backup. Each
+change is kept only after a throwaway user's password is proven to still be
+accepted, and a wrong one refused; otherwise the backup is restored.
+
+Exit codes: 0 every change made and proven (or nothing to change); 1 a
+change failed or was rolled back (the others are kept, each line says);
+2 bad arguments (no such service); 4 not root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from pam_faceid.cli import EXIT_FAILURE, EXIT_USAGE, CommandError
+from pam_faceid.cli import _common as common
+
+EXAMPLE = """examples:
+  sudo faceid pam enable                    # pam-auth-update profile, or the usual services
+  sudo faceid pam enable --service sudo gdm-password
+  sudo faceid pam disable
+  faceid pam status"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register 'faceid pam enable|disable|status [--service S...]'."""
+    parser = sub.add_parser(
+        "pam",
+        help="turn face auth on or off in PAM (sudo, login, greeters, lockers)",
+        description="enable: put the face helper before the password in PAM; disable: take it out; status: show "
+                    "where it is on. Without --service, pam-auth-update's 'faceid' profile is used when installed "
+                    "(it covers every service that includes common-auth), else the usual services present in "
+                    "/etc/pam.d are edited. Every change is proven with a throwaway user's password through the "
+                    "real PAM stack and rolled back if the password path broke.",
+        epilog=EXAMPLE,
+        formatter_class=common.formatter(),
+    )
+    parser.add_argument("action", choices=("enable", "disable", "status"))
+    parser.add_argument("--service", nargs="+", metavar="S", help="PAM service names (files in /etc/pam.d)")
+    parser.add_argument("--helper", metavar="PATH",
+                        help="helper program for the PAM line (default: this installation's faceid-helper)")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _status() -> int:
+    from pam_faceid import pamconf
+
+    services = pamconf.services_with_face_auth()
+    print(f"face auth on for: {', '.join(services) if services else 'no service'}")
+    if pamconf.pam_auth_update_available():
+        state = "enabled" if "common-auth" in services else "installed, not enabled"
+        print(f"pam-auth-update profile {pamconf.PROFILE}: {state}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Apply the change service by service; report each; exit 1 if any failed."""
+    from pam_faceid import pamconf
+
+    if args.action == "status":
+        return _status()
+    common.require_root(f"faceid pam {args.action}")
+    enable = args.action == "enable"
+    helper = args.helper or pamconf.helper_path()
+    if enable and not (os.path.isfile(helper) and os.access(helper, os.X_OK)):
+        raise CommandError(f"{helper}: not an executable helper (install first, or give --helper)", EXIT_USAGE)
+    for service in args.service or []:
+        if "/" in service or not (pamconf.PAM_DIR / service).is_file():
+            raise CommandError(f"no PAM service {service!r}: {pamconf.PAM_DIR / service} does not exist", EXIT_USAGE)
+    changes: list[tuple[str, object]] = []
+    if args.service:
+        services = list(args.service)
+    elif enable and pamconf.pam_auth_update_available():
+        changes.append(("common-auth", lambda: pamconf.toggle_profile(True)))
+        services = []
+    elif enable:
+        services = [s for s in pamconf.DEFAULT_SERVICES if (pamconf.PAM_DIR / s).is_file()]
+        if not services:
+            raise CommandError(f"none of the usual services exists in {pamconf.PAM_DIR}: name them with --service",
+                               EXIT_USAGE)
+    else:
+        services = pamconf.services_with_face_auth()
+        if "common-auth" in services and pamconf.pam_auth_update_available():
+            services.remove("common-auth")
+            changes.append(("common-auth", lambda: pamconf.toggle_profile(False)))
+        if not services and not changes:
+            print("face auth is not on in any PAM service: nothing to do")
+            return 0
+    for service in services:
+        changes.append((service, lambda s=service: pamconf.edit_service(s, enable, helper)))
+    failed = 0
+    for name, apply in changes:
+        print(f"{name}: proving the password path and {args.action[:-1]}ing face auth…", flush=True)
+        try:
+            change = apply()  # type: ignore[operator]
+        except pamconf.PamConfError as exc:
+            failed += 1
+            print(f"{name}: FAILED: {exc}")
+            continue
+        backup = f" (backup {change.backup})" if change.backup else ""
+        print(f"{name}: {change.action}: {change.detail}{backup}")
+    if failed:
+        raise CommandError(f"{failed} of {len(changes)} change(s) failed; the password path is as it was there",
+                           EXIT_FAILURE)
+    return 0
