@@ -24,6 +24,7 @@ COMMANDS = [
     "test",
     "status",
     "pam",
+    "demo",
 ]
 
 EXIT_OK = 0
