@@ -20,6 +20,8 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
+from pam_faceid.images import IMAGE_SUFFIXES, read_image, to_bgr8
+
 log = logging.getLogger(__name__)
 
 OPEN_TIMEOUT = 1.0
@@ -31,15 +33,6 @@ ROTATIONS = {
     180: cv2.ROTATE_180,
     270: cv2.ROTATE_90_COUNTERCLOCKWISE,
 }
-
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".pgm", ".ppm", ".pbm", ".pnm", ".pxm",
-     ".tif", ".tiff", ".webp", ".gif", ".jp2", ".sr", ".ras", ".hdr", ".pic", ".exr", ".avif"}
-)
-"""Suffixes treated as a single still image when the source is a file rather than a folder."""
-
-MAX_IMAGE_BYTES = 64 * 1024 * 1024
-"""Files larger than this in an image folder are skipped unread (a stray video must not fill memory)."""
 
 # Luma weights (BT.601, as cv2.cvtColor BGR2GRAY) in B, G, R order: the mean of the grey frame.
 _LUMA_BGR = (0.114, 0.587, 0.299)
@@ -59,48 +52,10 @@ def _check_options(spec: str, rotate: int, dark_threshold: float) -> None:
         raise CameraError(f"{spec}: dark_threshold must be a percentage 0-100, not {dark_threshold!r}")
 
 
-def to_bgr(frame: np.ndarray) -> np.ndarray:
-    """Return ``frame`` as 3-channel BGR uint8, so greyscale/IR and 16-bit frames look like colour ones."""
-    if frame.dtype == np.uint16:
-        frame = (frame >> 8).astype(np.uint8)
-    elif frame.dtype != np.uint8:
-        frame = cv2.normalize(frame, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    if frame.ndim == 2:
-        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-    channels = frame.shape[2]
-    if channels == 1:
-        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-    if channels == 4:
-        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
-    if channels == 3:
-        return np.ascontiguousarray(frame)
-    raise CameraError(f"unsupported frame with {channels} channels")
-
-
 def brightness_percent(frame: np.ndarray) -> float:
     """Mean luma of a BGR frame as a percentage of 255 (the measure ``dark_threshold`` compares with)."""
     b, g, r, _ = cv2.mean(frame)
     return (b * _LUMA_BGR[0] + g * _LUMA_BGR[1] + r * _LUMA_BGR[2]) * 100.0 / 255.0
-
-
-def read_image(path: str | os.PathLike[str]) -> np.ndarray | None:
-    """Decode one image file to BGR uint8, or None when it is unreadable or not an image.
-
-    Reads the bytes ourselves and uses ``cv2.imdecode`` so a bad file gives None
-    quietly instead of an OpenCV warning; EXIF orientation is applied.
-    """
-    try:
-        if os.path.getsize(path) > MAX_IMAGE_BYTES:
-            return None
-        data = np.fromfile(os.fspath(path), dtype=np.uint8)
-    except (OSError, ValueError):
-        return None
-    if data.size == 0:
-        return None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-        return None
-    return to_bgr(image)
 
 
 def _run_with_timeout(what: str, opener: Any, timeout: float) -> Any:
@@ -182,7 +137,7 @@ class FrameSource:
         if raw is None:
             return None
         self.frames_read += 1
-        frame = to_bgr(raw)
+        frame = to_bgr8(raw)
         code = ROTATIONS[self.rotate]
         if code is not None:
             frame = cv2.rotate(frame, code)
@@ -288,7 +243,7 @@ class ImageFolderSource(FrameSource):
         while self._next < len(self.paths):
             path = self.paths[self._next]
             self._next += 1
-            image = read_image(path)
+            image = read_image(path, max_side=None)
             if image is not None:
                 return image
             self.skipped_files += 1

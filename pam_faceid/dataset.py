@@ -19,14 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from pam_faceid.images import IMAGE_SUFFIXES
+
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pnm", ".tif", ".tiff", ".webp", ".gif"}
 CACHE_VERSION = 1
 
 
 def is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+    return path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def scan_labelled(root: Path) -> list[tuple[Path, str]]:
@@ -92,9 +93,10 @@ def _load_dlib():
 def _prepare_one(path: str):
     import cv2
 
-    from pam_faceid.faces import FaceRefused, align, load_image
+    from pam_faceid.faces import FaceRefused, align
+    from pam_faceid.images import read_image
 
-    image = load_image(path)
+    image = read_image(path)
     if image is None:
         return None
     pipeline = _worker["pipeline"]

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import stat
 import sys
 import threading
 import time
@@ -29,12 +28,10 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from pam_faceid.images import ImageError, entry_kind, load_image
+
 log = logging.getLogger(__name__)
 
-MAX_SIDE = 1280
-"""Images are downscaled so their longest side is at most this before detection (huge photos)."""
-MAX_FILE_BYTES = 256 * 1024 * 1024
-"""Files larger than this are skipped unread: no face photo is that big, and reading it could exhaust memory."""
 NO_FACE_SCORE = -1.0
 """Score of a pair where a face was not found: the lowest cosine, i.e. a rejection."""
 FARS = (1e-2, 1e-3)
@@ -57,10 +54,6 @@ class NoFace(Exception):
         self.reason = reason
 
 
-class ImageError(Exception):
-    """A file that cannot be used as an image; the message is the reason that gets counted."""
-
-
 def show_path(path: Path | str) -> str:
     """Path text safe to print: undecodable bytes in file names become escapes instead of crashing the output."""
     return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
@@ -80,21 +73,6 @@ class Dataset:
     @property
     def files(self) -> int:
         return sum(len(paths) for paths in self.identities.values())
-
-
-def _entry_kind(path: Path) -> str:
-    """'dir', 'file' or a skip reason, following symlinks, without ever opening the file (a FIFO would block)."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        if os.path.islink(path):
-            return "broken or looping symlink"
-        return f"unreadable ({exc.strerror or exc.__class__.__name__})"
-    if stat.S_ISDIR(st.st_mode):
-        return "dir"
-    if stat.S_ISREG(st.st_mode):
-        return "file"
-    return "not a regular file"
 
 
 def _sorted_entries(folder: Path) -> list[str]:
@@ -124,7 +102,7 @@ def scan_dataset(root: Path | str) -> Dataset:
         if name.startswith("."):
             skipped["hidden entry"] += 1
             continue
-        kind = _entry_kind(path)
+        kind = entry_kind(path)
         if kind == "file":
             skipped["file outside an identity folder"] += 1
             continue
@@ -143,7 +121,7 @@ def scan_dataset(root: Path | str) -> Dataset:
             if entry.startswith("."):
                 skipped["hidden entry"] += 1
                 continue
-            kind = _entry_kind(file_path)
+            kind = entry_kind(file_path)
             if kind == "file":
                 files.append(file_path)
             elif kind == "dir":
@@ -158,90 +136,6 @@ def scan_dataset(root: Path | str) -> Dataset:
 
 
 # ----------------------------------------------------------------------------------------------- images
-
-
-def _to_bgr8(image: np.ndarray) -> np.ndarray:
-    """Any decoded array (grey, alpha, 16-bit, float) as 3-channel uint8 BGR, the one form the detector takes."""
-    import cv2
-
-    if image.dtype == np.uint16:
-        # Scaled by the peak, not >> 8: 10- and 12-bit sensors store small values in 16-bit files.
-        peak = max(int(image.max()), 1) if image.size else 1
-        image = np.clip(image.astype(np.float32) * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        image = image.astype(np.float32)
-        top = float(np.nanmax(image)) if image.size else 1.0
-        scale = 255.0 if top <= 1.0 else 255.0 / top
-        image = np.clip(np.nan_to_num(image) * scale, 0, 255).astype(np.uint8)
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    elif image.ndim == 3 and image.shape[2] == 1:
-        image = cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    elif image.ndim != 3 or image.shape[2] != 3:
-        raise ImageError("not an image")
-    return np.ascontiguousarray(image)
-
-
-def _decode_pillow(data: bytes) -> np.ndarray | None:
-    """Pillow reads what this OpenCV build may not (GIF, some TIFF/WebP variants); None when absent or unreadable."""
-    try:
-        import io
-
-        from PIL import Image, ImageOps
-    except ImportError:
-        return None
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.draft("RGB", (MAX_SIDE, MAX_SIDE))
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float32)
-                return _to_bgr8(arr)
-            rgb = np.asarray(img.convert("RGB"))
-    except Exception:  # Pillow raises many types on bad data; all mean "not an image"
-        return None
-    return np.ascontiguousarray(rgb[:, :, ::-1])
-
-
-def load_image(path: Path | str, max_side: int = MAX_SIDE) -> np.ndarray:
-    """Read any image file as uint8 BGR with its longest side <= ``max_side``; raise ImageError(reason) otherwise.
-
-    Bytes are read by Python (unicode names, no FIFO blocking) and decoded by
-    OpenCV with EXIF orientation and 16-bit depth kept, then Pillow as fallback.
-    """
-    import cv2
-
-    path = Path(path)
-    kind = _entry_kind(path)
-    if kind != "file":
-        raise ImageError(kind)
-    try:
-        size = os.path.getsize(path)
-        if size == 0:
-            raise ImageError("empty file")
-        if size > MAX_FILE_BYTES:
-            raise ImageError("file too large")
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise ImageError(f"unreadable ({exc.strerror or exc.__class__.__name__})") from None
-    image = None
-    try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
-    except cv2.error:
-        image = None
-    if image is None:
-        image = _decode_pillow(data)
-    if image is None or image.size == 0:
-        raise ImageError("not an image")
-    image = _to_bgr8(image)
-    h, w = image.shape[:2]
-    if max(h, w) > max_side:
-        scale = max_side / max(h, w)
-        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    return image
 
 
 # ----------------------------------------------------------------------------------------------- embedding

@@ -215,28 +215,7 @@ class FacePipeline:
 
 
 def load_image(path: str | Path, max_side: int = 1280) -> np.ndarray | None:
-    """A BGR image from any file OpenCV (or Pillow, for GIF) can read, or None.
+    """Kept for callers written before ``images.read_image`` existed; use that instead."""
+    from pam_faceid.images import read_image
 
-    Huge images are downscaled so detection time stays bounded; 16-bit and
-    greyscale images are brought to 8-bit BGR.
-    """
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        try:
-            from PIL import Image  # optional: GIF and a few formats OpenCV lacks
-
-            with Image.open(path) as pil:
-                image = cv2.cvtColor(np.asarray(pil.convert("RGB")), cv2.COLOR_RGB2BGR)
-        except Exception:
-            return None
-    if image.dtype != np.uint8:
-        image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0))
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    elif image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    h, w = image.shape[:2]
-    if max(h, w) > max_side:
-        scale = max_side / max(h, w)
-        image = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-    return image
+    return read_image(path, max_side)

@@ -26,9 +26,10 @@ import cv2
 import numpy as np
 import pytest
 
+from pam_faceid.images import IMAGE_SUFFIXES
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FACES = REPO.parent / "shared" / "faces"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 PERSON = "Tony_Blair"
 """dev/lfw identity with the most images (144): the enrolled user in tests."""

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from pam_faceid import faces
-from pam_faceid.faces import ALIGN_SIZE, DetectorError, FaceDetector, FacePipeline, FaceRefused, align, load_image
+from pam_faceid.faces import ALIGN_SIZE, DetectorError, FaceDetector, FacePipeline, FaceRefused, align
+from pam_faceid.images import read_image as load_image
 from tests.conftest import OTHER_PERSON, PERSON, images_of
 
 
@@ -92,17 +93,3 @@ def test_detector_checksum_is_enforced(tmp_path):
         FaceDetector(model_path=tampered)
     with pytest.raises(DetectorError, match="reinstall"):
         FaceDetector(model_path=tmp_path / "missing.onnx")
-
-
-def test_load_image_handles_odd_files(tmp_path, shared_faces):
-    src = images_of(PERSON)[0]
-    image = cv2.imread(str(src))
-    cv2.imwrite(str(tmp_path / "grey.pgm"), cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
-    cv2.imwrite(str(tmp_path / "deep.png"), image.astype(np.uint16) * 256)
-    cv2.imwrite(str(tmp_path / "huge.jpg"), cv2.resize(image, (4000, 4000)))
-    (tmp_path / "text.jpg").write_text("not an image")
-    assert load_image(tmp_path / "grey.pgm").shape == image.shape
-    deep = load_image(tmp_path / "deep.png")
-    assert deep.dtype == np.uint8 and abs(float(deep.mean()) - float(image.mean())) < 3
-    assert max(load_image(tmp_path / "huge.jpg").shape[:2]) == 1280
-    assert load_image(tmp_path / "text.jpg") is None

@@ -98,10 +98,11 @@ def test_train_base_small_run_writes_model_resumes_and_is_deterministic(tmp_path
     assert resumed["history"][0] == first["history"][0]
 
     from pam_faceid.embedder import Embedder
-    from pam_faceid.faces import FacePipeline, load_image
+    from pam_faceid.faces import FacePipeline
+    from pam_faceid.images import read_image
 
     pipeline = FacePipeline(policy="centre")
-    crops = np.stack([pipeline.process(load_image(p))[0] for p in sorted(root.glob("*/*"))[:6]])
+    crops = np.stack([pipeline.process(read_image(p))[0] for p in sorted(root.glob("*/*"))[:6]])
     onnx = Embedder(tmp_path / "a", backend="onnx").embed(crops)
     torch_ = Embedder(tmp_path / "a", backend="torch").embed(crops)
     assert np.all((onnx * torch_).sum(1) >= 0.9999)
