@@ -122,7 +122,7 @@ def test_not_root_is_told_to_use_sudo(command):
     assert "needs root: run it with sudo" in done.stderr
 
 
-@pytest.mark.parametrize("command", ["enroll", "list", "remove", "clear", "test", "status", "pam", "demo"])
+@pytest.mark.parametrize("command", ["enroll", "list", "remove", "clear", "test", "status", "pam", "demo", "calibrate"])
 def test_help_has_an_example(command):
     done = faceid(None, command, "--help")
     assert done.returncode == 0 and "example" in done.stdout and f"faceid {command}" in done.stdout

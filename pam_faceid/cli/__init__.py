@@ -25,6 +25,7 @@ COMMANDS = [
     "status",
     "pam",
     "demo",
+    "calibrate",
 ]
 
 EXIT_OK = 0
