@@ -122,7 +122,15 @@ def test_not_root_is_told_to_use_sudo(command):
     assert "needs root: run it with sudo" in done.stderr
 
 
-@pytest.mark.parametrize("command", ["enroll", "list", "remove", "clear", "test", "status", "pam", "demo", "calibrate"])
+@pytest.mark.parametrize("command", ["enroll", "list", "remove", "clear", "test", "status", "pam", "demo", "calibrate", "snapshot", "unlock"])
 def test_help_has_an_example(command):
     done = faceid(None, command, "--help")
     assert done.returncode == 0 and "example" in done.stdout and f"faceid {command}" in done.stdout
+
+
+def test_unlock_and_snapshot_say_what_is_missing(cli_env, temp_user):
+    config, _camera = cli_env
+    unlock = faceid(config, "unlock", temp_user.name)
+    assert unlock.returncode in (0, 1) and "Traceback" not in unlock.stderr
+    snap = faceid(config, "snapshot", "--out", str(config.parent / "snaps"))
+    assert snap.returncode == 1 and "snapshots.enabled is off" in snap.stderr

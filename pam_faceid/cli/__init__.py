@@ -26,6 +26,8 @@ COMMANDS = [
     "pam",
     "demo",
     "calibrate",
+    "snapshot",
+    "unlock",
 ]
 
 EXIT_OK = 0
