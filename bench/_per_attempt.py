@@ -1,0 +1,48 @@
+"""One login "the Howdy way" with our own code: a fresh process that loads everything, decides, exits.
+
+The same code the daemon and helper run, minus the daemon: the daemon's
+load_state (config, model, warm-up embedding, every enrolment), the
+helper's frame source and JPEG encoding, the daemon's Engine.score and
+Decision. Prints one JSON line: the monotonic time of the verdict, how long
+the camera took to open, and the verdict. Args: CONFIG USER.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from pam_faceid.camera import FrameSource
+from pam_faceid.daemon import Decision, load_state
+from pam_faceid.helper import encode_frame
+
+
+def main() -> int:
+    config, user = sys.argv[1], sys.argv[2]
+    state = load_state(config, {})
+    if state.engine is None or state.threshold is None:
+        raise SystemExit(f"model not loaded: {state.engine_error}")
+    templates = state.templates[user]
+    cfg = state.cfg
+    decision = Decision(state.threshold, cfg.auth.min_matching_frames, float(cfg.auth.timeout),
+                        int(cfg.daemon.max_frames_per_session))
+    started = time.monotonic()
+    source = FrameSource.from_config(cfg.camera)
+    camera_open = time.monotonic() - started
+    verdict = None
+    with source:
+        for frame in source.frames(timeout=float(cfg.auth.timeout)):
+            score, reason = state.engine.score(encode_frame(frame), templates)
+            verdict = decision.observe(score, reason, time.monotonic())
+            if verdict is not None:
+                break
+    if verdict is None:
+        verdict = decision.finish(time.monotonic(), "camera ended")
+    print(json.dumps({"verdict_at": time.monotonic(), "camera_open": camera_open, "result": verdict.result,
+                      "frames": verdict.frames, "score": verdict.score}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
