@@ -173,18 +173,22 @@ class Engine:
     state); on two cores nothing is lost by it.
     """
 
-    def __init__(self, model_path: str, backend: str, dark_threshold: float):
+    def __init__(self, model_path: str, backend: str, pipeline: Any = None, lock: threading.Lock | None = None):
         from pam_faceid.embedder import Embedder
         from pam_faceid.faces import ALIGN_SIZE, FacePipeline
 
         self.key = (model_path, backend, _model_stamp(model_path))
         self.embedder = Embedder(model_path or None, backend)
-        self.pipeline = FacePipeline(dark_threshold=dark_threshold)
+        self.pipeline = pipeline if pipeline is not None else FacePipeline()
         self.model_id = model_id_of(self.embedder)
         self.threshold = float(self.embedder.threshold)
-        self.lock = threading.Lock()
+        self.lock = lock or threading.Lock()
         # One embedding at load: warms the runtime up and tells the vector size enrolments must have.
         self.dim = int(self.embedder.embed_one(np.zeros((ALIGN_SIZE, ALIGN_SIZE, 3), np.uint8)).size)
+
+    def for_model(self, model_path: str, backend: str) -> "Engine":
+        """An engine for another model folder (a per-user model) sharing this one's detector and lock."""
+        return Engine(model_path, backend, self.pipeline, self.lock)
 
     def score(self, jpeg: bytes, templates: np.ndarray) -> tuple[float | None, str | None]:
         """(best cosine similarity, None) or (None, why there is no usable face)."""
@@ -221,6 +225,16 @@ def _model_stamp(model_path: str) -> tuple[float, ...]:
 
 
 @dataclasses.dataclass
+class UserEntry:
+    """One enrolled user as sessions need it: templates, the engine that made them and the threshold to apply."""
+
+    templates: np.ndarray
+    engine: Engine | None
+    threshold: float | None
+    own_model: bool = False
+
+
+@dataclasses.dataclass
 class State:
     """Everything one session needs, swapped whole on reload so sessions in flight keep theirs."""
 
@@ -230,14 +244,34 @@ class State:
     engine: Engine | None
     engine_error: str | None
     threshold: float | None
-    templates: dict[str, np.ndarray]
+    users: dict[str, UserEntry]
     skipped: dict[str, str]
     loaded: float
 
+    def engines(self) -> list[Engine]:
+        found = [self.engine] + [entry.engine for entry in self.users.values()]
+        return [engine for engine in found if engine is not None]
+
     def summary(self) -> str:
         model = self.engine.model_id if self.engine else f"none ({self.engine_error})"
-        return (f"config={self.cfg.path} state_dir={self.state_dir} users={len(self.templates)} "
-                f"skipped={len(self.skipped)} model={model or 'unnamed'} threshold={self.threshold}")
+        own = sum(entry.own_model for entry in self.users.values())
+        return (f"config={self.cfg.path} state_dir={self.state_dir} users={len(self.users)} "
+                f"(own model: {own}) skipped={len(self.skipped)} model={model or 'unnamed'} "
+                f"threshold={self.threshold}")
+
+
+USER_MODELS_DIR = "models"
+"""Per-user models (faceid retrain) live in <state_dir>/models/<user>/ with embedder.onnx and model.json."""
+
+
+def _check_model_dir(folder: Path) -> None:
+    """Refuse a per-user model anyone but us could have replaced (it decides who is that user)."""
+    euid = os.geteuid()
+    for path in (folder.parent, folder, *(folder / name for name in ("embedder.onnx", "model.json"))):
+        st = os.lstat(path)
+        if st.st_uid != euid or st.st_mode & 0o022 or stat.S_ISLNK(st.st_mode):
+            raise StoreError(f"{path}: must be owned by uid {euid}, not a link and not writable by others; "
+                             f"fix: chown {euid} {path} && chmod go-w {path}")
 
 
 def load_state(config_path: str | None, overrides: dict[str, str], previous: State | None = None) -> State:
@@ -245,23 +279,24 @@ def load_state(config_path: str | None, overrides: dict[str, str], previous: Sta
     cfg = load_config(config_path)
     socket_path = overrides.get("socket") or cfg.daemon.socket
     state_dir = overrides.get("state_dir") or cfg.daemon.state_dir
+    cache = {e.key: e for e in previous.engines()} if previous is not None else {}
+    backend = cfg.model.backend
     engine: Engine | None = None
     engine_error: str | None = None
     try:
-        key = (cfg.model.path, cfg.model.backend, _model_stamp(cfg.model.path))
-        if previous is not None and previous.engine is not None and previous.engine.key == key:
-            engine = previous.engine
-        else:
-            engine = Engine(cfg.model.path, cfg.model.backend, 0.0)
+        engine = cache.get((cfg.model.path, backend, _model_stamp(cfg.model.path)))
+        if engine is None:
+            engine = Engine(cfg.model.path, backend)
     except Exception as exc:  # a missing/corrupt model must not stop the daemon: sessions answer "error"
-        engine_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        engine_error = _one_line(exc)
         log.error("model not loaded: %s", engine_error)
-    threshold: float | None
-    if cfg.auth.threshold == "auto":
-        threshold = engine.threshold if engine else None
-    else:
-        threshold = float(cfg.auth.threshold)
-    templates: dict[str, np.ndarray] = {}
+
+    def threshold_of(model: Engine | None) -> float | None:
+        if cfg.auth.threshold != "auto":
+            return float(cfg.auth.threshold)
+        return model.threshold if model else None
+
+    users: dict[str, UserEntry] = {}
     skipped: dict[str, str] = {}
     try:
         good, bad = Store(state_dir).load_all()
@@ -272,13 +307,32 @@ def load_state(config_path: str | None, overrides: dict[str, str], previous: Sta
         log.error("skipping user %s: %s", user, reason)
         skipped[user] = reason
     for user, enrolment in good.items():
-        problem = _enrolment_problem(enrolment, engine)
+        user_engine, own = engine, False
+        model_dir = Path(state_dir) / USER_MODELS_DIR / user
+        if engine is not None and (model_dir / "embedder.onnx").exists():
+            try:
+                _check_model_dir(model_dir)
+                user_engine = cache.get((str(model_dir), backend, _model_stamp(str(model_dir))))
+                if user_engine is None:
+                    user_engine = engine.for_model(str(model_dir), backend)
+                own = True
+            except Exception as exc:
+                skipped[user] = f"per-user model {model_dir}: {_one_line(exc)}"
+                log.error("skipping user %s: %s", user, skipped[user])
+                continue
+        problem = _enrolment_problem(enrolment, user_engine)
         if problem:
             log.error("skipping user %s: %s", user, problem)
             skipped[user] = problem
         else:
-            templates[user] = enrolment.matrix()
-    return State(cfg, socket_path, state_dir, engine, engine_error, threshold, templates, skipped, time.time())
+            users[user] = UserEntry(enrolment.matrix(), user_engine, threshold_of(user_engine), own)
+    return State(cfg, socket_path, state_dir, engine, engine_error, threshold_of(engine), users, skipped,
+                 time.time())
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _enrolment_problem(enrolment: Enrolment, engine: Engine | None) -> str | None:
@@ -482,7 +536,7 @@ class Daemon:
             _set_log_level(new.cfg.logging.level)
             self.state = new
             log.info("reloaded: %s", new.summary())
-            sd_notify(f"READY=1\nSTATUS=serving {len(new.templates)} users")
+            sd_notify(f"READY=1\nSTATUS=serving {len(new.users)} users")
             return True, None
 
     def serve(self) -> int:
@@ -504,7 +558,7 @@ class Daemon:
         selector = selectors.DefaultSelector()
         selector.register(self.listener, selectors.EVENT_READ, "accept")
         selector.register(wake_r, selectors.EVENT_READ, "wake")
-        sd_notify(f"READY=1\nSTATUS=serving {len(self.state.templates)} users\nMAINPID={os.getpid()}")
+        sd_notify(f"READY=1\nSTATUS=serving {len(self.state.users)} users\nMAINPID={os.getpid()}")
         log.info("ready: %s", self.state.summary())
         try:
             while not self.stopping.is_set():
@@ -636,7 +690,7 @@ class Daemon:
             return
         ok, error = self.reload()
         state = self.state
-        self._send(conn, "reload", {"ok": ok, "error": error, "users": sorted(state.templates),
+        self._send(conn, "reload", {"ok": ok, "error": error, "users": sorted(state.users),
                                     "skipped": state.skipped})
         log.info("reload asked by pid=%d: %s", pid, "ok" if ok else "failed")
 
@@ -651,7 +705,8 @@ class Daemon:
             "config": state.cfg.path,
             "socket": state.socket_path,
             "state_dir": state.state_dir,
-            "users": sorted(state.templates),
+            "users": sorted(state.users),
+            "user_models": sorted(user for user, entry in state.users.items() if entry.own_model),
             "skipped": state.skipped,
             "model": {"loaded": engine is not None, "id": engine.model_id if engine else None,
                       "error": state.engine_error, "threshold": state.threshold},
@@ -710,17 +765,18 @@ class Daemon:
         refusal = self._authorise(user, pid, uid) or self.before_session(user, state)
         if refusal is not None:
             return refusal, False
-        templates = state.templates.get(user)
-        if templates is None:
+        entry = state.users.get(user)
+        if entry is None:
             if user in state.skipped:
                 return Verdict("error", reason="enrolment unreadable: see the daemon log"), False
             return Verdict("not_enrolled"), False
-        if state.engine is None or state.threshold is None:
+        if entry.engine is None or entry.threshold is None:
             return Verdict("error", reason="model not loaded"), False
+        engine = entry.engine
         cfg = state.cfg
         timeout = float(cfg.auth.timeout)
         max_frames = int(cfg.daemon.max_frames_per_session)
-        decision = Decision(state.threshold, cfg.auth.min_matching_frames, timeout, max_frames)
+        decision = Decision(entry.threshold, cfg.auth.min_matching_frames, timeout, max_frames)
         if not self._send(conn, "ready", {"timeout": timeout, "max_frames": max_frames}):
             return decision.finish(time.monotonic(), "client went away"), False
         session_deadline = t0 + timeout + SESSION_MARGIN
@@ -744,7 +800,7 @@ class Daemon:
                     f"{msg.type} during a session", "unexpected"))
                 return decision.finish(time.monotonic(), "protocol error"), decision.frames > 0
             try:
-                score, reason = state.engine.score(msg.payload, templates)
+                score, reason = engine.score(msg.payload, entry.templates)
             except Exception as exc:  # a model failure ends this session with "error", never the daemon
                 log.exception("scoring a frame for user=%s failed", user)
                 return Verdict("error", decision.best, decision.frames, f"internal error: {type(exc).__name__}"), True

@@ -410,3 +410,31 @@ def test_silent_client_in_a_session_gets_a_timeout_verdict(model_daemon):
         verdict = client.recv(timeout=10)
     assert verdict.get("result") == "timeout" and verdict.get("frames") == 0
     assert time.monotonic() - started < 3.5
+
+
+def test_per_user_model_is_used_when_present_and_refused_when_unsafe(model_daemon, faceidd):
+    """faceid retrain writes <state_dir>/models/<user>/; the daemon then scores that user with it."""
+    import shutil
+
+    from faceidd_util import MODEL_DIR
+
+    d = model_daemon
+    own = d.state_dir / "models" / "root"
+    own.mkdir(parents=True, mode=0o700)
+    shutil.copy(MODEL_DIR / "embedder.onnx", own / "embedder.onnx")
+    meta = json.loads((MODEL_DIR / "model.json").read_text())
+    meta["model_id"] = "root-retrained"
+    (own / "model.json").write_text(json.dumps(meta))
+    reply = protocol.request_reload(d.socket)
+    assert "root-retrained" in reply["skipped"]["root"]  # templates from the base model do not compare
+    Store(d.state_dir).clear("root")
+    from pam_faceid.embedder import Embedder
+
+    vectors = Embedder(own).embed(np.zeros((1, 112, 112, 3), np.uint8) + 100)
+    Store(d.state_dir).add_templates("root", vectors, model_id="root-retrained")
+    protocol.request_reload(d.socket)
+    status = protocol.request_status(d.socket)
+    assert status["users"] == ["root"] and status["user_models"] == ["root"]
+    os.chmod(own / "model.json", 0o666)
+    reply = protocol.request_reload(d.socket)
+    assert "chmod go-w" in reply["skipped"]["root"] and reply["users"] == []
