@@ -133,7 +133,7 @@ def prepare(
     """Detect, align (and run the teacher on) every image, or read the cache."""
     from tqdm import tqdm
 
-    paths = [str(p) for p, _ in items]
+    paths = [str(Path(p).resolve()) for p, _ in items]  # the same files by any spelling share one cache
     cache = Path(cache_dir) / f"faces-{_cache_key(paths, teacher)}.npz"
     if cache.exists():
         data = np.load(cache, allow_pickle=False)
