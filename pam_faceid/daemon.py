@@ -15,12 +15,15 @@ only a few connections, so a hostile local user cannot stall the owner's login.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import pwd
 import selectors
+import shutil
 import signal
 import socket
 import stat
@@ -345,6 +348,37 @@ def _enrolment_problem(enrolment: Enrolment, engine: Engine | None) -> str | Non
     if dim != engine.dim:
         return f"templates have {dim} values, the model gives {engine.dim}; enrol again"
     return None
+
+
+# ---------------------------------------------------------------- snapshots
+
+SNAPSHOTS_DIR = "snapshots"
+SNAPSHOT_FRAMES = 10
+"""The last frames of an attempt kept when snapshots.enabled (they show why a login failed)."""
+
+
+def save_snapshot(state_dir: Path, frames: list[bytes], info: dict[str, Any], keep: int) -> Path:
+    """Keep one attempt as <state_dir>/snapshots/<time>-<user>-<id>/frame_NNN.jpg + attempt.json; prune to ``keep``.
+
+    The folder is written under a dot-name and renamed into place, so a
+    reader never sees half an attempt; everything is root-only (faces).
+    """
+    root = state_dir / SNAPSHOTS_DIR
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now)) + f".{int(now % 1 * 1e6):06d}"
+    name = f"{stamp}-{info.get('user', 'unknown')}-{os.urandom(3).hex()}"
+    tmp = root / f".{name}"
+    tmp.mkdir(mode=0o700)
+    for i, data in enumerate(frames):
+        (tmp / f"frame_{i:03d}.jpg").write_bytes(data)
+    (tmp / "attempt.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+    final = root / name
+    os.rename(tmp, final)
+    attempts = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for old in attempts[: max(0, len(attempts) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 # ---------------------------------------------------------------- systemd integration
@@ -747,7 +781,9 @@ class Daemon:
         except StoreError as exc:
             self._protocol_error(conn, pid, uid, protocol.ProtocolError(str(exc)))
             return
-        verdict, frames_taken = self._run_session(conn, user, pid, uid, state, t0)
+        kept: collections.deque[bytes] = collections.deque(maxlen=SNAPSHOT_FRAMES)
+        verdict, frames_taken = self._run_session(conn, user, pid, uid, state, t0,
+                                                  kept if state.cfg.snapshots.enabled else None)
         if frames_taken:
             self.after_session(user, verdict, state)
         with self.counter_lock:
@@ -758,10 +794,18 @@ class Daemon:
                  "-" if verdict.score is None else f"{verdict.score:.3f}", verdict.frames, ms,
                  f" reason={verdict.reason!r}" if verdict.reason else "")
         self._send(conn, "verdict", verdict.fields())
+        if frames_taken and kept:
+            info = {"user": user, "service": service, "tty": tty, "rhost": rhost, "pid": pid, "uid": uid,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ms": round(ms), **verdict.fields(),
+                    "verdict": verdict.result}
+            try:
+                save_snapshot(Path(state.state_dir), list(kept), info, int(state.cfg.snapshots.keep))
+            except OSError as exc:
+                log.error("snapshot for user=%s not saved: %s", user, exc)
 
     def _run_session(self, conn: socket.socket, user: str, pid: int, uid: int, state: State,
-                     t0: float) -> tuple[Verdict, bool]:
-        """The verdict of one session and whether frames were taken."""
+                     t0: float, kept: collections.deque[bytes] | None = None) -> tuple[Verdict, bool]:
+        """The verdict of one session and whether frames were taken; ``kept`` collects the frames for a snapshot."""
         refusal = self._authorise(user, pid, uid) or self.before_session(user, state)
         if refusal is not None:
             return refusal, False
@@ -799,6 +843,8 @@ class Daemon:
                 self._protocol_error(conn, pid, uid, protocol.ProtocolError(
                     f"{msg.type} during a session", "unexpected"))
                 return decision.finish(time.monotonic(), "protocol error"), decision.frames > 0
+            if kept is not None:
+                kept.append(msg.payload)
             try:
                 score, reason = engine.score(msg.payload, entry.templates)
             except Exception as exc:  # a model failure ends this session with "error", never the daemon

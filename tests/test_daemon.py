@@ -438,3 +438,25 @@ def test_per_user_model_is_used_when_present_and_refused_when_unsafe(model_daemo
     os.chmod(own / "model.json", 0o666)
     reply = protocol.request_reload(d.socket)
     assert "chmod go-w" in reply["skipped"]["root"] and reply["users"] == []
+
+
+def test_snapshots_keep_the_last_attempts_frames(model_daemon):
+    d = model_daemon
+    d.rewrite_config({"snapshots": {"enabled": True, "keep": 2}})
+    protocol.request_reload(d.socket)
+    blank = jpeg(np.full((120, 160, 3), 90, np.uint8))
+    for count in (1, 2, 3):
+        run_session(d.socket, "root", [blank] * count)
+    root = d.state_dir / "snapshots"
+    d.wait_log("auth user=root service=test", timeout=5)
+    deadline = time.monotonic() + 5  # written just after the verdict is sent
+    while time.monotonic() < deadline:
+        attempts = sorted(p for p in root.iterdir())
+        if len(attempts) == 2 and len(list(attempts[-1].glob("frame_*.jpg"))) == 3:
+            break
+        time.sleep(0.05)
+    assert len(attempts) == 2 and stat.S_IMODE(root.stat().st_mode) == 0o700
+    frames = sorted(len(list(a.glob("frame_*.jpg"))) for a in attempts)
+    assert frames == [2, 3]  # the oldest attempt (1 frame) was pruned
+    info = json.loads((attempts[-1] / "attempt.json").read_text())
+    assert info["user"] == "root" and info["verdict"] == "no_face" and info["service"] == "test"
