@@ -151,6 +151,8 @@ def decode_body(body: bytes, allowed_types: frozenset[str] | None = None) -> Mes
         header = json.loads(body[4:4 + head_len].decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"header is not UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("header JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise ProtocolError("header is not a JSON object")
     version = header.pop("v", None)

@@ -11,6 +11,8 @@ import time
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pam_faceid import protocol
 
@@ -60,6 +62,7 @@ def test_oversized_length_is_refused_before_reading_the_body():
     (struct.pack(">I", 23) + b'{"v":1,"type":"launch"}', "unknown_type"),
     (struct.pack(">I", 12) + b'{"v":1,"t":1}', "bad_message"),
     (b"\x00\x00", "bad_message"),                                          # shorter than the header length
+    (struct.pack(">I", 60000) + b"[" * 30000 + b"]" * 30000, "bad_message"),  # nesting bomb
 ])
 def test_bad_bodies_raise_with_a_code(body, code):
     with pytest.raises(protocol.ProtocolError) as err:
@@ -190,3 +193,25 @@ def test_header_is_plain_json():
     (head_len,) = struct.unpack(">I", data[4:8])
     assert json.loads(data[8:8 + head_len]) == {"v": 1, "type": "verdict", "result": "match", "score": 0.5,
                                                 "frames": 2, "reason": None}
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_decode_body_raises_only_protocol_errors_on_any_bytes(body):
+    try:
+        msg = protocol.decode_body(body, protocol.CLIENT_TYPES)
+    except protocol.ProtocolError as exc:
+        assert exc.code in protocol.ERROR_CODES
+    else:
+        assert msg.type in protocol.CLIENT_TYPES
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(protocol.CLIENT_TYPES)),
+       st.dictionaries(st.text(max_size=10), st.one_of(st.none(), st.integers(), st.text(max_size=20)), max_size=5),
+       st.binary(max_size=100))
+def test_any_encoded_message_decodes_to_itself(msg_type, fields, payload):
+    data = protocol.encode(msg_type, fields, payload)
+    msg = protocol.decode_body(data[4:], protocol.CLIENT_TYPES)
+    assert msg.type == msg_type and msg.payload == payload
+    assert msg.fields == {k: v for k, v in fields.items() if k not in ("v", "type")}
