@@ -1,0 +1,283 @@
+"""Turn the benchmarks' JSON results into bench/results.md and the PNG plots, so no figure is typed by hand.
+
+Reads helper_start.json, auth_latency.json, embedder.json, daemon_memory.json
+and retrain.json from the results folder; a missing one is reported as not
+run. Plots: ROC and score histograms on the dev pairs (one curve per
+backend) and the login latency distribution of the three paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import BENCH, DEFAULT_OUT  # noqa: E402
+
+COLOURS = {"onnx": "tab:blue", "torch": "tab:green", "dlib": "tab:red",
+           "daemon": "tab:blue", "per_attempt": "tab:orange", "howdy": "tab:red"}
+
+
+def _load(folder: Path, name: str) -> dict | None:
+    path = folder / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _f(value: Any, digits: int = 1, suffix: str = "") -> str:
+    if value is None:
+        return "–"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def _pct(value: Any, digits: int = 1) -> str:
+    return "–" if value is None else f"{100 * value:.{digits}f} %"
+
+
+def _ok(flag: Any) -> str:
+    return "yes" if flag else "**no**"
+
+
+# ---------------------------------------------------------------- plots
+
+def plot_dev(emb: dict, out_dir: Path) -> list[str]:
+    """ROC (log FAR) and genuine/impostor score histograms on dev pairs, one per backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    backends = emb["backends"]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, r in backends.items():
+        labels, scores = np.asarray(r["labels"], bool), np.asarray(r["scores"])
+        if labels.all() or not labels.any():
+            continue
+        fpr, tpr, _ = roc_curve(labels, scores)
+        acc = r["accuracy"]["accuracy"]
+        ax.plot(np.maximum(fpr, 1e-4), tpr, color=COLOURS.get(name),
+                label=f"{r['label']} (acc {_f(acc, 3)}, AUC {_f(r['accuracy']['auc'], 3)})")
+    ax.set_xscale("log")
+    ax.set_xlim(1e-3, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false accept rate (impostor pairs accepted)")
+    ax.set_ylabel("true accept rate")
+    ax.set_title(f"ROC on dev pairs ({len(next(iter(backends.values()))['labels'])} pairs)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out_dir / "roc_dev.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(backends), figsize=(4 * len(backends), 3.4), squeeze=False)
+    for ax, (name, r) in zip(axes[0], backends.items()):
+        labels, scores = np.asarray(r["labels"], bool), np.asarray(r["scores"])
+        bins = np.linspace(-0.2, 1.0, 61)
+        ax.hist(np.clip(scores[labels], -0.2, 1.0), bins=bins, alpha=0.6, color="tab:green", label="same person")
+        ax.hist(np.clip(scores[~labels], -0.2, 1.0), bins=bins, alpha=0.6, color="tab:red", label="different")
+        if r.get("threshold") is not None and -0.2 <= r["threshold"] <= 1.0:
+            ax.axvline(r["threshold"], color="k", ls="--", lw=1, label="shipped threshold")
+        ax.set_title(r["label"], fontsize=9)
+        ax.set_xlabel("cosine similarity (no face = -1, clipped)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "scores_dev.png", dpi=110)
+    plt.close(fig)
+    return ["roc_dev.png", "scores_dev.png"]
+
+
+def plot_latency(auth: dict, out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    everything = [x for p in auth["paths"].values() for x in p["samples_ms"]]
+    bins = np.logspace(np.log10(max(1.0, min(everything) * 0.9)), np.log10(max(everything) * 1.1), 60)
+    for name, p in auth["paths"].items():
+        ax.hist(p["samples_ms"], bins=bins, alpha=0.6, color=COLOURS.get(name),
+                label=f"{p['label']}: p50 {p['ms']['p50']:.0f} ms")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else ""))
+    ax.set_xlabel("PAM call (or process start) to verdict, camera opening excluded [ms, log]")
+    ax.set_ylabel("attempts")
+    ax.set_title(f"Login latency, {auth['setup']['attempts']} attempts per path, same frames")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(out_dir / "latency.png", dpi=110)
+    plt.close(fig)
+    return ["latency.png"]
+
+
+# ---------------------------------------------------------------- markdown
+
+def machine_section(m: dict) -> list[str]:
+    return [
+        "| machine | |", "|---|---|",
+        f"| CPU | {m['cpu']} (`nproc` = {m['nproc']}) |",
+        f"| memory | {m['memory_gb']} GB |",
+        f"| kernel | {m['kernel']} |",
+        f"| python / torch / onnxruntime | {m['python']} / {m['torch']} / {m['onnxruntime']} |",
+        f"| opencv / dlib / numpy | {m['opencv']} / {m['dlib']} / {m['numpy']} |",
+        f"| load average at start | {' '.join(str(x) for x in m['loadavg'])} |",
+        f"| date | {m['date']} |", ""]
+
+
+def auth_section(auth: dict) -> list[str]:
+    s, p, r, g = auth["setup"], auth["paths"], auth["ratios"], auth["goals_met"]
+    lines = [
+        "## Login latency: PAM call to verdict (`bench/auth_latency.py`)", "",
+        f"{s['attempts']} attempts per path after {s['warmup']} warm-up rounds, interleaved in one run. "
+        f"Camera: an image folder of {s['frames_per_attempt']} photos of {s['person']} per attempt "
+        f"(dev/lfw, 250x250), never the {s['enrol_photos']} enrolment photos; the same photos for all three paths. "
+        f"pam_faceid decides after {s['min_matching_frames']} matching frames at threshold {s['threshold']:.3f}; "
+        f"Howdy after one frame under distance {s['howdy_certainty']:.2f} (its default certainty 3.5). "
+        "Times exclude camera opening, shown apart.", "",
+        "| path | p50 ms | p95 ms | camera open p50 ms | match rate | frames p50 |",
+        "|---|---:|---:|---:|---:|---:|"]
+    for name in ("daemon", "per_attempt", "howdy"):
+        q = p[name]
+        lines.append(f"| {q['label']} | {_f(q['ms']['p50'])} | {_f(q['ms']['p95'])} | "
+                     f"{_f(q['camera_open_ms']['p50'], 2)} | {_pct(q['match_rate'], 0)} | {_f(q['frames']['p50'], 0)} |")
+    session = p["daemon"].get("daemon_session_ms") or {}
+    lines += [
+        "",
+        f"Inside faceidd (hello to verdict, from its log) a pam_faceid login took p50 {_f(session.get('p50'), 0)} ms; "
+        "the rest is PAM, pam_exec and starting the helper.", "",
+        "| ratio (same run) | p50 | p95 | goal | met |", "|---|---:|---:|---:|---|",
+        f"| Howdy's path / pam_faceid | {_f(r['howdy_over_daemon_p50'])}x | {_f(r['howdy_over_daemon_p95'])}x | "
+        f">= {auth['goals']['vs_howdy']:.0f}x | {_ok(g['vs_howdy'])} |",
+        f"| per-attempt process / pam_faceid | {_f(r['per_attempt_over_daemon_p50'])}x | "
+        f"{_f(r['per_attempt_over_daemon_p95'])}x | >= {auth['goals']['vs_per_attempt']:.0f}x | "
+        f"{_ok(g['vs_per_attempt'])} |",
+        f"| pam_faceid p50 | {_f(p['daemon']['ms']['p50'])} ms | | <= {auth['goals']['p50_ms']:.0f} ms | "
+        f"{_ok(g['p50_ms'])} |", "",
+        "![latency](latency.png)", ""]
+    return lines
+
+
+def helper_section(h: dict) -> list[str]:
+    f, i = h["first_frame_ms"], h["interpreter_ms"]
+    return [
+        "## PAM helper start to first frame (`bench/helper_start.py`)", "",
+        f"The real `faceid-helper` started as pam_exec starts it, against a stub daemon, camera = {h['camera']}; "
+        f"{h['runs']} runs.", "",
+        "| | p50 ms | p95 ms | budget | met |", "|---|---:|---:|---:|---|",
+        f"| process start to first frame received | {_f(f['p50'])} | {_f(f['p95'])} | {h['budget_ms']:.0f} ms | "
+        f"{_ok(h['within_budget'])} |",
+        f"| bare `python -c pass` (the floor) | {_f(i['p50'])} | {_f(i['p95'])} | | |", ""]
+
+
+def embedder_section(emb: dict) -> list[str]:
+    b = emb["backends"]
+    quick = f" **Quick run: first {emb['quick']} pairs of each half-fold only.**" if emb.get("quick") else ""
+    lines = [
+        "## The face model: speed, memory, accuracy (`bench/embedder.py`)", "",
+        f"Each backend alone in a fresh process, one thread. Embedding = aligned face to vector, on the same "
+        f"{emb['speed_faces']} dev photos for all (median per face over {emb['passes']} passes); end to end = "
+        "detection, landmarks, alignment and embedding of one photo. RSS = the process after loading its "
+        "pipeline and embedding one face. Accuracy: dev pairs through `pam_faceid.evaluate.evaluate`."
+        + quick, "",
+        "| model | ms / face | faces / s | end to end ms / photo | RSS MiB | load s | dev pairs accuracy | AUC | "
+        "TAR @ FAR 1e-3 | pairs without a face |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in ("onnx", "torch", "dlib"):
+        if name not in b:
+            continue
+        r, a = b[name], b[name]["accuracy"]
+        std = f" ± {a['accuracy_std']:.3f}" if a.get("accuracy_std") is not None else ""
+        lines.append(f"| {r['label']} | {_f(r['ms_per_face'], 2)} | {_f(r['faces_per_second'], 0)} | "
+                     f"{_f(r['end_to_end_ms_per_photo'], 1)} | {_f(r['memory']['rss_mb'], 0)} | "
+                     f"{_f(r['load_seconds'], 2)} | {_f(a['accuracy'], 4)}{std} | {_f(a['auc'], 4)} | "
+                     f"{_pct(a['tar_at_far_1e-3'])} | {a.get('pairs_no_face')} |")
+    ratios = emb.get("ratios", {})
+    if ratios:
+        lines += ["", "Ratios (same run): " + "; ".join(
+            f"{k.replace('_over_', ' / ').replace('_', ' ')} = {v:.1f}x" for k, v in ratios.items())]
+    lines += ["", "![ROC on dev](roc_dev.png)", "", "![score histograms on dev](scores_dev.png)", ""]
+    return lines
+
+
+def memory_section(mem: dict) -> list[str]:
+    m = mem["median"]
+    return [
+        "## faceidd memory (`bench/daemon_memory.py`)", "",
+        f"Median of {mem['repeats']} fresh daemons; {mem['templates_per_user']} templates per user (embeddings of "
+        f"real faces); load = {mem['sessions']} concurrent sessions for {mem['load_seconds']:.0f} s streaming photos "
+        f"of a stranger ({mem['stranger']}).", "",
+        "| state | RSS MiB |", "|---|---:|",
+        f"| idle, 1 user enrolled | {_f(m['idle_1'], 0)} |",
+        f"| idle, 100 users enrolled | {_f(m['idle_100'], 0)} |",
+        f"| {mem['sessions']} concurrent sessions (peak of 50 ms samples) | {_f(m['load_peak'], 0)} |",
+        f"| idle again after the load | {_f(m['after_load'], 0)} |", "",
+        f"Under that load faceidd scored {_f(m['load_frames_per_second'], 0)} frames/s "
+        f"({_f(m['load_sessions'], 0)} sessions, {_f(m['load_errors'], 0)} errors); start to READY=1: "
+        f"{_f(m['ready_seconds_100'], 2)} s with 100 users.", ""]
+
+
+def retrain_section(rt: dict | None) -> list[str]:
+    lines = ["## Per-user retraining against the seed's (`bench/retrain.py`)", ""]
+    if rt is None:
+        return lines + ["Not run.", ""]
+    lines += [rt.get("summary", ""), ""]
+    rows = rt.get("rows", [])
+    if rows:
+        lines += ["| method | seconds | FAR | FRR | threshold | held-out owner / other images |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for row in rows:
+            lines.append(f"| {row['method']} | {_f(row.get('seconds'), 1)} | {_pct(row.get('far'))} | "
+                         f"{_pct(row.get('frr'))} | {_f(row.get('threshold'), 3)} | "
+                         f"{row.get('owner_attempts', '–')} / {row.get('other_attempts', '–')} |")
+    for key, value in (rt.get("ratios") or {}).items():
+        lines.append(f"\n{key}: {value:.1f}x")
+    if rt.get("pending"):
+        lines += ["", f"**Pending:** {rt['pending']}"]
+    return lines + [""]
+
+
+def write(folder: Path, out_dir: Path, command: str) -> Path:
+    helper, auth, emb = _load(folder, "helper_start"), _load(folder, "auth_latency"), _load(folder, "embedder")
+    mem, rt = _load(folder, "daemon_memory"), _load(folder, "retrain")
+    first = next((x for x in (auth, emb, mem, helper, rt) if x), None)
+    if first is None:
+        raise SystemExit(f"report: no results in {folder}")
+    lines = ["# pam_faceid benchmarks", "",
+             "Generated by `bench/run_all.sh` from the JSON results of one run; every figure is a median of "
+             "repeated runs or a ratio from the same run. Nothing here is typed by hand.", "",
+             f"Command: `{command}`", ""]
+    lines += machine_section(first["machine"])
+    lines += auth_section(auth) if auth else ["## Login latency", "", "Not run.", ""]
+    lines += helper_section(helper) if helper else []
+    lines += embedder_section(emb) if emb else ["## The face model", "", "Not run.", ""]
+    lines += memory_section(mem) if mem else ["## faceidd memory", "", "Not run.", ""]
+    lines += retrain_section(rt)
+    if emb:
+        plot_dev(emb, out_dir)
+    if auth:
+        plot_latency(auth, out_dir)
+    path = out_dir / "results.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=DEFAULT_OUT, help="folder of the benchmarks' JSON files")
+    parser.add_argument("--out-dir", type=Path, default=BENCH, help="where results.md and the PNGs go")
+    parser.add_argument("--command", default="bench/run_all.sh", help="the command line to print in results.md")
+    args = parser.parse_args(argv)
+    print(write(args.results, args.out_dir, args.command))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

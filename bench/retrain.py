@@ -1,0 +1,206 @@
+"""`faceid retrain` against the seed's per-user training, on the same images: seconds, FAR and FRR.
+
+The seed trained a small CNN from scratch for each user, batch size 1, on
+every triplet of 7 owner and 10 other images (anchor and positive: any
+ordered pair of distinct owner images, 42; negative: any of the 10 others;
+420 triplets an epoch), with the triplet loss max(d(A,P) - d(A,N) + alpha, 0)
+on squared distances of unit vectors, alpha = 0.2. It is rebuilt here
+(``SeedNet``): three conv blocks and a 128-d head, on our aligned 112x112
+crops (better input than the seed had), Adam, epochs until a whole epoch
+has zero loss or MAX_EPOCHS. Its threshold is the only one its data allows:
+just above the most similar owner/other pair among the training images.
+
+Every method is judged alike: the owner's 7 training photos are enrolled as
+templates (embedded by that method's network), a held-out photo scores its
+best cosine similarity to them; FRR on the owner's held-out photos, FAR on
+photos of other dev people, at the method's own threshold. The owner is a
+dev/lfw person (never in the base model's training), the 10 others come
+from train/lfw. The shipped model without retraining is the reference row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (DEFAULT_OUT, DEV_LFW, FACES, default_model, machine, require_faces,  # noqa: E402
+                     require_model, save_json)
+
+OWNER_TRAIN = 7
+OTHERS_TRAIN = 10
+MARGIN = 0.2
+MAX_EPOCHS = 60
+SEED = 0
+
+
+def aligned(paths: list[Path]) -> tuple[np.ndarray, list[Path]]:
+    """Aligned 112x112 crops (faces as `faceid evaluate` finds them) of those photos that have a face."""
+    from pam_faceid.faces import FacePipeline, load_image
+
+    pipeline = FacePipeline(policy="centre", min_size=20)
+    crops, kept = [], []
+    for path in paths:
+        image = load_image(path)
+        crop, _ = pipeline.process(image) if image is not None else (None, "unreadable")
+        if crop is not None:
+            crops.append(crop)
+            kept.append(path)
+    return np.stack(crops), kept
+
+
+def choose_images(owner: str, owner_test: int, others_test: int) -> dict:
+    """The owner's 7 + held-out photos, 10 other people from train/lfw, held-out strangers from dev/lfw."""
+    rng = random.Random(SEED)
+    owner_paths = sorted((DEV_LFW / owner).iterdir())
+    train_people = sorted(p for p in (FACES / "train" / "lfw").iterdir() if p.is_dir())
+    others = [sorted(p.iterdir())[0] for p in rng.sample(train_people, OTHERS_TRAIN * 2)]
+    strangers = sorted(p for p in DEV_LFW.iterdir() if p.is_dir() and p.name != owner)
+    stranger_paths = [sorted(p.iterdir())[0] for p in rng.sample(strangers, min(len(strangers), others_test + 50))]
+    owner_crops, owner_kept = aligned(owner_paths[:OWNER_TRAIN + owner_test + 10])
+    other_crops, _ = aligned(others)
+    stranger_crops, _ = aligned(stranger_paths)
+    return {
+        "owner_train": owner_crops[:OWNER_TRAIN],
+        "owner_test": owner_crops[OWNER_TRAIN:OWNER_TRAIN + owner_test],
+        "others_train": other_crops[:OTHERS_TRAIN],
+        "strangers": stranger_crops[:others_test],
+        "owner_train_files": [p.name for p in owner_kept[:OWNER_TRAIN]],
+    }
+
+
+def far_frr(embed, data: dict, threshold: float) -> dict:
+    """FAR on strangers and FRR on the owner's held-out photos, best cosine to the 7 enrolled templates."""
+    templates = embed(data["owner_train"])
+    genuine = (embed(data["owner_test"]) @ templates.T).max(axis=1)
+    impostor = (embed(data["strangers"]) @ templates.T).max(axis=1)
+    return {"threshold": float(threshold), "frr": float(np.mean(genuine < threshold)),
+            "far": float(np.mean(impostor >= threshold)), "owner_attempts": int(genuine.size),
+            "other_attempts": int(impostor.size)}
+
+
+# ---------------------------------------------------------------- the seed, rebuilt
+
+def seed_training(data: dict, max_epochs: int, threads: int) -> dict:
+    """Train the seed's small CNN from scratch on every triplet, batch size 1; time it; pick its threshold."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from pam_faceid.embedder import preprocess
+
+    torch.manual_seed(SEED)
+    torch.set_num_threads(threads)
+
+    class SeedNet(nn.Module):
+        """The seed's kind of network: a few conv layers learnt from nothing, a 128-d unit vector out."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(3, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Flatten(), nn.Linear(64 * 7 * 7, 128))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.normalize(self.body(x), dim=1)
+
+    owner = torch.from_numpy(preprocess(data["owner_train"]))
+    others = torch.from_numpy(preprocess(data["others_train"]))
+    triplets = [(a, p, n) for a in range(len(owner)) for p in range(len(owner)) if a != p for n in range(len(others))]
+    net = SeedNet()
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
+    rng = random.Random(SEED)
+    started = time.perf_counter()
+    losses = []
+    for _epoch in range(max_epochs):
+        rng.shuffle(triplets)
+        total = 0.0
+        net.train()
+        for a, p, n in triplets:
+            out = net(torch.stack([owner[a], owner[p], others[n]]))
+            d_ap = (out[0] - out[1]).pow(2).sum()
+            d_an = (out[0] - out[2]).pow(2).sum()
+            loss = torch.clamp(d_ap - d_an + MARGIN, min=0)
+            if loss.item() > 0:
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+            total += loss.item()
+        losses.append(total / len(triplets))
+        if total == 0:
+            break
+    seconds = time.perf_counter() - started
+    net.eval()
+
+    def embed(crops: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return net(torch.from_numpy(preprocess(crops))).numpy()
+
+    train_owner, train_other = embed(data["owner_train"]), embed(data["others_train"])
+    threshold = float((train_other @ train_owner.T).max()) + 1e-6
+    return {"seconds": seconds, "epochs": len(losses), "triplets_per_epoch": len(triplets), "losses": losses,
+            **far_frr(embed, data, threshold)}
+
+
+# ---------------------------------------------------------------- ours
+
+def base_model_row(model: Path, data: dict) -> dict:
+    from pam_faceid.embedder import Embedder
+
+    embedder = Embedder(model)
+    return {"seconds": 0.0, **far_frr(embedder.embed, data, embedder.threshold)}
+
+
+def faceid_retrain_available() -> bool:
+    return importlib.util.find_spec("pam_faceid.retrain") is not None
+
+
+def run(model: Path, owner: str, quick: bool, threads: int) -> dict:
+    require_faces()
+    require_model(model)
+    data = choose_images(owner, owner_test=20 if quick else 40, others_test=100 if quick else 300)
+    rows = [{"method": "shipped model, no retraining (reference)", **base_model_row(model, data)}]
+    seed = seed_training(data, 5 if quick else MAX_EPOCHS, threads)
+    rows.append({"method": f"seed: small CNN from scratch, batch 1, every triplet ({seed['epochs']} epochs)",
+                 **{k: v for k, v in seed.items() if k != "losses"}})
+    result = {"machine": machine(), "model": str(model), "owner": owner, "threads": threads, "quick": quick,
+              "owner_train_files": data["owner_train_files"], "seed_losses": seed["losses"], "rows": rows}
+    if not faceid_retrain_available():
+        result["pending"] = ("`faceid retrain` (pam_faceid/retrain.py) does not exist yet: only the seed baseline "
+                             "and the shipped model were measured.")
+        result["summary"] = (f"Owner {owner}: {OWNER_TRAIN} photos to train on and enrol, {OTHERS_TRAIN} other "
+                             "people's photos for the seed's triplets; FAR/FRR on held-out photos.")
+        return result
+    raise SystemExit("bench/retrain.py: `faceid retrain` exists now; wire it in here")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=default_model(), help="model folder (default: bundled)")
+    parser.add_argument("--owner", default="Tony_Blair", help="dev/lfw identity whose face is retrained on")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for every method (default 2)")
+    parser.add_argument("--quick", action="store_true", help="5 seed epochs and fewer held-out photos (development)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "retrain.json", help="result JSON")
+    args = parser.parse_args(argv)
+    result = run(args.model, args.owner, args.quick, args.threads)
+    save_json(args.out, result)
+    for row in result["rows"]:
+        print(f"{row['method']:<70} {row['seconds']:7.1f} s  FAR {100 * row['far']:5.1f} %  "
+              f"FRR {100 * row['frr']:5.1f} %  (threshold {row['threshold']:.3f})")
+    if result.get("pending"):
+        print("pending:", result["pending"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
