@@ -21,11 +21,11 @@ from pam_faceid.helper import encode_frame
 def main() -> int:
     config, user = sys.argv[1], sys.argv[2]
     state = load_state(config, {})
-    if state.engine is None or state.threshold is None:
+    entry = state.users[user]
+    if entry.engine is None or entry.threshold is None:
         raise SystemExit(f"model not loaded: {state.engine_error}")
-    templates = state.templates[user]
     cfg = state.cfg
-    decision = Decision(state.threshold, cfg.auth.min_matching_frames, float(cfg.auth.timeout),
+    decision = Decision(entry.threshold, cfg.auth.min_matching_frames, float(cfg.auth.timeout),
                         int(cfg.daemon.max_frames_per_session))
     started = time.monotonic()
     source = FrameSource.from_config(cfg.camera)
@@ -33,7 +33,7 @@ def main() -> int:
     verdict = None
     with source:
         for frame in source.frames(timeout=float(cfg.auth.timeout)):
-            score, reason = state.engine.score(encode_frame(frame), templates)
+            score, reason = entry.engine.score(encode_frame(frame), entry.templates)
             verdict = decision.observe(score, reason, time.monotonic())
             if verdict is not None:
                 break
