@@ -162,7 +162,7 @@ def base_model_row(model: Path, data: dict) -> dict:
     from pam_faceid.embedder import Embedder
 
     embedder = Embedder(model)
-    return {"seconds": 0.0, **far_frr(embedder.embed, data, embedder.threshold)}
+    return {"seconds": None, **far_frr(embedder.embed, data, embedder.threshold)}
 
 
 def faceid_retrain_row(model: Path, data: dict) -> dict:
@@ -229,9 +229,10 @@ def run(model: Path, owner: str, quick: bool, threads: int) -> dict:
     result = {"machine": machine(), "model": str(model), "owner": owner, "threads": threads, "quick": quick,
               "owner_train_files": [p.name for p in data["owner_train_paths"]], "seed_losses": seed["losses"],
               "rows": rows,
-              "summary": (f"Owner {owner} (dev/lfw): {OWNER_TRAIN} photos to train on and enrol; the seed's "
-                          f"{OTHERS_TRAIN} other people from train/lfw, `faceid retrain`'s negatives from its "
-                          f"negative bank; FAR and FRR on held-out photos at each method's own threshold.")}
+              "summary": ("**Quick run (5 seed epochs at most, fewer held-out photos).** " if quick else "")
+              + (f"Owner {owner} (dev/lfw): {OWNER_TRAIN} photos to train on and enrol; the seed's "
+                 f"{OTHERS_TRAIN} other people from train/lfw, `faceid retrain`'s negatives from its "
+                 f"negative bank; FAR and FRR on held-out photos at each method's own threshold.")}
     if importlib.util.find_spec("pam_faceid.retrain") is None:
         result["pending"] = "`faceid retrain` (pam_faceid/retrain.py) does not exist yet."
         return result
@@ -256,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.model, args.owner, args.quick, args.threads)
     save_json(args.out, result)
     for row in result["rows"]:
-        print(f"{row['method']:<70} {row['seconds']:7.1f} s  FAR {100 * row['far']:5.1f} %  "
+        seconds = "" if row["seconds"] is None else f"{row['seconds']:.1f} s"
+        print(f"{row['method']:<70} {seconds:>9}  FAR {100 * row['far']:5.1f} %  "
               f"FRR {100 * row['frr']:5.1f} %  (threshold {row['threshold']:.3f})")
     if result.get("pending"):
         print("pending:", result["pending"])
