@@ -263,6 +263,11 @@ def daemon_config(base: Path, model: Path, socket_path: str, state_dir: Path,
 
 # ---------------------------------------------------------------- system changes, always undone
 
+def cleanup_on_sigterm() -> None:
+    """Turn SIGTERM (timeout, kill) into SystemExit so the ``finally`` blocks remove users and PAM files."""
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
+
+
 @contextmanager
 def temp_user(prefix: str = "fidb") -> Iterator[str]:
     """A fresh system user (no home, no login shell), deleted afterwards."""

@@ -32,9 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _howdy_attempt as howdy  # noqa: E402
-from _common import (BENCH, CLEAN_ENV, DEFAULT_OUT, PYTHON, Faceidd, camera_folder, daemon_config,  # noqa: E402
-                     default_model, embed_images, enrol, machine, pam_service, person_images, require_faces,
-                     require_model, save_json, short_tmp, summary, temp_user, write_config)
+from _common import (BENCH, CLEAN_ENV, DEFAULT_OUT, PYTHON, Faceidd, camera_folder, cleanup_on_sigterm,  # noqa: E402
+                     daemon_config, default_model, embed_images, enrol, machine, pam_service, person_images,
+                     require_faces, require_model, save_json, short_tmp, summary, temp_user, write_config)
 
 PATHS = ("daemon", "per_attempt", "howdy")
 LABELS = {"daemon": "pam_faceid (PAM + helper + warm faceidd)",
@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, help="override the model's threshold (for a smoke model only)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "auth_latency.json", help="result JSON")
     args = parser.parse_args(argv)
+    cleanup_on_sigterm()
     result = run(args.model, args.person, args.attempts, args.warmup, args.frames, args.enrol, args.threshold)
     save_json(args.out, result)
     for name, path in result["paths"].items():

@@ -118,7 +118,7 @@ class Dlib:
         if not boxes:
             return None, None
         h, w = grey.shape
-        box = min(boxes, key=lambda b: ((b.left() + b.right()) / 2 - w / 2) ** 2 + ((b.top() + b.bottom()) / 2 - h / 2) ** 2)
+        box = min(boxes, key=lambda b: ((b.left() + b.right() - w) ** 2 + (b.top() + b.bottom() - h) ** 2))
         rgb = self.cv2.cvtColor(image, self.cv2.COLOR_BGR2RGB)
         return rgb, self.predictor(rgb, box)
 

@@ -147,7 +147,8 @@ def auth_section(auth: dict) -> list[str]:
     for name in ("daemon", "per_attempt", "howdy"):
         q = p[name]
         lines.append(f"| {q['label']} | {_f(q['ms']['p50'])} | {_f(q['ms']['p95'])} | "
-                     f"{_f(q['camera_open_ms']['p50'], 2)} | {_pct(q['match_rate'], 0)} | {_f(q['frames']['p50'], 0)} |")
+                     f"{_f(q['camera_open_ms']['p50'], 2)} | {_pct(q['match_rate'], 0)} | "
+                     f"{_f(q['frames']['p50'], 0)} |")
     session = p["daemon"].get("daemon_session_ms") or {}
     lines += [
         "",

@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (CLEAN_ENV, DEFAULT_OUT, DEV_LFW, FACES, VENV_BIN, daemon_config, default_model,  # noqa: E402
-                     machine, require_faces, require_model, save_json, short_tmp, temp_user, write_config)
+from _common import (CLEAN_ENV, DEFAULT_OUT, DEV_LFW, FACES, VENV_BIN, cleanup_on_sigterm, daemon_config,  # noqa: E402
+                     default_model, machine, require_faces, require_model, save_json, short_tmp, temp_user,
+                     write_config)
 
 OWNER_TRAIN = 7
 OTHERS_TRAIN = 10
@@ -254,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="5 seed epochs and fewer held-out photos (development)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "retrain.json", help="result JSON")
     args = parser.parse_args(argv)
+    cleanup_on_sigterm()
     result = run(args.model, args.owner, args.quick, args.threads)
     save_json(args.out, result)
     for row in result["rows"]:
