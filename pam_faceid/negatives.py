@@ -1,27 +1,56 @@
-"""The negative bank: embeddings of other people's faces, for calibration (and per-user retraining).
+"""The negative bank: base embeddings of other people's faces, for calibration and per-user retraining.
 
-Why it is built on the admin's machine instead of shipped: the only labelled
-faces at hand (../shared/faces) are licensed for research only, and
-embeddings or backbone features derived from them are still derived from
-those photographs, so shipping them in a package is not clearly allowed.
-Instead the admin points ``faceid calibrate --negatives DIR`` at any folder
-of face photos of people other than the users (their own licence, their
-machine); the bank is embedded once with the current model and cached,
-root-only, at ``<state_dir>/negatives.npz`` keyed by the model id, so it is
-rebuilt automatically when the model changes.
+Two banks, one format of vector (the base model's unit embeddings):
+
+- The shipped bank (the default): ``<model_dir>/negatives.npy``, float16
+  [N,128], one face for each of ~3,500 identities of ``../shared/faces/train``
+  (lfw, celeba, glint, yaleb), written beside the model by the lead after
+  training with ``python -m pam_faceid.negatives build MODEL_DIR ROOT...``
+  and described by ``negatives.json`` (model id, count, sources, sha256). It
+  is model-specific, so it is rebuilt whenever the base model changes; a bank
+  for another model id is refused, never silently used.
+- An admin-built bank (the option): ``faceid calibrate --negatives DIR`` embeds
+  any folder of face photos of people other than the users, on the admin's
+  machine, and caches it root-only at ``<state_dir>/negatives.npz`` keyed by
+  the model id. When present and current it is preferred to the shipped one.
+
+Why ship embeddings and not images: the bank is only ever compared with
+vectors, so vectors are all it needs. 3,500 faces as float16 embeddings are
+under 1 MB, against ~130 MB for aligned crops; they carry no names, file
+names or pixels, one face per person, and getting a likeness back out of a
+128-number vector takes a dedicated inversion attack that gives a blurry
+guess at best. That makes it the compact and least revealing form, though
+not an anonymous one: the vectors are still derived from those photographs,
+whose collections are licensed for research and non-commercial use, and the
+bank inherits those terms. A distribution outside them should rebuild the
+bank from faces it may use (``build`` with other roots, or the admin bank).
+
+Only ``train/`` identities go in: ``dev/`` is for measuring, and a bank that
+shaped retraining or thresholds with dev people would make every dev number
+a little too good. ``build`` refuses a root inside a ``dev`` folder.
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime as _dt
+import hashlib
 import io
+import json
 import os
+import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 BANK_FILE = "negatives.npz"
 DEFAULT_LIMIT = 1000
+SHIPPED_FILE = "negatives.npy"
+SHIPPED_META = "negatives.json"
+SHIPPED_FORMAT = "pam_faceid.negatives"
+SHIPPED_LIMIT = 4000
+TRIES_PER_IDENTITY = 3
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -54,13 +83,14 @@ def image_files(folder: Path, limit: int) -> list[Path]:
 def build(folder: Path, embedder: Any, limit: int = DEFAULT_LIMIT,
           progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Embed up to ``limit`` faces of ``folder`` (one per image, photo-collection face choice)."""
-    from pam_faceid.faces import FacePipeline, load_image
+    from pam_faceid.faces import FacePipeline
+    from pam_faceid.images import read_image
 
     pipeline = FacePipeline(policy="centre", min_size=20)
     files = image_files(folder, limit)
     crops = []
     for index, path in enumerate(files, 1):
-        image = load_image(path)
+        image = read_image(path)
         if image is not None:
             crop, _reason = pipeline.process(image)
             if crop is not None:
@@ -101,3 +131,177 @@ def load(state_dir: str | os.PathLike[str], model_id: str) -> np.ndarray:
         raise NegativesError(f"{path} was built with model {cached_id!r}, not {model_id!r}: "
                              "build it again with --negatives DIR")
     return embeddings
+
+
+# ---------------------------------------------------------------- the shipped bank (beside the model)
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _source_name(root: Path) -> str:
+    """"train/lfw" for ../shared/faces/train/lfw: where the faces came from, without the machine's paths."""
+    parts = root.resolve().parts
+    return "/".join(parts[parts.index("faces") + 1:]) if "faces" in parts[:-1] else root.name
+
+
+def identity_folders(roots: Sequence[str | os.PathLike[str]], limit: int) -> list[list[Path]]:
+    """Up to ``limit`` identities (ROOT/IDENTITY/ folders), each as its sorted image files, spread over the roots.
+
+    A root inside a ``dev`` folder is refused (dev is for measuring only), and
+    so is one without identity sub-folders (unlabeled faces cannot promise
+    one face per person).
+    """
+    per_root: list[list[list[Path]]] = []
+    for root in map(Path, roots):
+        if "dev" in root.resolve().parts:
+            raise NegativesError(f"{root}: inside a dev/ folder; the bank takes train/ identities only "
+                                 "(dev/ is for measuring)")
+        if not root.is_dir():
+            raise NegativesError(f"{root}: not a folder")
+        people = []
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if files:
+                people.append(files)
+        if not people:
+            raise NegativesError(f"{root}: no ROOT/IDENTITY/IMAGE sub-folders")
+        per_root.append(people)
+    total = sum(len(p) for p in per_root)
+    if total <= limit:
+        return [person for people in per_root for person in people]
+    picked = []
+    for people in per_root:  # each root keeps its share, evenly spaced through its sorted identities
+        share = max(1, round(limit * len(people) / total))
+        picked.extend(people[int(i * len(people) / share)] for i in range(min(share, len(people))))
+    return picked[:limit]
+
+
+def build_shipped(model_dir: str | os.PathLike[str], roots: Sequence[str | os.PathLike[str]],
+                  limit: int = SHIPPED_LIMIT, progress: bool = True) -> Path:
+    """Embed one face per identity of ``roots`` with the model in ``model_dir`` and write the bank beside it.
+
+    Faces are found as evaluation and training find them (FacePipeline,
+    centre policy); an identity whose first few images have no usable face
+    is left out. Writes negatives.npy (float16) and negatives.json atomically.
+    """
+    from tqdm import tqdm
+
+    from pam_faceid.daemon import model_id_of
+    from pam_faceid.embedder import ONNX_FILE, Embedder
+    from pam_faceid.faces import FacePipeline
+    from pam_faceid.images import read_image
+    from pam_faceid.store import atomic_write_bytes
+
+    model_dir = Path(model_dir)
+    embedder = Embedder(model_dir, "onnx")
+    people = identity_folders(roots, limit)
+    pipeline = FacePipeline(policy="centre", min_size=20)
+    crops = []
+    for files in tqdm(people, desc="negative bank", unit="person", disable=not progress):
+        for path in files[:TRIES_PER_IDENTITY]:
+            image = read_image(path)
+            crop = pipeline.process(image)[0] if image is not None else None
+            if crop is not None:
+                crops.append(crop)
+                break
+    if len(crops) < 100:
+        raise NegativesError(f"only {len(crops)} of {len(people)} identities have a usable face; need at least 100")
+    vectors = np.concatenate([embedder.embed(np.stack(crops[i:i + 64])) for i in range(0, len(crops), 64)])
+    buf = io.BytesIO()
+    np.save(buf, vectors.astype(np.float16))
+    data = buf.getvalue()
+    meta = {
+        "format": SHIPPED_FORMAT, "version": 1, "model_id": model_id_of(embedder),
+        "model_sha256": _file_sha256(model_dir / ONNX_FILE), "count": len(vectors), "identities_tried": len(people),
+        "one_face_per_identity": True, "sources": sorted({_source_name(Path(r)) for r in roots}),
+        "dtype": "float16", "sha256": hashlib.sha256(data).hexdigest(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "built_by": "python -m pam_faceid.negatives build",
+    }
+    atomic_write_bytes(model_dir / SHIPPED_FILE, data, mode=0o644)
+    atomic_write_bytes(model_dir / SHIPPED_META, json.dumps(meta, indent=1, sort_keys=True).encode() + b"\n",
+                       mode=0o644)
+    return model_dir / SHIPPED_FILE
+
+
+def load_shipped(model_dir: str | os.PathLike[str], model_id: str) -> np.ndarray:
+    """The bank shipped beside the model, as float32 unit vectors; NegativesError when absent, corrupt or stale."""
+    from pam_faceid.embedder import ONNX_FILE
+
+    model_dir = Path(model_dir)
+    path, meta_path = model_dir / SHIPPED_FILE, model_dir / SHIPPED_META
+    try:
+        data = path.read_bytes()
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise NegativesError(f"no negative bank shipped with the model in {model_dir} "
+                             "(build it: python -m pam_faceid.negatives build MODEL_DIR ROOT...)") from None
+    except (OSError, ValueError) as exc:
+        raise NegativesError(f"{meta_path}: unreadable ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != SHIPPED_FORMAT:
+        raise NegativesError(f"{meta_path}: not a {SHIPPED_FORMAT} description")
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        raise NegativesError(f"{path}: does not match the sha256 in {meta_path.name}; build it again")
+    onnx = model_dir / ONNX_FILE
+    stale = meta.get("model_id") != model_id or (onnx.exists() and _file_sha256(onnx) != meta.get("model_sha256"))
+    if stale:
+        raise NegativesError(f"{path} was built for model {meta.get('model_id')!r}, not this one ({model_id!r}): "
+                             "build it again with python -m pam_faceid.negatives build")
+    try:
+        vectors = np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
+    except ValueError as exc:
+        raise NegativesError(f"{path}: corrupt ({exc})") from None
+    if vectors.ndim != 2 or not len(vectors) or not np.all(np.isfinite(vectors)):
+        raise NegativesError(f"{path}: not a [N, D] array of finite numbers")
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def load_default(state_dir: str | os.PathLike[str], model_dir: str | os.PathLike[str],
+                 model_id: str) -> tuple[np.ndarray, str]:
+    """(bank, where it came from): the admin's cached bank when current for this model, else the shipped one."""
+    try:
+        return load(state_dir, model_id), f"admin bank {bank_path(state_dir)}"
+    except NegativesError as admin_problem:
+        try:
+            return load_shipped(model_dir, model_id), f"shipped bank {Path(model_dir) / SHIPPED_FILE}"
+        except NegativesError as shipped_problem:
+            if bank_path(state_dir).exists():
+                raise admin_problem from None
+            raise NegativesError(f"{shipped_problem}; or give the admin bank with "
+                                 "faceid calibrate --negatives DIR") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pam_faceid.negatives build MODEL_DIR ROOT...``: the lead runs it after training a model."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pam_faceid.negatives",
+        description="Write the negative bank (negatives.npy + negatives.json) beside a model: one face per "
+                    "identity of the given ROOT/IDENTITY/IMAGE folders, embedded by that model. Use train/ "
+                    "folders only, never dev/.",
+        epilog="example:\n  python -m pam_faceid.negatives build pam_faceid/data/model ../shared/faces/train/lfw "
+               "../shared/faces/train/celeba ../shared/faces/train/glint ../shared/faces/train/yaleb",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    build_cmd = sub.add_parser("build", help="build the bank for a model folder")
+    build_cmd.add_argument("model_dir", metavar="MODEL_DIR")
+    build_cmd.add_argument("roots", metavar="ROOT", nargs="+", help="ROOT/IDENTITY/IMAGE folders of train/")
+    build_cmd.add_argument("--limit", type=int, default=SHIPPED_LIMIT, help=f"most identities (default {SHIPPED_LIMIT})")
+    args = parser.parse_args(argv)
+    from pam_faceid.embedder import ModelError
+
+    try:
+        path = build_shipped(args.model_dir, args.roots, args.limit)
+    except (NegativesError, ModelError) as exc:
+        print(f"negatives: {exc}", file=sys.stderr)
+        return 1
+    meta = json.loads((path.parent / SHIPPED_META).read_text())
+    print(f"wrote {path}: {meta['count']} faces of {meta['identities_tried']} identities from "
+          f"{', '.join(meta['sources'])}, {path.stat().st_size // 1024} KiB, model {meta['model_id']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

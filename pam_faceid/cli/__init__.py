@@ -28,6 +28,7 @@ COMMANDS = [
     "calibrate",
     "snapshot",
     "unlock",
+    "retrain",
 ]
 
 EXIT_OK = 0
