@@ -9,14 +9,12 @@ import socket
 import stat
 import struct
 import subprocess
-import threading
 import time
 
 import cv2
 import numpy as np
 import pytest
-from faceidd_util import (FACEIDD, Faceidd, daemon_dir, enrol, faceidd, require_model,  # noqa: F401
-                          run_as_nobody, write_config)
+from faceidd_util import Faceidd, daemon_dir, enrol, faceidd, require_model, run_as_nobody  # noqa: F401
 
 from pam_faceid import protocol
 from pam_faceid.daemon import Decision, Verdict

@@ -26,8 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from faceidd_util import (HELPER, PYTHON, daemon_dir, enrol, faceidd, require_model,  # noqa: F401
-                          short_tmp)
+from faceidd_util import HELPER, PYTHON, daemon_dir, enrol, faceidd, require_model  # noqa: F401
 
 from pam_faceid import helper, protocol
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from faceidd_util import (FACEIDD, PYTHON, daemon_dir, enrol, faceidd, model_available,  # noqa: F401
-                          require_model)
+from faceidd_util import FACEIDD, PYTHON, daemon_dir, enrol, faceidd, model_available  # noqa: F401
 
 from pam_faceid import config, protocol
 
