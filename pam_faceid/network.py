@@ -17,7 +17,9 @@ class EmbeddingNet(nn.Module):
 
     The head flattens the 4x4 feature map instead of global-average pooling
     it: where a feature sits in an aligned face (eye vs mouth) is identity
-    information that pooling would throw away.
+    information that pooling would throw away. No batch norm after the last
+    layer: with one, training leaned on per-batch statistics and every face
+    came out the same at inference.
     """
 
     def __init__(self, dim: int = EMBEDDING_DIM, input_size: int = 112, dropout: float = 0.2):
@@ -31,8 +33,7 @@ class EmbeddingNet(nn.Module):
             nn.PReLU(128),
             nn.Flatten(),
             nn.Dropout(dropout),
-            nn.Linear(128 * h * w, dim, bias=False),
-            nn.BatchNorm1d(dim),
+            nn.Linear(128 * h * w, dim),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

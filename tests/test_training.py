@@ -107,3 +107,4 @@ def test_train_base_small_run_writes_model_resumes_and_is_deterministic(tmp_path
     torch_ = Embedder(tmp_path / "a", backend="torch").embed(crops)
     assert np.all((onnx * torch_).sum(1) >= 0.9999)
     assert np.allclose(np.linalg.norm(onnx, axis=1), 1, atol=1e-5)
+    assert float((onnx @ onnx.T).min()) < 0.99, "inference must not map every face to one vector"
