@@ -213,9 +213,3 @@ class FacePipeline:
             return None, refused.reason
         return align(frame, face), None
 
-
-def load_image(path: str | Path, max_side: int = 1280) -> np.ndarray | None:
-    """Kept for callers written before ``images.read_image`` existed; use that instead."""
-    from pam_faceid.images import read_image
-
-    return read_image(path, max_side)

@@ -44,6 +44,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from pam_faceid.images import IMAGE_SUFFIXES
+
 BANK_FILE = "negatives.npz"
 DEFAULT_LIMIT = 1000
 SHIPPED_FILE = "negatives.npy"
@@ -51,7 +53,6 @@ SHIPPED_META = "negatives.json"
 SHIPPED_FORMAT = "pam_faceid.negatives"
 SHIPPED_LIMIT = 4000
 TRIES_PER_IDENTITY = 3
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class NegativesError(Exception):
@@ -69,7 +70,7 @@ def image_files(folder: Path, limit: int) -> list[Path]:
     groups: dict[Path, list[Path]] = {}
     for root, _dirs, files in os.walk(folder):
         for name in sorted(files):
-            if name.lower().endswith(IMAGE_SUFFIXES):
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 groups.setdefault(Path(root), []).append(Path(root) / name)
     ordered = [groups[k] for k in sorted(groups)]
     picked: list[Path] = []

@@ -158,8 +158,8 @@ def frames_from(paths: Iterable[str], wanted: int | None = None) -> Iterator[Fra
     A path that is none of those is a one-line CommandError; an unreadable file
     inside a folder is reported and skipped.
     """
-    from pam_faceid.camera import IMAGE_SUFFIXES, CameraError, open_source
-    from pam_faceid.faces import load_image
+    from pam_faceid.camera import CameraError, open_source
+    from pam_faceid.images import IMAGE_SUFFIXES, read_image
 
     for path in paths:
         target = Path(path)
@@ -171,7 +171,7 @@ def frames_from(paths: Iterable[str], wanted: int | None = None) -> Iterator[Fra
             if not files:
                 raise CommandError(f"{path}: folder has no files", EXIT_USAGE)
             for file in files:
-                image = load_image(file)
+                image = read_image(file)
                 if image is None:
                     print(f"{file}: skipped: not a readable image", file=sys.stderr)
                     continue

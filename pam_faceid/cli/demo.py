@@ -64,11 +64,11 @@ def samples_dir() -> Path:
 
 def sample_image(kind: str) -> np.ndarray:
     """The bundled photo of ``sample_person`` or ``other_person`` as BGR."""
-    from pam_faceid.faces import load_image
+    from pam_faceid.images import read_image
 
     folder = samples_dir() / kind
     files = sorted(folder.glob("*.jpg")) if folder.is_dir() else []
-    image = load_image(files[0]) if files else None
+    image = read_image(files[0]) if files else None
     if image is None:
         raise CommandError(f"bundled sample images missing in {folder}: reinstall pam_faceid", EXIT_FAILURE)
     return image
