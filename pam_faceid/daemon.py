@@ -383,6 +383,10 @@ def save_snapshot(state_dir: Path, frames: list[bytes], info: dict[str, Any], ke
 
 # ---------------------------------------------------------------- systemd integration
 
+SD_NOTIFY_TIMEOUT = 0.5
+"""Seconds one notification may wait for room in the manager's queue; a full queue must not hang reload or stop."""
+
+
 def sd_notify(state: str) -> bool:
     """Send ``state`` (e.g. "READY=1") to $NOTIFY_SOCKET; False when not run under a notify-aware manager."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -392,6 +396,7 @@ def sd_notify(state: str) -> bool:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(SD_NOTIFY_TIMEOUT)
             sock.connect(address)
             sock.sendall(state.encode())
         return True
