@@ -110,6 +110,9 @@ SCHEMA: list[Key] = [
     Key("auth.detection_notice", bool, True, doc="print 'Attempting face detection' while looking"),
     Key("auth.abort_if_ssh", bool, True, doc="skip face authentication in SSH sessions"),
     Key("auth.abort_if_lid_closed", bool, True, doc="skip face authentication when the laptop lid is closed"),
+    Key("auth.require_password_after", float, 0.0, min=0, max=8760,
+        doc="hours after the last password login when face authentication is refused until the password is "
+            "used again (as Face ID asks for the passcode after 48 hours); 0 turns this off"),
     Key("model.path", str, "", absolute=True,
         doc="folder with embedder.onnx, embedder.pt and model.json; empty uses the model bundled with the package"),
     Key("model.backend", str, "onnx", choices=("onnx", "torch"),

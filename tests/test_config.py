@@ -24,7 +24,7 @@ CONTRACT_KEYS = {
     "camera.device", "camera.width", "camera.height", "camera.fps", "camera.force_mjpeg", "camera.exposure",
     "camera.rotate", "camera.dark_threshold",
     "auth.enabled", "auth.timeout", "auth.threshold", "auth.min_matching_frames", "auth.detection_notice",
-    "auth.abort_if_ssh", "auth.abort_if_lid_closed",
+    "auth.abort_if_ssh", "auth.abort_if_lid_closed", "auth.require_password_after",
     "model.path", "model.backend",
     "daemon.socket", "daemon.state_dir", "daemon.max_sessions", "daemon.max_frames_per_session",
     "daemon.max_message_bytes",
