@@ -38,6 +38,7 @@ import numpy as np
 
 from pam_faceid import protocol
 from pam_faceid.config import Config, ConfigError, load_config
+from pam_faceid.lockout import COUNTED_RESULTS, LockoutStore
 from pam_faceid.store import Enrolment, Store, StoreError, validate_user
 
 log = logging.getLogger("faceidd")
@@ -54,6 +55,8 @@ PER_UID_CONNECTIONS = 3
 """Connections (waiting or served) one non-root uid may hold at once."""
 SHUTDOWN_GRACE = 1.0
 """Seconds SIGTERM waits for sessions in flight before the process exits."""
+FACE_MATCH_GRACE = 10.0
+"""A password_used report this soon after a face match for the same user is that match, not a password."""
 
 
 # ---------------------------------------------------------------- decision (pure)
@@ -532,6 +535,8 @@ class Daemon:
         self.stopping = threading.Event()
         self.listener: socket.socket | None = None
         self.owned_socket: tuple[str, int, int] | None = None
+        self.face_matches: dict[str, float] = {}
+        """user -> time.monotonic() of the last face match granted (for password_used)."""
 
     # -- lifecycle
 
@@ -706,6 +711,8 @@ class Daemon:
             return
         if msg.type in protocol.ADMIN_TYPES:
             self._admin(conn, msg, pid, uid)
+        elif msg.type == "password_used":
+            self._password_used(conn, msg, pid, uid, state)
         elif msg.type == "hello":
             self._session(conn, msg, pid, uid, state)
         else:
@@ -752,27 +759,85 @@ class Daemon:
             "sessions": {"active": self.slots.active, "served": self.sessions_served,
                          "max": int(state.cfg.daemon.max_sessions)},
             "loaded": state.loaded,
+            "lockouts": LockoutStore(state.state_dir).locked(),
         }
 
     # -- authentication sessions
 
-    def _authorise(self, user: Any, pid: int, uid: int) -> Verdict | None:
+    def _authorise(self, user: Any, pid: int, uid: int, what: str = "hello") -> Verdict | None:
         """None when ``uid`` may ask about ``user``; otherwise the refusal."""
         if uid == 0:
             return None
         own = user_name(uid)
         if own is not None and own == user:
             return None
-        log.warning("refused hello for user=%r from pid=%d uid=%d (%s): may only ask about itself",
-                    user, pid, uid, own or "no passwd entry")
+        log.warning("refused %s for user=%r from pid=%d uid=%d (%s): may only ask about itself",
+                    what, user, pid, uid, own or "no passwd entry")
         return Verdict("refused", reason="a non-root client may only ask about its own user")
 
     def before_session(self, user: str, state: State) -> Verdict | None:
-        """Hook run before frames are taken (lockout will refuse here); None lets the session go on."""
-        return None
+        """Refuse an enrolled user's session before frames are taken: locked out, or the password is due.
+
+        The lockout file is read at every hello (no cache), so `faceid unlock`
+        and a restart both see the same state. Users not enrolled get their
+        not_enrolled answer unchanged.
+        """
+        if user not in state.users:
+            return None
+        found = LockoutStore(state.state_dir).refusal(user, time.time(), float(state.cfg.auth.require_password_after))
+        if found is None:
+            return None
+        return Verdict(found[0], reason=found[1])
 
     def after_session(self, user: str, verdict: Verdict, state: State) -> None:
-        """Hook run with every verdict of a session that took frames (lockout will count failures here)."""
+        """Count a failed attempt (lockout.COUNTED_RESULTS) or clear the count on a match; never fails the session."""
+        store = LockoutStore(state.state_dir)
+        try:
+            if verdict.result == "match":
+                with self.counter_lock:
+                    self.face_matches[user] = time.monotonic()
+                store.record_success(user)
+            elif verdict.result in COUNTED_RESULTS:
+                lock = state.cfg.lockout
+                until = store.record_failure(user, time.time(), int(lock.max_failures), float(lock.window),
+                                             float(lock.duration))
+                if until is not None:
+                    log.warning("lockout user=%s: %d failed face attempts within %d s: face auth refused until %s",
+                                user, lock.max_failures, lock.window,
+                                time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(until)))
+        except StoreError as exc:
+            log.error("lockout state of user=%s not updated: %s", user, exc)
+
+    def password_use(self, user: str, state: State) -> tuple[bool, str | None]:
+        """Record that the password authenticated ``user`` now, unless a face match was granted just before."""
+        with self.counter_lock:
+            matched = self.face_matches.get(user)
+        if matched is not None and time.monotonic() - matched < FACE_MATCH_GRACE:
+            return False, f"a face match was granted {time.monotonic() - matched:.1f} s ago: not a password use"
+        try:
+            LockoutStore(state.state_dir).record_password(user, time.time())
+        except StoreError as exc:
+            log.error("password use of user=%s not recorded: %s", user, exc)
+            return False, "state not writable: see the daemon log"
+        return True, None
+
+    def _password_used(self, conn: socket.socket, msg: protocol.Message, pid: int, uid: int, state: State) -> None:
+        user, service = msg.get("user"), msg.get("service", "")
+        if not isinstance(user, str) or not isinstance(service, str):
+            self._protocol_error(conn, pid, uid, protocol.ProtocolError("password_used needs string user/service"))
+            return
+        try:
+            validate_user(user)
+        except StoreError as exc:
+            self._protocol_error(conn, pid, uid, protocol.ProtocolError(str(exc)))
+            return
+        if self._authorise(user, pid, uid, "password_used") is not None:
+            self._send(conn, "error", {"code": "refused", "message": "a non-root client may only report its own user"})
+            return
+        recorded, reason = self.password_use(user, state)
+        log.info("password_used user=%s service=%s pid=%d uid=%d recorded=%s%s", user, service or "-", pid, uid,
+                 "yes" if recorded else "no", f" reason={reason!r}" if reason else "")
+        self._send(conn, "password_used", {"recorded": recorded, "reason": reason})
 
     def _session(self, conn: socket.socket, hello: protocol.Message, pid: int, uid: int, state: State) -> None:
         t0 = time.monotonic()

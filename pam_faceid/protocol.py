@@ -35,6 +35,15 @@ Messages (client -> daemon)
 ``frame``   {} + payload: one camera frame, JPEG-encoded (at most 2048x2048; the helper sends 640 px).
 ``end``     {}: the client has no more frames (camera ended, its time is up);
             the daemon answers with the verdict at once.
+``password_used`` {"user", "service"}: the PAM stack of ``service`` has just
+            authenticated ``user`` by something other than the face (the
+            password). The helper sends it from an ``auth optional pam_exec.so
+            ... faceid-helper --password-used`` line placed after the password
+            module, so ``auth.require_password_after`` knows when the password
+            was last used. Root may send it for any user, any other uid only for
+            its own user name. The daemon ignores it when it granted that user
+            a face match in the last few seconds (a stack where face success
+            also reaches that line). Answer: ``password_used``.
 ``status``  {}: root only. Answer: ``status``.
 ``reload``  {}: root only: re-read the config and the enrolments. Answer: ``reload``.
 
@@ -47,19 +56,24 @@ Messages (daemon -> client)
 ``verdict``  {"result", "score", "frames", "reason"}: the session's single
              answer, after which the daemon closes the connection. ``result`` is
              one of RESULTS: match | no_match | no_face | timeout |
-             locked_out | not_enrolled | refused | error. ``score`` is the
+             locked_out | password_required | not_enrolled | refused | error.
+             ``locked_out``: too many failed attempts (lockout.*);
+             ``password_required``: the password was not used within
+             auth.require_password_after hours. ``score`` is the
              best similarity seen (null if no face), ``frames`` the number of
              frames processed, ``reason`` a short text or null.
-``status``   {"pid", "uptime", "users", "skipped", "sessions", "model", ...}.
+``password_used`` {"recorded", "reason"}: whether the password use was
+             recorded (a bool) and, when not, why.
+``status``   {"pid", "uptime", "users", "skipped", "sessions", "model", "lockouts", ...}.
 ``reload``   {"ok", "users", "skipped", "error"}.
 ``error``    {"code", "message"}: the request was not understood or not
              allowed; codes in ERROR_CODES. The daemon closes the connection.
 
 An authentication session is: hello -> ready (or a verdict such as
-not_enrolled/refused/locked_out) -> frame -> progress ... -> verdict. Frames
+not_enrolled/refused/locked_out/password_required) -> frame -> progress ... -> verdict. Frames
 are sent lock-step: one frame, then wait for its answer; so the daemon always
 works on a fresh frame and a slow daemon slows the camera rather than
-piling up stale frames. Admin requests (status, reload) are one request and
+piling up stale frames. Admin requests (status, reload) and password_used are one request and
 one answer per connection.
 """
 
@@ -79,10 +93,11 @@ CLIENT_MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_FRAME_SIDE = 2048
 _LEN = struct.Struct(">I")
 
-CLIENT_TYPES = frozenset({"hello", "frame", "end", "status", "reload"})
-SERVER_TYPES = frozenset({"ready", "progress", "verdict", "status", "reload", "error"})
+CLIENT_TYPES = frozenset({"hello", "frame", "end", "status", "reload", "password_used"})
+SERVER_TYPES = frozenset({"ready", "progress", "verdict", "status", "reload", "password_used", "error"})
 ADMIN_TYPES = frozenset({"status", "reload"})
-RESULTS = ("match", "no_match", "no_face", "timeout", "locked_out", "not_enrolled", "refused", "error")
+RESULTS = ("match", "no_match", "no_face", "timeout", "locked_out", "password_required", "not_enrolled", "refused",
+           "error")
 ERROR_CODES = ("bad_message", "too_large", "bad_version", "unknown_type", "unexpected", "refused", "busy",
                "timeout", "internal")
 

@@ -124,11 +124,22 @@ def _enrolments(cfg: Any) -> dict[str, Any]:
             "unreadable": bad}
 
 
-def _lockouts(daemon: dict[str, Any]) -> Any:
-    """The daemon reports lockouts once the trust work lands; until then say it is not known."""
-    if "lockouts" in daemon:
-        return daemon["lockouts"]
-    return None
+def _lockouts(cfg: Any) -> dict[str, Any]:
+    """Locked-out users, unreadable lockout files and password ages, read from the state folder (what faceidd reads)."""
+    from pam_faceid.lockout import LockoutStore
+
+    if os.geteuid() != 0:
+        return {"error": "lockout state is readable by root only: run with sudo"}
+    now = time.time()
+    good, bad = LockoutStore(cfg.daemon.state_dir).entries()
+    hours = float(cfg.auth.require_password_after)
+    password: dict[str, Any] = {}
+    if hours > 0:
+        password = {user: None if state.password_used is None else round((now - state.password_used) / 3600, 2)
+                    for user, state in good.items()}
+    return {"locked": {user: state.locked_until for user, state in good.items() if state.locked(now)},
+            "failures": {user: len(state.failures) for user, state in good.items() if state.failures},
+            "unreadable": bad, "require_password_after": hours, "password_used_hours_ago": password}
 
 
 def _flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> list[str]:
@@ -178,13 +189,28 @@ def _print(report: dict[str, Any]) -> None:
         print(f"enrolled: {listed or 'nobody'}")
         for user, why in e["unreadable"].items():
             print(f"          UNREADABLE {user}: {why}")
-    lockouts = report["lockouts"]
-    if lockouts is None:
-        print("lockouts: not reported by the daemon")
-    else:
-        print(f"lockouts: {', '.join(map(str, lockouts)) if lockouts else 'none'}")
+    _print_lockouts(report["lockouts"], report["enrolments"])
     services = report["pam_services"]
     print(f"pam:      face auth on for {', '.join(services) if services else 'no service'} (in {PAM_DIR})")
+
+
+def _print_lockouts(lockouts: dict[str, Any], enrolments: dict[str, Any]) -> None:
+    from pam_faceid.lockout import describe
+
+    if "error" in lockouts:
+        print(f"lockouts: unknown ({lockouts['error']})")
+        return
+    locked = lockouts["locked"]
+    print("lockouts: " + (", ".join(f"{user} until {describe(until)}" for user, until in locked.items()) or "none")
+          + (" (faceid unlock USER lifts one)" if locked else ""))
+    for user, why in lockouts["unreadable"].items():
+        print(f"          UNREADABLE {user}: {why} (face auth refused; fix: faceid unlock {user})")
+    hours = lockouts["require_password_after"]
+    if hours > 0:
+        ages = lockouts["password_used_hours_ago"]
+        due = [u for u in enrolments.get("users", {}) if ages.get(u) is None or ages[u] > hours]
+        print(f"password: required every {hours:g} h (auth.require_password_after); face auth refused until the "
+              f"password is used for: {', '.join(due) if due else 'nobody'}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -197,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
         "camera": _camera(cfg),
         "model": _model(cfg),
         "enrolments": _enrolments(cfg),
-        "lockouts": _lockouts(daemon),
+        "lockouts": _lockouts(cfg),
         "pam_services": pam_services(),
     }
     if args.json:
@@ -206,5 +232,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"config:   {cfg.path}{'' if cfg.from_file else ' (no file: defaults)'}")
         _print(report)
     broken = (daemon.get("running") is False or not report["camera"].get("ok") or not report["model"].get("ok")
-              or bool(report["enrolments"].get("unreadable")))
+              or bool(report["enrolments"].get("unreadable")) or bool(report["lockouts"].get("unreadable")))
     return EXIT_FAILURE if broken else 0

@@ -1,17 +1,17 @@
 """faceid unlock: lift a user's face-auth lockout after too many failed attempts.
 
-The lockout state belongs to the trust work (pam_faceid.lockout, see
-/work/notes/requests.md): this command clears the user's entry there and asks
-the daemon to reload. Until that module exists it says so and changes nothing.
+Clears the user's entry in the lockout state (pam_faceid.lockout): the
+lockout and the failures counted so far. A corrupt or unknown-version
+lockout file is replaced by a clean one. faceidd reads that state at every
+attempt, so the change takes effect at once, without a reload.
 
-Exit codes: 0 unlocked (or the user was not locked out); 1 lockout support
-missing or its state unreadable; 2 bad user name; 4 not root.
+Exit codes: 0 unlocked (or the user was not locked out); 1 the lockout state
+could not be read or written; 2 bad user name; 4 not root.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 
 from pam_faceid.cli import EXIT_FAILURE, CommandError
 from pam_faceid.cli import _common as common
@@ -25,8 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "unlock",
         help="clear a user's face-auth lockout",
-        description="Clear USER's lockout (set after lockout.max_failures failed face attempts) so face auth is "
-                    "tried again at once, and reload the daemon. The password works during a lockout anyway.",
+        description="Clear USER's lockout (set after lockout.max_failures failed face attempts within lockout.window "
+                    "seconds) and the failures counted so far, so face auth is tried again at once. The password "
+                    "works during a lockout anyway.",
         epilog=EXAMPLE,
         formatter_class=common.formatter(),
     )
@@ -36,23 +37,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Clear the user's lockout entry through pam_faceid.lockout."""
+    """Clear the user's lockout entry; the daemon sees it at the next attempt."""
+    from pam_faceid.lockout import LockoutStore
+    from pam_faceid.store import StoreError
+
     common.require_root("unlocking a user")
     common.check_user(args.user)
     cfg = common.load_cfg(args)
     try:
-        lockout = importlib.import_module("pam_faceid.lockout")
-        store = lockout.LockoutStore(cfg.daemon.state_dir)
-    except (ImportError, AttributeError):
-        raise CommandError("lockout is not available in this version of pam_faceid: nothing to unlock",
-                           EXIT_FAILURE) from None
-    try:
-        cleared = store.clear(args.user)
-    except Exception as exc:  # the lockout store's own one-line errors (corrupt file, permissions)
-        raise CommandError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, EXIT_FAILURE) from None
+        cleared = LockoutStore(cfg.daemon.state_dir).clear(args.user)
+    except StoreError as exc:
+        raise CommandError(str(exc).splitlines()[0], EXIT_FAILURE) from None
     if not cleared:
         print(f"{args.user} is not locked out")
         return 0
     print(f"{args.user} unlocked: face auth is tried again")
-    common.reload_daemon(cfg, "unlock")
     return 0
