@@ -20,6 +20,7 @@
 #   /usr/local/bin/faceidd           -> /opt/pam_faceid/bin/faceidd       (the daemon)
 #   /usr/local/sbin/faceid-helper    -> /opt/pam_faceid/bin/faceid-helper (the PAM helper)
 #   /usr/share/pam-configs/faceid    pam-auth-update profile, installed but NOT enabled ('faceid pam enable' does that)
+#   /usr/share/pam-configs/faceid-password  its companion: reports password logins (auth.require_password_after)
 # Every run is idempotent: what is already in place is reused and said so.
 set -euo pipefail
 umask 022
@@ -67,6 +68,7 @@ ETC="$ROOT/etc/pam_faceid"
 STATE="$ROOT/var/lib/pam_faceid"
 UNIT_DIR="$ROOT/etc/systemd/system"
 PAM_PROFILE="$ROOT/usr/share/pam-configs/faceid"
+PAM_PASSWORD_PROFILE="$ROOT/usr/share/pam-configs/faceid-password"
 LINKS=("$ROOT/usr/local/bin/faceid:faceid" "$ROOT/usr/local/bin/faceidd:faceidd"
        "$ROOT/usr/local/sbin/faceid-helper:faceid-helper")
 
@@ -250,23 +252,33 @@ install_links() {
     done
 }
 
+write_pam_profile() {
+    local path=$1 content=$2
+    if [[ -f $path && $(<"$path") == "$content" ]]; then
+        step "pam-auth-update profile $path present (not enabled by this script)"
+        return
+    fi
+    step "installing pam-auth-update profile $path (not enabled: 'faceid pam enable' turns it on)"
+    install -d -m 0755 "$(dirname "$path")"
+    printf '%s\n' "$content" >"$path.tmp"
+    chmod 0644 "$path.tmp"
+    mv -f "$path.tmp" "$path"
+}
+
 install_pam_profile() {
-    local content
-    content="Name: Face unlock (pam_faceid)
+    write_pam_profile "$PAM_PROFILE" "Name: Face unlock (pam_faceid)
 Default: no
 Priority: 260
 Auth-Type: Primary
 Auth:
 	[success=end default=ignore]	pam_exec.so quiet stdout seteuid $PREFIX/bin/faceid-helper"
-    if [[ -f $PAM_PROFILE && $(<"$PAM_PROFILE") == "$content" ]]; then
-        step "pam-auth-update profile $PAM_PROFILE present (not enabled by this script)"
-        return
-    fi
-    step "installing pam-auth-update profile $PAM_PROFILE (not enabled: 'faceid pam enable' turns it on)"
-    install -d -m 0755 "$(dirname "$PAM_PROFILE")"
-    printf '%s\n' "$content" >"$PAM_PROFILE.tmp"
-    chmod 0644 "$PAM_PROFILE.tmp"
-    mv -f "$PAM_PROFILE.tmp" "$PAM_PROFILE"
+    # Runs after the primary block, i.e. once a password (or the face) was accepted; faceidd tells the two apart.
+    write_pam_profile "$PAM_PASSWORD_PROFILE" "Name: Face unlock: note password logins (pam_faceid)
+Default: no
+Priority: 0
+Auth-Type: Additional
+Auth:
+	optional	pam_exec.so quiet seteuid $PREFIX/bin/faceid-helper --password-used"
 }
 
 install_units() {
@@ -373,13 +385,16 @@ uninstall() {
     if systemd_running && ((${#units[@]})); then
         systemctl daemon-reload
     fi
-    if [[ -f $PAM_PROFILE ]]; then
+    if [[ -f $PAM_PROFILE || -f $PAM_PASSWORD_PROFILE ]]; then
         if [[ -z $ROOT ]] && command -v pam-auth-update >/dev/null && grep -qs faceid-helper /etc/pam.d/common-auth; then
-            step "pam-auth-update --package --remove faceid (face auth is on in /etc/pam.d/common-auth: turning it off)"
-            pam-auth-update --package --remove faceid
+            local profiles=()
+            [[ -f $PAM_PROFILE ]] && profiles+=(faceid)
+            [[ -f $PAM_PASSWORD_PROFILE ]] && profiles+=(faceid-password)
+            step "pam-auth-update --package --remove ${profiles[*]} (face auth is on in /etc/pam.d/common-auth: turning it off)"
+            pam-auth-update --package --remove "${profiles[@]}"
         fi
-        step "removing $PAM_PROFILE"
-        rm -f "$PAM_PROFILE"
+        step "removing $PAM_PROFILE and $PAM_PASSWORD_PROFILE"
+        rm -f "$PAM_PROFILE" "$PAM_PASSWORD_PROFILE"
     fi
     for entry in "${LINKS[@]}"; do
         link="${entry%%:*}" target="$PREFIX/bin/${entry##*:}"

@@ -8,6 +8,15 @@ An optional ``--config FILE`` after the path selects another config (else
 $FACEID_CONFIG, else /etc/pam_faceid/config.yaml). pam_exec passes the
 request in PAM_USER, PAM_SERVICE, PAM_RHOST, PAM_TTY (no PATH, no HOME).
 
+With ``--password-used``, on a line after the password module::
+
+    auth optional pam_exec.so quiet seteuid /opt/pam_faceid/bin/faceid-helper --password-used
+
+it only tells the daemon that the password authenticated PAM_USER (for
+``auth.require_password_after``); it looks at no camera and prints nothing.
+It sits in the auth stack, not the account stack, because sudo runs the
+account stack also when its cached credentials skip authentication.
+
 Fail safe, fail fast: every problem (no such user, face auth disabled, a
 remote session, a closed lid, no daemon within 1 s, no camera, a bad config,
 any bug) exits non-zero at once with the reason in the journal (syslog
@@ -294,17 +303,53 @@ def _finish(answer: protocol.Message, user: str, service: str, shown: bool) -> i
     return EXIT_NOT_RECOGNISED
 
 
+PASSWORD_TIMEOUT = 0.5
+"""Seconds the daemon has to take a password_used report: it must never slow a password login."""
+
+
+def report_password(env: Mapping[str, str], config_path: str | None) -> int:
+    """Tell the daemon the password authenticated PAM_USER; 0 when it recorded that, never a reason to fail PAM."""
+    user = env.get("PAM_USER", "")
+    if not user:
+        raise Abort(EXIT_CONFIG, "PAM_USER is not set: run me from pam_exec")
+    if env.get("PAM_TYPE", "auth") != "auth":
+        raise Abort(EXIT_CONFIG, f"--password-used belongs on an auth line, not {env.get('PAM_TYPE')}")
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        raise Abort(EXIT_CONFIG, f"config: {exc}") from None
+    if not cfg.auth.enabled:
+        raise Abort(EXIT_SKIPPED, "face authentication is disabled (auth.enabled: false)")
+    service = env.get("PAM_SERVICE", "")
+    try:
+        with protocol.Client(cfg.daemon.socket, PASSWORD_TIMEOUT) as client:
+            answer = client.request("password_used", {"user": user, "service": service}, timeout=PASSWORD_TIMEOUT)
+    except protocol.DaemonError as exc:
+        raise Abort(EXIT_NO_DAEMON, f"password use of {user} not recorded: {exc}") from None
+    if answer.get("recorded") is True:
+        log(syslog.LOG_INFO, f"user={user} service={service or '-'}: password use recorded")
+        return EXIT_MATCH
+    log(syslog.LOG_INFO, f"user={user} service={service or '-'}: password use not recorded: {answer.get('reason')}")
+    return EXIT_NOT_RECOGNISED
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console script entry point; the exit code is what pam_exec turns into success or fall-through."""
     syslog.openlog("faceid-helper", syslog.LOG_PID, syslog.LOG_AUTHPRIV)
     preload = threading.Thread(target=_preload_camera, name="preload", daemon=True)
-    preload.start()
+    if "--password-used" not in (sys.argv[1:] if argv is None else argv):  # no camera: no cv2 to load
+        preload.start()
     try:
         parser = argparse.ArgumentParser(prog="faceid-helper", description="PAM helper of pam_faceid (run by "
                                          "pam_exec; PAM_USER etc. come from the environment).")
         parser.add_argument("--config", help="config file (default: $FACEID_CONFIG or /etc/pam_faceid/config.yaml)")
+        parser.add_argument("--password-used", action="store_true",
+                            help="only tell faceidd the password authenticated PAM_USER (a line after the password "
+                                 "module, for auth.require_password_after)")
         args = parser.parse_args(argv)
         _arm_watchdog(10.0)
+        if args.password_used:
+            return report_password(os.environ, args.config)
         return authenticate(os.environ, args.config)
     except Abort as abort:
         log(syslog.LOG_WARNING if abort.code == EXIT_INTERNAL else syslog.LOG_INFO, str(abort))
@@ -315,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         log(syslog.LOG_ERR, f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return EXIT_INTERNAL
     finally:
-        preload.join(timeout=3.0)  # never exit with an import half done in another thread
+        if preload.is_alive():
+            preload.join(timeout=3.0)  # never exit with an import half done in another thread
 
 
 if __name__ == "__main__":

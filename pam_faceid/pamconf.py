@@ -6,6 +6,12 @@ enabled or disabled and pam-auth-update rewrites common-auth; otherwise the
 named /etc/pam.d service files are edited, the helper line placed before the
 first password line, after a timestamped backup.
 
+Each way also adds a second helper line after the password module,
+``auth optional pam_exec.so quiet seteuid <helper> --password-used``: it runs
+only once the stack accepted the password, and tells the daemon so, for
+``auth.require_password_after`` (with pam-auth-update it is the separate
+``faceid-password`` profile, an "Additional" auth block).
+
 Either way the change is kept only after it is proven that the password path
 still works: a throwaway local user gets a random password, and the real PAM
 stack (python-pam, in a child process whose real uid is that user, as when
@@ -30,6 +36,9 @@ from pathlib import Path
 PAM_DIR = Path("/etc/pam.d")
 PROFILE = Path("/usr/share/pam-configs/faceid")
 PROFILE_NAME = "faceid"
+PASSWORD_PROFILE = Path("/usr/share/pam-configs/faceid-password")
+PASSWORD_PROFILE_NAME = "faceid-password"
+PASSWORD_FLAG = "--password-used"
 BACKUP_DIR = Path("/var/backups/pam_faceid")
 HELPER_NAME = "faceid-helper"
 DEFAULT_SERVICES = ("sudo", "sudo-i", "login", "gdm-password", "lightdm", "sddm", "kde", "polkit-1",
@@ -59,6 +68,11 @@ def helper_path() -> str:
 def helper_line(helper: str) -> str:
     """The PAM line for a service file: on match PAM is done; on anything else it asks for the password."""
     return f"auth\t[success=done default=ignore]\tpam_exec.so quiet stdout seteuid {helper}"
+
+
+def password_line(helper: str) -> str:
+    """The PAM line after the password module: it reports a password login to the daemon, never fails PAM."""
+    return f"auth\toptional\tpam_exec.so quiet seteuid {helper} {PASSWORD_FLAG}"
 
 
 def is_helper_line(line: str) -> bool:
@@ -111,6 +125,10 @@ def _rules(lines: list[str]) -> list[tuple[int, list[str]]]:
     return out
 
 
+def _auth_rules(lines: list[str]) -> list[tuple[int, list[str]]]:
+    return [(i, t) for i, t in _rules(lines) if t[0].lstrip("-") == "auth" or (t[0] == "@include" and "auth" in t[1])]
+
+
 def insert_line(text: str, helper: str) -> str:
     """``text`` with the helper line before the first password line; jumps over that point are lengthened.
 
@@ -119,13 +137,35 @@ def insert_line(text: str, helper: str) -> str:
     jump makes the count unknowable, so that is refused.
     """
     lines = text.splitlines()
-    rules = _rules(lines)
-    target = next((i for i, tokens in rules if _is_password_line(tokens)), None)
+    target = next((i for i, tokens in _rules(lines) if _is_password_line(tokens)), None)
     if target is None:
         raise PamConfError("no password line (pam_unix, @include common-auth, include …) to put face auth "
                            "before; add the line by hand")
-    auth_rules = [(i, t) for i, t in rules if t[0].lstrip("-") == "auth" or (t[0] == "@include" and "auth" in t[1])]
-    position = {i: n for n, (i, _) in enumerate(auth_rules)}
+    position = {i: n for n, (i, _) in enumerate(_auth_rules(lines))}
+    return _insert_rule(lines, target, position[target], helper_line(helper))
+
+
+def insert_password_line(text: str, helper: str) -> str:
+    """``text`` with the password-used line after its last auth rule (reached only once the password passed)."""
+    lines = text.splitlines()
+    auth_rules = _auth_rules(lines)
+    if not auth_rules:
+        raise PamConfError("no auth rule to put the password-used line after; add the line by hand")
+    return _insert_rule(lines, auth_rules[-1][0] + 1, len(auth_rules), password_line(helper))
+
+
+def insert_lines(text: str, helper: str) -> str:
+    """Both lines: face auth before the password, the password-used report after it."""
+    return insert_password_line(insert_line(text, helper), helper)
+
+
+def _insert_rule(lines: list[str], target: int, rank: int, new_line: str) -> str:
+    """``lines`` with ``new_line`` inserted at line index ``target``, the ``rank``-th auth rule (0-based).
+
+    Jumps of earlier auth rules that reach that rank or beyond are lengthened
+    by one, so they land where they did before (also a jump past the end).
+    """
+    auth_rules = _auth_rules(lines)
     fixed: dict[int, str] = {}
     for n, (i, tokens) in enumerate(auth_rules):
         if i >= target or not tokens[1].startswith("[") or tokens[0] == "@include":
@@ -134,7 +174,7 @@ def insert_line(text: str, helper: str) -> str:
 
         def bump(match: re.Match[str]) -> str:
             jump = int(match.group(2))
-            if n + jump >= position[target]:
+            if n + jump >= rank:
                 crossed = [auth_rules[k][1] for k in range(n + 1, min(n + jump + 1, len(auth_rules)))]
                 if any(t[0] == "@include" for t in crossed):
                     raise PamConfError(f"rule {line.strip()!r} jumps over an @include: add the face line by hand")
@@ -147,7 +187,7 @@ def insert_line(text: str, helper: str) -> str:
         if new != line:
             fixed[i] = new
     out = [fixed.get(i, line) for i, line in enumerate(lines)]
-    out.insert(target, helper_line(helper))
+    out.insert(target, new_line)
     return "\n".join(out) + "\n"
 
 
@@ -285,7 +325,7 @@ def edit_service(service: str, enable: bool, helper: str, backup_dir: Path = BAC
     text = path.read_text()
     if enable == enabled_in(text):
         return Change(service, "unchanged", "face auth already " + ("on" if enable else "off"))
-    new = insert_line(text, helper) if enable else remove_lines(text)
+    new = insert_lines(text, helper) if enable else remove_lines(text)
     if prove:
         before = prove_password_path(service)
         if not before.ok:
@@ -315,13 +355,15 @@ def _common_files() -> list[Path]:
 
 
 def toggle_profile(enable: bool, backup_dir: Path = BACKUP_DIR, prove: bool = True) -> Change:
-    """pam-auth-update --enable/--disable faceid, proven through a temporary service that includes common-auth."""
+    """pam-auth-update --enable/--disable faceid and faceid-password, proven through a service including common-auth."""
     saved = {p: backup(p, backup_dir) for p in _common_files()}
     flag = "--enable" if enable else "--disable"
-    run = subprocess.run(["pam-auth-update", "--package", flag, PROFILE_NAME], capture_output=True, text=True,
+    names = [PROFILE_NAME] + ([PASSWORD_PROFILE_NAME] if PASSWORD_PROFILE.is_file() else [])
+    run = subprocess.run(["pam-auth-update", "--package", flag, *names], capture_output=True, text=True,
                          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     if run.returncode:
-        raise PamConfError(f"pam-auth-update {flag} {PROFILE_NAME} failed: {run.stderr.strip() or run.stdout.strip()}")
+        raise PamConfError(f"pam-auth-update {flag} {' '.join(names)} failed: "
+                           f"{run.stderr.strip() or run.stdout.strip()}")
     common_auth = PAM_DIR / "common-auth"
     state = enabled_in(common_auth.read_text()) if common_auth.exists() else False
     if state != enable:
@@ -335,8 +377,8 @@ def toggle_profile(enable: bool, backup_dir: Path = BACKUP_DIR, prove: bool = Tr
         finally:
             check.unlink(missing_ok=True)
         if not proof.ok:
-            subprocess.run(["pam-auth-update", "--package", "--enable" if not enable else "--disable",
-                            PROFILE_NAME], capture_output=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+            subprocess.run(["pam-auth-update", "--package", "--enable" if not enable else "--disable", *names],
+                           capture_output=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
             for path, copy in saved.items():
                 _write_like(path, copy.read_text())
             raise PamConfError(f"after pam-auth-update {proof.detail}; restored the common-* files")

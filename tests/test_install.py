@@ -29,6 +29,14 @@ Auth:
 \t[success=end default=ignore]\tpam_exec.so quiet stdout seteuid {prefix}/bin/faceid-helper
 """
 
+PAM_PASSWORD_PROFILE = """Name: Face unlock: note password logins (pam_faceid)
+Default: no
+Priority: 0
+Auth-Type: Additional
+Auth:
+\toptional\tpam_exec.so quiet seteuid {prefix}/bin/faceid-helper --password-used
+"""
+
 MINIMAL_UNITS = {
     "faceidd.socket": "[Unit]\nDescription=test socket\n\n[Socket]\nListenStream=/run/pam_faceid/faceidd.sock\n\n"
                       "[Install]\nWantedBy=sockets.target\n",
@@ -112,6 +120,9 @@ def test_system_install_layout_idempotence_and_uninstall(source: Path, root: Pat
     profile = root / "usr" / "share" / "pam-configs" / "faceid"
     assert profile.read_text() == PAM_PROFILE.format(prefix=prefix)
     assert _mode(profile) == 0o644
+    password_profile = profile.with_name("faceid-password")
+    assert password_profile.read_text() == PAM_PASSWORD_PROFILE.format(prefix=prefix)
+    assert _mode(password_profile) == 0o644
     links = {root / "usr/local/bin/faceid": "faceid", root / "usr/local/bin/faceidd": "faceidd",
              root / "usr/local/sbin/faceid-helper": "faceid-helper"}
     for link, name in links.items():
@@ -127,7 +138,7 @@ def test_system_install_layout_idempotence_and_uninstall(source: Path, root: Pat
     (state / "users").mkdir()
     (state / "users" / "alice.json").write_text("{}")
     out = _run("--root", str(root), "--uninstall", src=source).stdout
-    assert not prefix.exists() and not profile.exists()
+    assert not prefix.exists() and not profile.exists() and not password_profile.exists()
     assert not any(link.is_symlink() for link in links)
     assert not any((root / "etc/systemd/system" / name).exists() for name in units)
     assert not (etc / "config.yaml").exists(), "an unedited config the script installed is removed"
