@@ -91,3 +91,17 @@ def test_user_mistakes(service):
     assert nobody.returncode == 4 and "needs root" in nobody.stderr
     helpless = faceid(None, "pam", "enable", "--service", service[0], "--helper", "/nonexistent/helper")
     assert helpless.returncode == 2 and "not an executable helper" in helpless.stderr
+
+
+def test_the_password_used_line_goes_after_the_last_auth_rule_and_comes_out_again():
+    sudo = ("#%PAM-1.0\nsession required pam_env.so readenv=1\n@include common-auth\n@include common-account\n"
+            "@include common-session-noninteractive\n")
+    edited = pamconf.insert_lines(sudo, "/opt/pam_faceid/bin/faceid-helper").splitlines()
+    assert "faceid-helper" in edited[2] and edited[3] == "@include common-auth"
+    assert edited[4] == "auth\toptional\tpam_exec.so quiet seteuid /opt/pam_faceid/bin/faceid-helper --password-used"
+    assert pamconf.remove_lines("\n".join(edited)) == sudo
+    to_end = ("auth [success=2 default=ignore] pam_unix.so nullok\nauth requisite pam_deny.so\n"
+              "account required pam_permit.so\n")
+    edited = pamconf.insert_lines(to_end, "/h/faceid-helper").splitlines()
+    assert edited[1].startswith("auth [success=3 default=ignore] pam_unix.so")  # still jumps past the end
+    assert pamconf.remove_lines("\n".join(edited)) == to_end
