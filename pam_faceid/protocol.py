@@ -280,23 +280,38 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
 # ---- client side: used by the PAM helper and the admin CLI ----
 
 def connect(socket_path: str, timeout: float = 1.0) -> socket.socket:
-    """Connect to faceidd within ``timeout`` seconds or raise DaemonError saying why."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(socket_path)
-    except FileNotFoundError:
-        sock.close()
-        raise DaemonError(f"faceidd is not running: {socket_path} does not exist") from None
-    except ConnectionRefusedError:
-        sock.close()
-        raise DaemonError(f"faceidd is not running: nothing listens on {socket_path}") from None
-    except socket.timeout:
-        sock.close()
-        raise DaemonError(f"faceidd did not accept a connection on {socket_path} within {timeout:g} s") from None
-    except OSError as exc:
-        sock.close()
-        raise DaemonError(f"cannot connect to faceidd at {socket_path}: {exc.strerror or exc}") from None
+    """Connect to faceidd within ``timeout`` seconds or raise DaemonError saying why.
+
+    With a timeout set, connecting to a Unix socket whose listen queue is full
+    fails at once (EAGAIN) instead of waiting: a local user flooding the
+    socket would make every login fall through. So that is retried until
+    the timeout, as a blocking connect would wait.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(socket_path)
+            break
+        except BlockingIOError:
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise DaemonError(f"faceidd did not accept a connection on {socket_path} within {timeout:g} s: "
+                                  f"its queue is full") from None
+            time.sleep(0.002)
+        except FileNotFoundError:
+            sock.close()
+            raise DaemonError(f"faceidd is not running: {socket_path} does not exist") from None
+        except ConnectionRefusedError:
+            sock.close()
+            raise DaemonError(f"faceidd is not running: nothing listens on {socket_path}") from None
+        except socket.timeout:
+            sock.close()
+            raise DaemonError(f"faceidd did not accept a connection on {socket_path} within {timeout:g} s") from None
+        except OSError as exc:
+            sock.close()
+            raise DaemonError(f"cannot connect to faceidd at {socket_path}: {exc.strerror or exc}") from None
     return sock
 
 
