@@ -846,6 +846,11 @@ class Daemon:
         if not all(isinstance(v, str) for v in (user, service, tty, rhost)):
             self._protocol_error(conn, pid, uid, protocol.ProtocolError("hello needs string user/service/tty/rhost"))
             return
+        if not all(v.isprintable() and len(v) <= 256 for v in (service, tty, rhost)):
+            # They go into the audit line: a newline there would let any local user forge audit lines.
+            self._protocol_error(conn, pid, uid, protocol.ProtocolError(
+                "hello service/tty/rhost must be printable text of at most 256 characters"))
+            return
         try:
             validate_user(user)
         except StoreError as exc:

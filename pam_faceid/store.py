@@ -49,7 +49,7 @@ class StoreError(Exception):
 
 def validate_user(user: str) -> str:
     """Return ``user`` if it is a safe user name (no '/', no leading '.' or '-'), else raise StoreError."""
-    if not isinstance(user, str) or not _USER_RE.match(user):
+    if not isinstance(user, str) or not _USER_RE.fullmatch(user):
         raise StoreError(f"invalid user name {user!r}: use letters, digits, '_', '.', '@', '-' "
                          f"(not first) and at most 256 characters")
     return user
@@ -302,7 +302,7 @@ class Store:
             name = entry.name
             if name.endswith(SUFFIX) and not name.startswith("."):
                 user = name[: -len(SUFFIX)]
-                if _USER_RE.match(user):
+                if _USER_RE.fullmatch(user):
                     names.append(user)
         return sorted(names)
 

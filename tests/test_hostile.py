@@ -1,0 +1,265 @@
+"""A hostile local user (uid nobody) against faceidd while the owner logs in.
+
+test_daemon.py checks each refusal once, alone. Here one nobody process
+runs every attack in turn: asking about other users, admin messages, huge
+length prefixes, a message that never ends, slowloris, a flood of hundreds
+of connections and (with a model) endless frames. Each attack must be
+refused or cut off within its bound, and all the while root asks for its own
+sessions: every one is answered within the helper's 1 s budget, and (with a
+model) every one matches.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+
+import pytest
+from attack_support import enrol_random, jpegs, no_lockout
+from faceidd_util import daemon_dir, enrol, faceidd, model_available, run_as_nobody  # noqa: F401
+
+from pam_faceid import helper, protocol
+from pam_faceid.daemon import HELLO_TIMEOUT, PER_UID_CONNECTIONS, SESSION_MARGIN
+
+ATTACK = r'''
+import base64, json, socket, struct, sys, time
+from pam_faceid import protocol
+P = json.loads(%r)
+path = P["socket"]
+out = {}
+
+def conn():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(path)
+    return s
+
+def answers(s, limit=10.0):
+    """Answer types until the daemon closes: 'error:<code>' for errors."""
+    got = []
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            m = protocol.recv_message(s, deadline=deadline)
+        except protocol.ConnectionClosed:
+            return got
+        except protocol.ProtocolTimeout:
+            return got + ["still open"]
+        got.append("error:%%s" %% m.get("code") if m.type == "error" else "%%s:%%s" %% (m.type, m.get("result")))
+
+def one(data, limit=10.0):
+    with conn() as s:
+        s.sendall(data)
+        return answers(s, limit)
+
+# 1. about other users, with every message that names one
+users = ["root", P["owner"], "daemon"]
+out["other_users"] = [one(protocol.encode("hello", protocol.hello_fields(u, "sudo"))) for u in users]
+if "password_used" in protocol.CLIENT_TYPES:
+    out["other_users"] += [one(protocol.encode("password_used", {"user": u, "service": "sudo"})) for u in users]
+# 2. admin messages
+out["admin"] = [one(protocol.encode(t)) for t in sorted(protocol.ADMIN_TYPES)]
+# 3. huge length prefixes: refused before any body is read
+out["huge_prefix"] = []
+for n in (0xFFFFFFFF, 0x80000000, P["max_bytes"] + 1):
+    started = time.monotonic()
+    out["huge_prefix"].append([one(struct.pack(">I", n) + b"x" * 16), round(time.monotonic() - started, 3)])
+# 4. a message that never ends: a length just under the limit, then a trickle
+with conn() as s:
+    started = time.monotonic()
+    s.sendall(struct.pack(">I", P["max_bytes"] - 1) + b"\0\0\0\2{}")
+    s.settimeout(0.1)
+    got = None
+    while got is None and time.monotonic() - started < 10:
+        try:
+            s.send(b"\0" * 64)
+            time.sleep(0.05)
+        except (BrokenPipeError, ConnectionResetError):
+            got = "closed"
+        except socket.timeout:
+            got = "closed"
+    s.settimeout(5)
+    out["endless_message"] = [got, answers(s, 2), round(time.monotonic() - started, 3)]
+# 5. slowloris: hold as many connections as the daemon lets us, each with half a message
+held = []
+started = time.monotonic()
+for _ in range(8):
+    s = conn()
+    s.sendall(protocol.encode("hello", protocol.hello_fields("nobody"))[:5])
+    held.append(s)
+out["slowloris"] = []
+for s in held:
+    got = answers(s, 8)
+    out["slowloris"].append([got, round(time.monotonic() - started, 3)])
+    s.close()
+# 6. a flood: hundreds of connections at once
+socks, refused_connect = [], 0
+started = time.monotonic()
+for _ in range(P["flood"]):
+    try:
+        socks.append(conn())
+    except OSError:
+        refused_connect += 1
+results = [answers(s, 8) for s in socks]
+for s in socks:
+    s.close()
+out["flood"] = {"opened": len(socks), "refused_connect": refused_connect,
+                "busy": sum(r == ["error:busy"] for r in results),
+                "cut": sum(r == ["error:timeout"] for r in results),
+                "other": [r for r in results if r not in (["error:busy"], ["error:timeout"])],
+                "seconds": round(time.monotonic() - started, 3)}
+# 7. a sustained flood: four processes connecting and closing as fast as they can
+import os
+started = time.monotonic()
+children = []
+for _ in range(4):
+    pid = os.fork()
+    if pid == 0:
+        end = time.monotonic() + P["flood_seconds"]
+        while time.monotonic() < end:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(path)
+            except OSError:
+                pass
+            s.close()
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.waitpid(pid, 0)
+out["sustained_flood"] = round(time.monotonic() - started, 3)
+# 8. endless frames in our own session
+if P["frame"]:
+    frame = base64.b64decode(P["frame"])
+    with conn() as s:
+        started = time.monotonic()
+        s.sendall(protocol.encode("hello", protocol.hello_fields("nobody", "sudo")))
+        first = protocol.recv_message(s, deadline=time.monotonic() + 5)
+        sent, last = 0, None
+        try:
+            while time.monotonic() - started < 20:
+                s.sendall(protocol.encode("frame", payload=frame))
+                sent += 1
+                last = protocol.recv_message(s, deadline=time.monotonic() + 10)
+                if last.type != "progress":
+                    break
+        except (OSError, protocol.ProtocolError) as exc:
+            last = None
+        out["endless_frames"] = [first.type, sent, last.type if last else None, last.get("result") if last else None,
+                                 last.get("frames") if last else None, round(time.monotonic() - started, 3)]
+print(json.dumps(out))
+'''
+
+
+def owner_sessions(path: str, frames: list[bytes], stop: threading.Event, log: list[tuple[float, str]]) -> None:
+    """Root asking about itself, again and again: (seconds to the first answer, final result) per session."""
+    while not stop.is_set():
+        try:
+            with protocol.Client(path, helper.DAEMON_TIMEOUT) as client:
+                started = time.monotonic()
+                reply = client.request("hello", protocol.hello_fields("root", "sudo"), timeout=5)
+                first = time.monotonic() - started
+                for payload in frames:
+                    if reply.type != "ready" and reply.type != "progress":
+                        break
+                    reply = client.request("frame", payload=payload, timeout=10)
+                if reply.type in ("ready", "progress"):
+                    reply = client.request("end", timeout=5)
+                log.append((first, str(reply.get("result"))))
+        except protocol.DaemonError as exc:
+            log.append((float("inf"), f"failed: {exc}"))
+        stop.wait(0.1)
+
+
+def test_hostile_user_is_refused_or_cut_off_and_the_owner_keeps_logging_in(faceidd, person_images):
+    d = faceidd(no_lockout())
+    frames: list[bytes] = []
+    nobody_frame = ""
+    if model_available():
+        from conftest import OTHER_PERSON, PERSON
+
+        genuine = person_images(PERSON)
+        enrol(d.state_dir, "root", genuine[:4])
+        enrol_random(d.state_dir, "nobody")
+        frames = jpegs(genuine[4:10])
+        nobody_frame = base64.b64encode(jpegs(person_images(OTHER_PERSON, limit=1))[0]).decode()
+    d.start()
+    max_bytes = protocol.DEFAULT_MAX_MESSAGE_BYTES
+    params = {"socket": d.socket, "owner": "root", "max_bytes": max_bytes, "flood": 300, "flood_seconds": 3,
+              "frame": nobody_frame}
+    stop = threading.Event()
+    owner: list[tuple[float, str]] = []
+    thread = threading.Thread(target=owner_sessions, args=(d.socket, frames, stop, owner))
+    thread.start()
+    try:
+        proc = run_as_nobody(ATTACK % json.dumps(params), timeout=90)
+    finally:
+        stop.set()
+        thread.join()
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+
+    refused = "verdict:refused"
+    assert all(got == [refused] or got == ["error:refused"] for got in out["other_users"]), out["other_users"]
+    assert all(got == ["error:refused"] for got in out["admin"]), out["admin"]
+    for got, seconds in out["huge_prefix"]:
+        assert got == ["error:too_large"] and seconds < 0.5
+    closed, got, seconds = out["endless_message"]
+    assert closed == "closed" or got == ["error:timeout"], out["endless_message"]
+    assert seconds < HELLO_TIMEOUT + 1.5
+    cut = [entry for entry in out["slowloris"] if entry[0] == ["error:timeout"]]
+    busy = [entry for entry in out["slowloris"] if entry[0] == ["error:busy"]]
+    assert len(cut) == PER_UID_CONNECTIONS and len(busy) == 8 - PER_UID_CONNECTIONS, out["slowloris"]
+    assert max(seconds for _, seconds in cut) < HELLO_TIMEOUT + 1.0
+    flood = out["flood"]
+    assert flood["opened"] + flood["refused_connect"] == 300
+    assert flood["cut"] <= PER_UID_CONNECTIONS and flood["busy"] >= flood["opened"] - PER_UID_CONNECTIONS, flood
+    assert not flood["other"], flood
+    if nobody_frame:
+        first, sent, last, result, counted, seconds = out["endless_frames"]
+        assert first == "ready" and last == "verdict" and result in ("no_match", "no_face"), out["endless_frames"]
+        assert counted <= 60 and seconds < 4.0 + SESSION_MARGIN + 1.0
+
+    assert len(owner) >= 10, owner
+    assert all(result != "" and not result.startswith("failed") for _, result in owner), owner
+    slowest = max(first for first, _ in owner)
+    assert slowest < helper.DAEMON_TIMEOUT, f"the owner waited {slowest:.2f} s for an answer to hello: {owner}"
+    want = "match" if frames else "not_enrolled"
+    assert {result for _, result in owner} == {want}, owner
+    assert d.proc.poll() is None
+    logs = d.logs()
+    assert "Traceback" not in logs and "internal error" not in logs
+    assert "too many connections" in logs and "refused hello for user='root'" in logs
+
+
+FORGED = "faceidd: INFO auth user=root service=sudo tty=- rhost=- pid=1 uid=0 verdict=match score=0.990"
+
+
+@pytest.mark.parametrize("fields", [
+    {"user": "nobody", "service": "sudo\n" + FORGED, "tty": "", "rhost": ""},
+    {"user": "nobody", "service": "sudo", "tty": "pts/1\r" + FORGED, "rhost": ""},
+    {"user": "nobody", "service": "sudo", "tty": "", "rhost": "x" * 300},
+    {"user": "nobody\n", "service": "sudo", "tty": "", "rhost": ""},
+])
+def test_hello_fields_cannot_forge_audit_lines(faceidd, fields):
+    """service/tty/rhost are written into the audit line: control characters there are refused, not logged."""
+    d = faceidd()
+    d.start()
+    code = f"""
+from pam_faceid import protocol
+with protocol.Client({d.socket!r}) as client:
+    try:
+        print(client.request("hello", {fields!r}).type)
+    except protocol.DaemonError as exc:
+        print(exc)
+"""
+    proc = run_as_nobody(code)
+    assert proc.returncode == 0, proc.stderr
+    assert "bad_message" in proc.stdout, proc.stdout
+    time.sleep(0.2)
+    lines = d.logs().splitlines()
+    assert not any(line.startswith(FORGED) for line in lines)
+    assert not any("auth user=nobody" in line for line in lines)
