@@ -826,6 +826,10 @@ class Daemon:
         if not isinstance(user, str) or not isinstance(service, str):
             self._protocol_error(conn, pid, uid, protocol.ProtocolError("password_used needs string user/service"))
             return
+        if not service.isprintable() or len(service) > 256:
+            self._protocol_error(conn, pid, uid, protocol.ProtocolError(
+                "password_used service must be printable text of at most 256 characters"))
+            return
         try:
             validate_user(user)
         except StoreError as exc:

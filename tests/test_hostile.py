@@ -243,16 +243,18 @@ FORGED = "faceidd: INFO auth user=root service=sudo tty=- rhost=- pid=1 uid=0 ve
     {"user": "nobody", "service": "sudo", "tty": "pts/1\r" + FORGED, "rhost": ""},
     {"user": "nobody", "service": "sudo", "tty": "", "rhost": "x" * 300},
     {"user": "nobody\n", "service": "sudo", "tty": "", "rhost": ""},
+    {"user": "nobody", "service": "sudo\n" + FORGED, "tty": None},  # password_used
 ])
 def test_hello_fields_cannot_forge_audit_lines(faceidd, fields):
     """service/tty/rhost are written into the audit line: control characters there are refused, not logged."""
     d = faceidd()
     d.start()
+    kind = "password_used" if fields.get("tty") is None else "hello"
     code = f"""
 from pam_faceid import protocol
 with protocol.Client({d.socket!r}) as client:
     try:
-        print(client.request("hello", {fields!r}).type)
+        print(client.request({kind!r}, {fields!r}).type)
     except protocol.DaemonError as exc:
         print(exc)
 """
@@ -262,4 +264,4 @@ with protocol.Client({d.socket!r}) as client:
     time.sleep(0.2)
     lines = d.logs().splitlines()
     assert not any(line.startswith(FORGED) for line in lines)
-    assert not any("auth user=nobody" in line for line in lines)
+    assert not any("auth user=nobody" in line or "password_used user=nobody" in line for line in lines)
