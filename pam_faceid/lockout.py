@@ -42,6 +42,9 @@ from pam_faceid.store import (SUFFIX, StoreError, atomic_write_json, check_secur
 FORMAT = "pam_faceid.lockout"
 VERSION = 1
 LOCKOUT_DIR = "lockout"
+PASSWORD_RESOLUTION = 60.0
+"""Seconds within which a second password use is not written again (a local user repeating its own report
+costs no disk writes; the rule counts in hours)."""
 COUNTED_RESULTS = frozenset({"no_match", "not_live"})
 """Session results that count as a failed attempt ("not_live": the face matched but liveness refused it)."""
 
@@ -246,9 +249,11 @@ class LockoutStore:
                 self._write(state)
 
     def record_password(self, user: str, now: float) -> None:
-        """The password (not a face) authenticated ``user`` at ``now``."""
+        """The password (not a face) authenticated ``user`` at ``now`` (not rewritten within PASSWORD_RESOLUTION)."""
         with self._locked():
             state = self._read_for_update(user)
+            if state.password_used is not None and 0 <= now - state.password_used < PASSWORD_RESOLUTION:
+                return
             state.password_used = now
             self._write(state)
 

@@ -150,6 +150,9 @@ def test_password_rule(state):
     assert store.refusal("alice", t, 0) is None  # off
     assert store.refusal("alice", t, 48)[0] == "password_required"
     store.record_password("alice", t)
+    mtime = os.stat(state / "lockout" / "alice.json").st_mtime_ns
+    store.record_password("alice", t + 30)  # a repeat within a minute writes nothing
+    assert os.stat(state / "lockout" / "alice.json").st_mtime_ns == mtime and store.read("alice").password_used == t
     assert store.refusal("alice", t + 47.9 * 3600, 48) is None
     result, reason = store.refusal("alice", t + 48.1 * 3600, 48)
     assert result == "password_required" and "48.1 h ago" in reason
