@@ -69,7 +69,7 @@ class UserState:
 def _epoch(value: Any, where: str, name: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e11:  # 1e11: year 5138
         raise StoreError(f"{where}: corrupt: {name} {value!r} is not a time")
     return float(value)
 
