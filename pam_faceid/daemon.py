@@ -69,6 +69,8 @@ class Verdict:
     score: float | None = None
     frames: int = 0
     reason: str | None = None
+    liveness: str | None = dataclasses.field(default=None, compare=False)
+    """For the audit log only, never sent: "live", "off", "not_live:<reason>", or None (no liveness check)."""
 
     def fields(self) -> dict[str, Any]:
         score = None if self.score is None else round(float(self.score), 4)
@@ -86,11 +88,17 @@ class Decision:
     ``no_match`` when faces were seen, ``timeout`` when no frame came at all.
     The clock starts at ``started``, or at the first frame when None (the
     camera's start-up does not eat the user's time).
-    Later checks (liveness) hook in by subclassing ``observe``/``finish``.
+
+    With ``liveness`` (a liveness.mode: off, basic, strict) a match also needs
+    the liveness check to call the face live; the check sees only the frames
+    whose face matched (with their frame and Face), so a live stranger moving
+    before a photo of the user is shown lends the photo no motion. A session
+    whose face matched but was never found live ends ``not_live``, with the
+    liveness reason. Without ``liveness`` (None) there is no such check.
     """
 
     def __init__(self, threshold: float, min_matching_frames: int, timeout: float, max_frames: int,
-                 started: float | None = None):
+                 started: float | None = None, liveness: str | None = None):
         self.threshold = float(threshold)
         self.min_matching_frames = int(min_matching_frames)
         self.timeout = float(timeout)
@@ -102,12 +110,52 @@ class Decision:
         self.best: float | None = None
         self.last_reason: str | None = None
         self.verdict: Verdict | None = None
+        if liveness is not None:
+            from pam_faceid.liveness import MODES
+
+            if liveness not in MODES:
+                raise ValueError(f"liveness mode {liveness!r}: choose one of {', '.join(MODES)}")
+        self.liveness_mode = liveness
+        self.liveness: Any = None  # a liveness.LivenessCheck from the first matching frame on
 
     def expired(self, now: float) -> bool:
         return self.started is not None and now - self.started > self.timeout
 
-    def observe(self, score: float | None, reason: str | None, now: float) -> Verdict | None:
-        """Count one frame (score None = no usable face, with ``reason``); the verdict once decided."""
+    def live(self) -> Any:
+        """The liveness.LivenessResult so far, or None when this decision has no liveness check."""
+        if self.liveness_mode is None:
+            return None
+        if self.liveness is None:
+            from pam_faceid.liveness import LivenessCheck
+
+            return LivenessCheck(self.liveness_mode).verdict()
+        return self.liveness.verdict()
+
+    def liveness_word(self) -> str | None:
+        """The liveness result as the audit log shows it."""
+        result = self.live()
+        if result is None:
+            return None
+        if result.live:
+            return "off" if result.reason == "off" else "live"
+        return f"not_live:{result.reason}"
+
+    def _see_live(self, frame: Any, face: Any) -> None:
+        if self.liveness_mode is None or frame is None or face is None:
+            return
+        if self.liveness is None:
+            from pam_faceid.liveness import LivenessCheck, looks_infrared
+
+            self.liveness = LivenessCheck(self.liveness_mode, ir=looks_infrared(frame))
+        self.liveness.add(frame, face)
+
+    def observe(self, score: float | None, reason: str | None, now: float, frame: Any = None,
+                face: Any = None) -> Verdict | None:
+        """Count one frame (score None = no usable face, with ``reason``); the verdict once decided.
+
+        ``frame`` (BGR array) and ``face`` (faces.Face) feed the liveness check; without them a
+        frame gives liveness no evidence.
+        """
         if self.verdict is not None:
             return self.verdict
         if self.started is None:
@@ -121,8 +169,10 @@ class Decision:
             self.best = score if self.best is None else max(self.best, score)
             if score >= self.threshold:
                 self.matches += 1
-        if self.matches >= self.min_matching_frames:
-            self.verdict = Verdict("match", self.best, self.frames, None)
+                self._see_live(frame, face)
+        live = self.live() if self.matches >= self.min_matching_frames else None
+        if self.matches >= self.min_matching_frames and (live is None or live.live):
+            self.verdict = Verdict("match", self.best, self.frames, None, self.liveness_word())
         elif self.frames >= self.max_frames:
             return self.finish(now, f"{self.max_frames} frames seen")
         elif self.expired(now):
@@ -138,9 +188,13 @@ class Decision:
         elif self.faces == 0:
             result = "no_face"
             why = self.last_reason or why
+        elif self.matches >= self.min_matching_frames:  # only liveness can have held the match back
+            result = "not_live"
+            live = self.live()
+            why = f"liveness {live.reason}: {live.message}"
         else:
             result = "no_match"
-        self.verdict = Verdict(result, self.best, self.frames, why)
+        self.verdict = Verdict(result, self.best, self.frames, why, self.liveness_word())
         return self.verdict
 
     def progress(self) -> dict[str, Any]:
@@ -198,22 +252,30 @@ class Engine:
 
     def score(self, jpeg: bytes, templates: np.ndarray) -> tuple[float | None, str | None]:
         """(best cosine similarity, None) or (None, why there is no usable face)."""
+        return self.examine(jpeg, templates)[:2]
+
+    def examine(self, jpeg: bytes, templates: np.ndarray) -> tuple[float | None, str | None, Any, Any]:
+        """``score``'s answer plus the decoded frame and the faces.Face scored (None when there is none)."""
         import cv2
+
+        from pam_faceid.faces import FaceRefused, align
 
         size = protocol.jpeg_size(jpeg)
         if size is None:
-            return None, "not_jpeg"
+            return None, "not_jpeg", None, None
         if not (0 < size[0] <= protocol.MAX_FRAME_SIDE and 0 < size[1] <= protocol.MAX_FRAME_SIDE):
-            return None, "frame_too_large"
+            return None, "frame_too_large", None, None
         frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
         if frame is None:
-            return None, "undecodable"
+            return None, "undecodable", None, None
         with self.lock:
-            crop, reason = self.pipeline.process(frame)
-            if crop is None:
-                return None, reason or "no_face"
+            try:
+                face = self.pipeline.find(frame)
+                crop = align(frame, face)
+            except FaceRefused as refused:
+                return None, refused.reason or "no_face", frame, None
             vector = self.embedder.embed_one(crop)
-        return float(np.max(templates @ vector)), None
+        return float(np.max(templates @ vector)), None, frame, face
 
 
 def _model_stamp(model_path: str) -> tuple[float, ...]:
@@ -868,15 +930,15 @@ class Daemon:
         with self.counter_lock:
             self.sessions_served += 1
         ms = (time.monotonic() - t0) * 1000
-        log.info("auth user=%s service=%s tty=%s rhost=%s pid=%d uid=%d verdict=%s score=%s frames=%d ms=%.0f%s",
-                 user, service or "-", tty or "-", rhost or "-", pid, uid, verdict.result,
+        log.info("auth user=%s service=%s tty=%s rhost=%s pid=%d uid=%d verdict=%s score=%s frames=%d ms=%.0f "
+                 "liveness=%s%s", user, service or "-", tty or "-", rhost or "-", pid, uid, verdict.result,
                  "-" if verdict.score is None else f"{verdict.score:.3f}", verdict.frames, ms,
-                 f" reason={verdict.reason!r}" if verdict.reason else "")
+                 verdict.liveness or "-", f" reason={verdict.reason!r}" if verdict.reason else "")
         self._send(conn, "verdict", verdict.fields())
         if frames_taken and kept:
             info = {"user": user, "service": service, "tty": tty, "rhost": rhost, "pid": pid, "uid": uid,
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ms": round(ms), **verdict.fields(),
-                    "verdict": verdict.result}
+                    "verdict": verdict.result, "liveness": verdict.liveness}
             try:
                 save_snapshot(Path(state.state_dir), list(kept), info, int(state.cfg.snapshots.keep))
             except OSError as exc:
@@ -899,7 +961,8 @@ class Daemon:
         cfg = state.cfg
         timeout = float(cfg.auth.timeout)
         max_frames = int(cfg.daemon.max_frames_per_session)
-        decision = Decision(entry.threshold, cfg.auth.min_matching_frames, timeout, max_frames)
+        decision = Decision(entry.threshold, cfg.auth.min_matching_frames, timeout, max_frames,
+                            liveness=cfg.liveness.mode)
         if not self._send(conn, "ready", {"timeout": timeout, "max_frames": max_frames}):
             return decision.finish(time.monotonic(), "client went away"), False
         session_deadline = t0 + timeout + SESSION_MARGIN
@@ -925,11 +988,11 @@ class Daemon:
             if kept is not None:
                 kept.append(msg.payload)
             try:
-                score, reason = engine.score(msg.payload, entry.templates)
-            except Exception as exc:  # a model failure ends this session with "error", never the daemon
+                score, reason, frame, face = engine.examine(msg.payload, entry.templates)
+                verdict = decision.observe(score, reason, time.monotonic(), frame, face)
+            except Exception as exc:  # a model or liveness failure ends this session with "error", never the daemon
                 log.exception("scoring a frame for user=%s failed", user)
                 return Verdict("error", decision.best, decision.frames, f"internal error: {type(exc).__name__}"), True
-            verdict = decision.observe(score, reason, time.monotonic())
             if verdict is not None:
                 return verdict, True
             if not self._send(conn, "progress", decision.progress()):

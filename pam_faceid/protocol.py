@@ -55,8 +55,11 @@ Messages (daemon -> client)
              usable face ("no_face", "face_too_small", ...) or null.
 ``verdict``  {"result", "score", "frames", "reason"}: the session's single
              answer, after which the daemon closes the connection. ``result`` is
-             one of RESULTS: match | no_match | no_face | timeout |
+             one of RESULTS: match | no_match | no_face | timeout | not_live |
              locked_out | password_required | not_enrolled | refused | error.
+             ``not_live``: the face matched but the liveness check
+             (liveness.mode) did not find a live face: a photo or screen, or
+             a person who held perfectly still; ``reason`` names the cue.
              ``locked_out``: too many failed attempts (lockout.*);
              ``password_required``: the password was not used within
              auth.require_password_after hours. ``score`` is the
@@ -96,8 +99,8 @@ _LEN = struct.Struct(">I")
 CLIENT_TYPES = frozenset({"hello", "frame", "end", "status", "reload", "password_used"})
 SERVER_TYPES = frozenset({"ready", "progress", "verdict", "status", "reload", "password_used", "error"})
 ADMIN_TYPES = frozenset({"status", "reload"})
-RESULTS = ("match", "no_match", "no_face", "timeout", "locked_out", "password_required", "not_enrolled", "refused",
-           "error")
+RESULTS = ("match", "no_match", "no_face", "timeout", "not_live", "locked_out", "password_required", "not_enrolled",
+           "refused", "error")
 ERROR_CODES = ("bad_message", "too_large", "bad_version", "unknown_type", "unexpected", "refused", "busy",
                "timeout", "internal")
 

@@ -189,13 +189,14 @@ def embed_images(paths: Sequence[Path]) -> "Any":
     import numpy as np
 
     from pam_faceid.embedder import Embedder
-    from pam_faceid.faces import FacePipeline, load_image
+    from pam_faceid.faces import FacePipeline
+    from pam_faceid.images import read_image
 
     pipeline = FacePipeline()
     embedder = Embedder(MODEL_DIR)
     crops = []
     for path in paths:
-        image = load_image(path)
+        image = read_image(path)
         crop, _reason = pipeline.process(image) if image is not None else (None, "unreadable")
         if crop is not None:
             crops.append(crop)
