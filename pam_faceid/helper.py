@@ -48,7 +48,7 @@ from pam_faceid.config import ConfigError, load_config
 
 EXIT_MATCH = 0
 EXIT_NOT_RECOGNISED = 1
-"""The daemon's verdict was not match (no_match, no_face, timeout, not_enrolled, locked_out, refused, error)."""
+"""The daemon's verdict was not match (any other protocol.RESULTS: no_match, not_live, locked_out, ...)."""
 EXIT_CONFIG = 2
 """Bad or unreadable config, or not run by PAM (no PAM_USER)."""
 EXIT_SKIPPED = 3

@@ -5,8 +5,9 @@ system one, so real enrolments are not touched), enrols the bundled sample
 person (a public-domain photograph, see data/samples/README.md) for a
 throwaway local user, and logs that user in through faceid-helper and the real
 PAM stack (a temporary /etc/pam.d service file) with an image-folder camera.
-Then a different person is shown and refused, and, when liveness exists, a
-still photo of the sample person is refused. Everything it made (user,
+Then a different person is shown and refused, and a still photo of the
+sample person is refused by the liveness check (liveness.mode basic; the
+daemon's own verdict and liveness reason are shown). Everything it made (user,
 service file, daemon, files) is removed at the end, also on errors or Ctrl-C.
 
 Exit codes: 0 every step behaved as expected; 1 a step did not (the output
@@ -17,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -49,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="run the whole face login for real with a sample person (no camera needed)",
         description="Start a temporary faceidd, enrol the bundled sample person for a throwaway user, log in "
                     "through the PAM helper and the real PAM stack with an image-folder camera, then show a "
-                    "different person (refused) and a still photo (refused, when liveness is available). "
+                    "different person (refused) and a still photo of the sample person (refused by liveness). "
                     "Prints each step with its time and leaves nothing behind.",
         epilog=EXAMPLE,
         formatter_class=common.formatter(),
@@ -181,13 +182,34 @@ def _wait_ready(proc: subprocess.Popen, socket_path: str, log: Path, timeout: fl
     raise CommandError(f"faceidd did not answer within {timeout:.0f} s (log: {log})", EXIT_FAILURE)
 
 
-def _pam_attempt(user: str, service: str, steps: Steps, expect_success: bool, what: str) -> str:
+def _daemon_verdict(log: Path, user: str) -> dict[str, str]:
+    """verdict, liveness and reason of the last audit line faceidd logged for ``user`` (empty if none)."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if f"auth user={user} " in line]
+    if not lines:
+        return {}
+    found = dict(re.findall(r" (verdict|liveness)=(\S+)", lines[-1]))
+    reason = re.search(r" reason='([^']*)'", lines[-1])
+    if reason:
+        found["reason"] = reason.group(1)
+    return found
+
+
+def _pam_attempt(user: str, service: str, steps: Steps, expect_success: bool, what: str,
+                 also: Callable[[], tuple[bool, str, str]] | None = None) -> str:
+    """One PAM login without a password; ``also`` gives a further expectation (ok, shown, what) after it."""
     from pam_faceid.cli.test import run_pam
 
     ok, code, reason, messages, seconds = run_pam(user, service, "")
     said = " | ".join(m.strip() for m in messages if m.strip()) or "nothing"
     verdict = "PAM success" if ok else f"PAM failure ({reason})"
-    return f"{verdict} in {seconds:.2f} s; PAM said: {said} -> {steps.expect(ok == expect_success, what)}"
+    text = f"{verdict} in {seconds:.2f} s; PAM said: {said}"
+    expected = steps.expect(ok == expect_success, what)
+    if also is not None:
+        also_ok, shown, also_what = also()
+        text += f"; {shown}"
+        if expected == "as expected":
+            expected = steps.expect(also_ok, also_what)
+    return f"{text} -> {expected}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -219,9 +241,8 @@ def _run_steps(steps: Steps, work: Path, model_path: str, sample: np.ndarray, ot
                cleanup: list[tuple[str, Callable[[], object]]]) -> int:
     from pam_faceid.protocol import request_reload
 
-    has_liveness = importlib.util.find_spec("pam_faceid.liveness") is not None
     work.chmod(0o700)
-    config = _write_config(work, model_path, "off" if has_liveness else None)
+    config = _write_config(work, model_path, "off")
     write_folder(work / "camera", camera_frames(sample, ATTEMPT_FRAMES, seed=2))
     socket_path = str(work / "faceidd.sock")
 
@@ -275,23 +296,25 @@ def _run_steps(steps: Steps, work: Path, model_path: str, sample: np.ndarray, ot
         cleanup.append((f"removed {service_path}", lambda: service_path.unlink(missing_ok=True)))
         note["result"] = "written"
 
-    off = " (liveness off: the sample is one photograph)" if has_liveness else ""
-    with steps.step(f"logging in as {user} with the sample person in front of the camera, no password given{off}") \
-            as note:
+    with steps.step(f"logging in as {user} with the sample person in front of the camera, no password given "
+                    f"(liveness off: the sample is one photograph)") as note:
         note["result"] = _pam_attempt(user, service, steps, True, "the enrolled sample person was not let in")
 
     write_folder(work / "camera", camera_frames(other, ATTEMPT_FRAMES, seed=3))
     with steps.step(f"logging in as {user} with a different person in front of the camera") as note:
         note["result"] = _pam_attempt(user, service, steps, False, "a different person was let in")
 
-    if has_liveness:
-        _write_config(work, model_path, "basic")
-        request_reload(socket_path)
-        write_folder(work / "camera", camera_frames(sample, ATTEMPT_FRAMES, seed=4, still=True))
-        with steps.step(f"logging in as {user} with a still photo of the sample person (liveness basic)") as note:
-            note["result"] = _pam_attempt(user, service, steps, False, "a still photo was let in")
-    else:
-        print(f"[{steps.number + 1}] still photo: skipped (pam_faceid.liveness is not installed)")
+    _write_config(work, model_path, "basic")
+    request_reload(socket_path)
+    write_folder(work / "camera", camera_frames(sample, ATTEMPT_FRAMES, seed=4, still=True))
+    with steps.step(f"logging in as {user} with a still photo of the sample person (liveness basic)") as note:
+        def daemon_said() -> tuple[bool, str, str]:
+            said = _daemon_verdict(log, user)
+            return (said.get("verdict") == "not_live",
+                    f"faceidd: verdict={said.get('verdict', '?')} liveness={said.get('liveness', '?')} "
+                    f"({said.get('reason', 'no reason')})", "the still photo was not refused by the liveness check")
+
+        note["result"] = _pam_attempt(user, service, steps, False, "a still photo was let in", daemon_said)
 
     if steps.failures:
         print(f"demo: {len(steps.failures)} step(s) did not behave as expected: {'; '.join(steps.failures)}")
