@@ -255,7 +255,11 @@ class Store:
     def locked(self) -> Iterator[None]:
         """Hold the store's write lock (for read-modify-write sequences)."""
         self._ensure_dirs()
-        fd = os.open(self.users_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        lock = self.users_dir / ".lock"
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:  # a read-only or full state folder: one line, not a traceback
+            raise StoreError(f"{lock}: cannot open the write lock: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 import pytest
-from attack_support import enrol_random, jpegs, no_lockout, reading_notifications
+from attack_support import enrol_random, jpegs, plain_policy, reading_notifications
 from faceidd_util import daemon_dir, faceidd, model_available  # noqa: F401
 from fuzz_inputs import cases, decode_stream, expand, send_to_daemon, vm_rss_kib
 from hypothesis import HealthCheck, Phase, given, settings
@@ -77,7 +77,7 @@ def test_live_daemon_survives_fuzzed_connections_with_flat_memory(faceidd, perso
     """3,000 inputs on fresh connections, half of them inside a session (after a valid hello) when a model exists."""
     from conftest import PERSON
 
-    d = faceidd(no_lockout())
+    d = faceidd(plain_policy())
     seeds = JPEGS
     prefixes = [b""]
     if model_available():

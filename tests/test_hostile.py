@@ -17,7 +17,7 @@ import threading
 import time
 
 import pytest
-from attack_support import enrol_random, jpegs, no_lockout
+from attack_support import enrol_random, jpegs, plain_policy
 from faceidd_util import daemon_dir, enrol, faceidd, model_available, run_as_nobody  # noqa: F401
 
 from pam_faceid import helper, protocol
@@ -175,7 +175,7 @@ def owner_sessions(path: str, frames: list[bytes], stop: threading.Event, log: l
 
 
 def test_hostile_user_is_refused_or_cut_off_and_the_owner_keeps_logging_in(faceidd, person_images):
-    d = faceidd(no_lockout())
+    d = faceidd(plain_policy())
     frames: list[bytes] = []
     nobody_frame = ""
     if model_available():
