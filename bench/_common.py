@@ -301,13 +301,14 @@ def pam_service(helper_command: str) -> Iterator[str]:
 def embed_images(paths: Sequence[Path], model: Path) -> tuple[np.ndarray, Any, list[Path]]:
     """Unit embeddings of the faces in ``paths`` through the daemon's own FacePipeline + Embedder."""
     from pam_faceid.embedder import Embedder
-    from pam_faceid.faces import FacePipeline, load_image
+    from pam_faceid.faces import FacePipeline
+    from pam_faceid.images import read_image
 
     pipeline = FacePipeline()
     embedder = Embedder(model)
     crops, used = [], []
     for path in paths:
-        image = load_image(path)
+        image = read_image(path)
         crop, _reason = pipeline.process(image) if image is not None else (None, "unreadable")
         if crop is not None:
             crops.append(crop)
