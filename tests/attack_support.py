@@ -23,7 +23,7 @@ def plain_policy() -> dict[str, dict[str, Any]]:
     names = {key.name for key in SCHEMA}
     values: dict[str, dict[str, Any]] = {}
     if "lockout.max_failures" in names:
-        values["lockout"] = {"max_failures": 1000}
+        values["lockout"] = {"max_failures": 1000, "window": 1}
     if "liveness.mode" in names:
         values["liveness"] = {"mode": "off"}
     return values
