@@ -53,6 +53,7 @@ class TrainConfig:
     val_fraction: float = 0.05
     workers: int = 2
     threads: int = 2
+    calibration_faces: int = 2048  # clean training faces that set batch-norm statistics before each validation
     max_minutes: float = 0.0  # stop (after an epoch) once exceeded; 0 = no limit
     steps_per_epoch: int = 0  # 0 = one pass over the faces
 
@@ -167,6 +168,28 @@ def triplet_loss_and_miner(margin: float, miner: str):
     return loss, mine
 
 
+def recalibrate_batchnorm(net: EmbeddingNet, crops: np.ndarray, batch: int = 128) -> None:
+    """Re-estimate every batch norm's statistics on clean crops with the current weights.
+
+    The running averages kept during training lag behind the weights and are
+    taken on augmented faces; after a few steps they are still the initial
+    ones, with which the untrained trunk's signal fades and every face comes
+    out as the same vector at inference.
+    """
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    net.train()
+    with torch.no_grad():
+        for i in range(0, len(crops), batch):
+            net(torch.from_numpy(preprocess(crops[i:i + batch])))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    net.eval()
+
+
 def embed_all(net: EmbeddingNet, crops: np.ndarray, batch: int = 256) -> np.ndarray:
     net.eval()
     out = []
@@ -275,6 +298,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             for key, value in (("loss", loss), ("triplet", triplet), ("distill", distill)):
                 totals[key] += float(value) / steps
             bar.set_postfix(loss=f"{float(loss):.3f}")
+        calibration = rng.choice(train_idx, size=min(len(train_idx), cfg.calibration_faces), replace=False)
+        recalibrate_batchnorm(net, faces.crops[np.sort(calibration)])
         vectors = embed_all(net, faces.crops[val_idx])
         metrics = validation_metrics(vectors, faces.labels[val_idx], rng)
         if use_teacher:
