@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from attack_support import enrol_random, jpegs, plain_policy
-from cli_support import FACEID, PamService, TempUser, temp_user  # noqa: F401
+from cli_support import FACEID, PamService, temp_user  # noqa: F401
 from faceidd_util import PYTHON, daemon_dir, enrol, faceidd, model_available, require_model  # noqa: F401
 
 from pam_faceid import protocol
