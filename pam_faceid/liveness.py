@@ -20,8 +20,9 @@ eye regions change while the rest of the registered face does not).
 What this cannot stop, and does not claim to:
 - a video of the person (their head moving, blinking) replayed on a screen,
   unless the screen shows moire: the motion in the video is genuinely 3-D;
-- a 3-D mask or a head model; a print bent strongly enough to be non-planar
-  and swung (it is refused more often than not, not always);
+- a 3-D mask or a head model; a print bent into a curve and swung: its
+  motion is genuinely non-planar, so ``basic`` accepts most of them (only
+  ``strict``'s blink requirement stops them);
 - a person who holds perfectly still is refused like a photo (the password
   prompt follows; moving the head a little avoids it), and a face whose frames
   jump (frames skipped, detector lost) gives no evidence until it is tracked
@@ -242,6 +243,22 @@ def _quadratic_field(points: np.ndarray, residual: np.ndarray, scale: float) -> 
     return field_rms, field_rms / (float(np.median(err)) + 1e-3)
 
 
+def _mask_straight_edges(crop: np.ndarray, mask: np.ndarray, iod: float, band: float) -> None:
+    """Clear ``mask`` along long straight edges: the border of a print or screen held close to the face.
+
+    Points there track the room behind the border as much as the picture, and a picture moving against
+    a still room is parallax too. A face has no straight edge nearly as long as its eyes are apart.
+    """
+    edges = cv2.Canny(cv2.GaussianBlur(crop, (5, 5), 0), 40, 120)
+    lines = cv2.HoughLinesP(edges, 1, math.pi / 180, threshold=max(int(0.4 * iod), 10),
+                            minLineLength=max(int(0.8 * iod), 10), maxLineGap=max(int(0.15 * iod), 2))
+    if lines is None:
+        return
+    width = max(int(2 * band * iod), 3)
+    for x0, y0, x1, y1 in lines.reshape(-1, 4):
+        cv2.line(mask, (int(x0), int(y0)), (int(x1), int(y1)), 0, width)
+
+
 class _Segment:
     """Points tracked against one reference frame; a new segment starts whenever tracking breaks.
 
@@ -254,6 +271,8 @@ class _Segment:
     """
 
     MIN_POINTS = 12
+    MASK = (0.95, 1.2)  # half-axes of the inner-face ellipse points are taken from, in inter-ocular distances
+    EDGE_BAND = 0.15  # no points this close (IODs) to a long straight edge: a print's or screen's border
     MIN_CONTINUITY = 0.5  # band-passed NCC with the previous frame; a different photo falls far below
 
     def __init__(self, grey: np.ndarray, face: Face, scale: float = 1.0):
@@ -277,9 +296,12 @@ class _Segment:
         eyes = lm[1] - lm[0]
         centre = lm.mean(axis=0) - np.array([x0, y0])
         mask = np.zeros(crop.shape, np.uint8)
-        cv2.ellipse(mask, (int(centre[0]), int(centre[1])), (max(int(0.95 * self.iod), 1), max(int(1.2 * self.iod), 1)),
+        axes = (max(int(self.MASK[0] * self.iod), 1), max(int(self.MASK[1] * self.iod), 1))
+        cv2.ellipse(mask, (int(centre[0]), int(centre[1])), axes,
                     math.degrees(math.atan2(eyes[1], eyes[0])), 0, 360, 255, -1)
         mask[cv2.dilate(crop, np.ones((9, 9), np.uint8)) >= 250] = 0  # nothing near glare
+        if self.EDGE_BAND > 0:
+            _mask_straight_edges(crop, mask, self.iod, self.EDGE_BAND)
         corners = None
         if crop.shape[0] >= 24 and crop.shape[1] >= 24:
             corners = cv2.goodFeaturesToTrack(crop, maxCorners=60, qualityLevel=0.01,
