@@ -36,7 +36,7 @@ def test_demo_runs_the_whole_path_and_leaves_nothing(tmp_path):
     out = done.stdout
     assert "Face recognised." in out and "PAM success" in out
     assert "a different person" in out and "PAM failure" in out
-    assert "a still photo of the sample person" in out and "verdict=not_live liveness=not_live:" in out
+    assert "now with liveness basic" in out and "verdict=not_live liveness=not_live:" in out
     assert "every step behaved as expected" in out
     assert " ms)" in out
     assert _leftovers(tmp_path) == []
