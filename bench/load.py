@@ -4,11 +4,12 @@ Each of --processes client processes opens --sessions connections at the
 same instant (a shared start time), so processes x sessions sessions are in
 flight together. A session is what the helper does: connect, hello, JPEG
 frames lock-step until the verdict (``end`` after the last frame). Half the
-sessions show the enrolled person (4 dev/lfw photos: expect ``match``), half
-another person (expect ``no_match`` or ``no_face``). Every session carries a
-unique service name; the run checks that each got exactly one verdict, the
-expected one, and that the daemon's audit log holds exactly one line per
-session with the same verdict: nothing lost, nothing crossed.
+sessions show the enrolled person (4 other dev/lfw photos of them), half
+another person. Before the burst, one session of each kind runs alone; its
+verdict is the reference. Every session carries a unique service name; the
+run checks that each got exactly one verdict, the reference of its kind, and
+that the daemon's audit log holds exactly one line per session with the
+same verdict: nothing lost, nothing crossed.
 
 Reported: hello-to-verdict latency p50/p95/max, hello-to-ready latency (the
 helper gives the daemon 1 s for that), frames scored per second, peak RSS.
@@ -139,6 +140,9 @@ def run(processes: int, sessions: int, model: Path | None, max_sessions: int) ->
                               daemon_config(base, model or base / "no-model", socket_path, state_dir, extra))
         with Faceidd(base, config, socket_path, state_dir) as daemon:
             idle = proc_memory(daemon.pid)
+            # What each kind of session gets alone: the burst must give every session exactly that.
+            reference = {kind: one_session(socket_path, f"quiet-{kind}", user, frames, time.monotonic() + 30)["result"]
+                         for kind, frames in (("genuine", genuine), ("impostor", impostor))}
             ctx = multiprocessing.get_context("fork")
             queue = ctx.Queue()
             start_at = time.time() + 1.0 + 0.05 * processes
@@ -162,25 +166,21 @@ def run(processes: int, sessions: int, model: Path | None, max_sessions: int) ->
             after = proc_memory(daemon.pid)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    return check(results, logs, total, model is not None) | {
+    return check(results, logs, total, reference) | {
         "processes": processes, "sessions_per_process": sessions, "max_sessions": max_sessions,
-        "frames_mode": model is not None, "wall_s": wall, "rss_idle_mb": idle["rss_mb"], "rss_peak_mb": peak,
-        "rss_after_mb": after["rss_mb"],
+        "frames_mode": model is not None, "reference": reference, "wall_s": wall, "rss_idle_mb": idle["rss_mb"],
+        "rss_peak_mb": peak, "rss_after_mb": after["rss_mb"],
     }
 
 
-def check(results: list[dict[str, Any]], logs: str, total: int, with_frames: bool) -> dict[str, Any]:
-    """Every session one verdict, the expected one, and the same one in the daemon's audit line."""
+def check(results: list[dict[str, Any]], logs: str, total: int, reference: dict[str, str]) -> dict[str, Any]:
+    """Every session one verdict, the one its kind gets alone (``reference``), and that one in its audit line."""
     audit: dict[str, list[str]] = {}
     for user, tag, verdict in AUDIT.findall(logs):
         audit.setdefault(tag, []).append(verdict)
     wrong, crossed = [], []
     for r in results:
-        if with_frames:
-            expected = ("match",) if r["kind"] == "genuine" else ("no_match", "no_face")
-        else:
-            expected = ("not_enrolled",)
-        if r["result"] not in expected:
+        if r["result"] != reference[r["kind"]]:
             wrong.append(r)
         if audit.get(r["tag"]) != [r["result"]]:
             crossed.append((r["tag"], r["result"], audit.get(r["tag"])))
@@ -224,7 +224,8 @@ def main() -> int:
     lat, ready = result["latency_s"], result["ready_s"]
     print(f"{result['sessions']} concurrent sessions from {args.processes} processes "
           f"({'frames' if model else 'hello only'}): {result['answered']} answered, lost {result['lost']}, "
-          f"wrong {result['wrong']}, audit mismatches {result['audit_mismatch']}; verdicts {result['verdicts']}")
+          f"wrong {result['wrong']}, audit mismatches {result['audit_mismatch']}; verdicts {result['verdicts']} "
+          f"(alone: {result['reference']})")
     if lat["n"]:
         print(f"hello->verdict p50 {lat['p50']:.3f} s, p95 {lat['p95']:.3f} s, max {lat['max']:.3f} s; "
               f"hello->ready p50 {ready['p50']:.3f} s, p95 {ready['p95']:.3f} s; "
