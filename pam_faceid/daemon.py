@@ -40,6 +40,7 @@ from pam_faceid import protocol
 from pam_faceid.config import Config, ConfigError, load_config
 from pam_faceid.lockout import COUNTED_RESULTS, LockoutStore
 from pam_faceid.store import Enrolment, Store, StoreError, validate_user
+from pam_faceid.userhead import UserHead, load_head
 
 log = logging.getLogger("faceidd")
 
@@ -246,16 +247,17 @@ class Engine:
         # One embedding at load: warms the runtime up and tells the vector size enrolments must have.
         self.dim = int(self.embedder.embed_one(np.zeros((ALIGN_SIZE, ALIGN_SIZE, 3), np.uint8)).size)
 
-    def for_model(self, model_path: str, backend: str) -> "Engine":
-        """An engine for another model folder (a per-user model) sharing this one's detector and lock."""
-        return Engine(model_path, backend, self.pipeline, self.lock)
-
-    def score(self, jpeg: bytes, templates: np.ndarray) -> tuple[float | None, str | None]:
+    def score(self, jpeg: bytes, templates: np.ndarray, head: UserHead | None = None) -> tuple[float | None, str | None]:
         """(best cosine similarity, None) or (None, why there is no usable face)."""
-        return self.examine(jpeg, templates)[:2]
+        return self.examine(jpeg, templates, head)[:2]
 
-    def examine(self, jpeg: bytes, templates: np.ndarray) -> tuple[float | None, str | None, Any, Any]:
-        """``score``'s answer plus the decoded frame and the faces.Face scored (None when there is none)."""
+    def examine(self, jpeg: bytes, templates: np.ndarray,
+                head: UserHead | None = None) -> tuple[float | None, str | None, Any, Any]:
+        """``score``'s answer plus the decoded frame and the faces.Face scored (None when there is none).
+
+        With a per-user ``head`` (faceid retrain) the frame's vector is mapped
+        by it, as the templates were when they were loaded.
+        """
         import cv2
 
         from pam_faceid.faces import FaceRefused, align
@@ -275,6 +277,8 @@ class Engine:
             except FaceRefused as refused:
                 return None, refused.reason or "no_face", frame, None
             vector = self.embedder.embed_one(crop)
+        if head is not None:
+            vector = head.apply(vector)
         return float(np.max(templates @ vector)), None, frame, face
 
 
@@ -294,12 +298,12 @@ def _model_stamp(model_path: str) -> tuple[float, ...]:
 
 @dataclasses.dataclass
 class UserEntry:
-    """One enrolled user as sessions need it: templates, the engine that made them and the threshold to apply."""
+    """One enrolled user as sessions need it: templates (mapped by the head, if any), engine, threshold, head."""
 
     templates: np.ndarray
     engine: Engine | None
     threshold: float | None
-    own_model: bool = False
+    head: UserHead | None = None
 
 
 @dataclasses.dataclass
@@ -317,29 +321,14 @@ class State:
     loaded: float
 
     def engines(self) -> list[Engine]:
-        found = [self.engine] + [entry.engine for entry in self.users.values()]
-        return [engine for engine in found if engine is not None]
+        return [self.engine] if self.engine is not None else []
 
     def summary(self) -> str:
         model = self.engine.model_id if self.engine else f"none ({self.engine_error})"
-        own = sum(entry.own_model for entry in self.users.values())
+        own = sum(entry.head is not None for entry in self.users.values())
         return (f"config={self.cfg.path} state_dir={self.state_dir} users={len(self.users)} "
-                f"(own model: {own}) skipped={len(self.skipped)} model={model or 'unnamed'} "
+                f"(own head: {own}) skipped={len(self.skipped)} model={model or 'unnamed'} "
                 f"threshold={self.threshold}")
-
-
-USER_MODELS_DIR = "models"
-"""Per-user models (faceid retrain) live in <state_dir>/models/<user>/ with embedder.onnx and model.json."""
-
-
-def _check_model_dir(folder: Path) -> None:
-    """Refuse a per-user model anyone but us could have replaced (it decides who is that user)."""
-    euid = os.geteuid()
-    for path in (folder.parent, folder, *(folder / name for name in ("embedder.onnx", "model.json"))):
-        st = os.lstat(path)
-        if st.st_uid != euid or st.st_mode & 0o022 or stat.S_ISLNK(st.st_mode):
-            raise StoreError(f"{path}: must be owned by uid {euid}, not a link and not writable by others; "
-                             f"fix: chown {euid} {path} && chmod go-w {path}")
 
 
 def load_state(config_path: str | None, overrides: dict[str, str], previous: State | None = None) -> State:
@@ -375,25 +364,20 @@ def load_state(config_path: str | None, overrides: dict[str, str], previous: Sta
         log.error("skipping user %s: %s", user, reason)
         skipped[user] = reason
     for user, enrolment in good.items():
-        user_engine, own = engine, False
-        model_dir = Path(state_dir) / USER_MODELS_DIR / user
-        if engine is not None and (model_dir / "embedder.onnx").exists():
-            try:
-                _check_model_dir(model_dir)
-                user_engine = cache.get((str(model_dir), backend, _model_stamp(str(model_dir))))
-                if user_engine is None:
-                    user_engine = engine.for_model(str(model_dir), backend)
-                own = True
-            except Exception as exc:
-                skipped[user] = f"per-user model {model_dir}: {_one_line(exc)}"
-                log.error("skipping user %s: %s", user, skipped[user])
-                continue
-        problem = _enrolment_problem(enrolment, user_engine)
+        problem = _enrolment_problem(enrolment, engine)
         if problem:
             log.error("skipping user %s: %s", user, problem)
             skipped[user] = problem
+            continue
+        templates, threshold = enrolment.matrix(), threshold_of(engine)
+        head = load_head(state_dir, user, engine.model_id) if engine is not None else None
+        if head is not None and head.dim == templates.shape[1]:
+            templates = head.apply(templates)
+            if cfg.auth.threshold == "auto":
+                threshold = head.threshold
         else:
-            users[user] = UserEntry(enrolment.matrix(), user_engine, threshold_of(user_engine), own)
+            head = None
+        users[user] = UserEntry(templates, engine, threshold, head)
     return State(cfg, socket_path, state_dir, engine, engine_error, threshold_of(engine), users, skipped,
                  time.time())
 
@@ -814,7 +798,7 @@ class Daemon:
             "socket": state.socket_path,
             "state_dir": state.state_dir,
             "users": sorted(state.users),
-            "user_models": sorted(user for user, entry in state.users.items() if entry.own_model),
+            "user_models": sorted(user for user, entry in state.users.items() if entry.head is not None),
             "skipped": state.skipped,
             "model": {"loaded": engine is not None, "id": engine.model_id if engine else None,
                       "error": state.engine_error, "threshold": state.threshold},
@@ -988,7 +972,7 @@ class Daemon:
             if kept is not None:
                 kept.append(msg.payload)
             try:
-                score, reason, frame, face = engine.examine(msg.payload, entry.templates)
+                score, reason, frame, face = engine.examine(msg.payload, entry.templates, entry.head)
                 verdict = decision.observe(score, reason, time.monotonic(), frame, face)
             except Exception as exc:  # a model or liveness failure ends this session with "error", never the daemon
                 log.exception("scoring a frame for user=%s failed", user)

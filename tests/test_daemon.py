@@ -410,32 +410,36 @@ def test_silent_client_in_a_session_gets_a_timeout_verdict(model_daemon):
     assert time.monotonic() - started < 3.5
 
 
-def test_per_user_model_is_used_when_present_and_refused_when_unsafe(model_daemon, faceidd):
-    """faceid retrain writes <state_dir>/models/<user>/; the daemon then scores that user with it."""
-    import shutil
+def test_per_user_head_is_used_when_present_and_ignored_when_unsafe(model_daemon):
+    """faceid retrain writes <state_dir>/models/<user>/head.npz; the daemon maps frames and templates by it.
 
-    from faceidd_util import MODEL_DIR
+    A head that sends every vector to one point makes a stranger match: proof
+    that it is applied. Made for another base model, or writable by others, it
+    is ignored and the user is scored by the base model again.
+    """
+    from pam_faceid.userhead import UserHead, head_dir, save_head
 
     d = model_daemon
-    own = d.state_dir / "models" / "root"
-    own.mkdir(parents=True, mode=0o700)
-    shutil.copy(MODEL_DIR / "embedder.onnx", own / "embedder.onnx")
-    meta = json.loads((MODEL_DIR / "model.json").read_text())
-    meta["model_id"] = "root-retrained"
-    (own / "model.json").write_text(json.dumps(meta))
-    reply = protocol.request_reload(d.socket)
-    assert "root-retrained" in reply["skipped"]["root"]  # templates from the base model do not compare
-    Store(d.state_dir).clear("root")
-    from pam_faceid.embedder import Embedder
-
-    vectors = Embedder(own).embed(np.zeros((1, 112, 112, 3), np.uint8) + 100)
-    Store(d.state_dir).add_templates("root", vectors, model_id="root-retrained")
-    protocol.request_reload(d.socket)
     status = protocol.request_status(d.socket)
-    assert status["users"] == ["root"] and status["user_models"] == ["root"]
-    os.chmod(own / "model.json", 0o666)
-    reply = protocol.request_reload(d.socket)
-    assert "chmod go-w" in reply["skipped"]["root"] and reply["users"] == []
+    model_id = status["model"]["id"]
+    collapse = UserHead(np.zeros((128, 128), np.float32), np.ones(128, np.float32), 0.5, model_id)
+    stranger = [jpeg(cv2.imread(str(p))) for p in d.impostor[:6]]
+
+    save_head(d.state_dir, "root", collapse)
+    protocol.request_reload(d.socket)
+    assert protocol.request_status(d.socket)["user_models"] == ["root"]
+    assert run_session(d.socket, "root", stranger)[1].get("result") == "match"
+
+    save_head(d.state_dir, "root", UserHead(collapse.weight, collapse.bias, 0.5, "another-model"))
+    protocol.request_reload(d.socket)
+    assert protocol.request_status(d.socket)["user_models"] == []
+    assert run_session(d.socket, "root", stranger)[1].get("result") == "no_match"
+
+    save_head(d.state_dir, "root", collapse)
+    os.chmod(head_dir(d.state_dir, "root") / "head.npz", 0o666)
+    protocol.request_reload(d.socket)
+    assert protocol.request_status(d.socket)["user_models"] == []
+    assert run_session(d.socket, "root", stranger)[1].get("result") == "no_match"
 
 
 def test_snapshots_keep_the_last_attempts_frames(model_daemon):
