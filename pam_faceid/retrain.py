@@ -173,7 +173,8 @@ def _fit(torch: Any, positives: np.ndarray, negatives: np.ndarray, cfg: RetrainC
         labels = torch.cat([torch.zeros(len(pos), dtype=torch.long), torch.arange(1, len(picked) + 1)])
         embeddings = forward(batch)
         triplets = miner(embeddings, labels)
-        loss = loss_fn(embeddings, labels, triplets) + cfg.identity_weight * ((weight - eye) ** 2).sum()
+        drift = ((weight - eye) ** 2).sum() + (bias ** 2).sum()
+        loss = loss_fn(embeddings, labels, triplets) + cfg.identity_weight * drift
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
