@@ -416,7 +416,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 FACEID = [sys.executable, "-c", "import sys; from pam_faceid.cli import main; sys.exit(main())"]
 
 
-TEST_MODEL = os.environ.get("PAM_FACEID_TEST_MODEL")
+TEST_MODEL = os.environ.get("FACEID_TEST_MODEL")
 """A model folder to use instead of the bundled one (to check this test before the shipped model exists)."""
 
 
@@ -454,6 +454,18 @@ def test_faceid_evaluate_end_to_end(tmp_path, shared_faces, person_images, hosti
     assert 0.5 <= r["accuracy"] <= 1.0 and 0.5 <= r["auc"] <= 1.0
     assert 0.0 <= r["far"] <= 1.0 and 0.0 <= r["frr"] <= 1.0 and -1.0 <= r["threshold"] <= 1.0
     assert r["no_face"] <= 2 and r["seconds"] > 0 and r["faces_per_second"] > 0
+
+    copy = tmp_path / "model"
+    shutil.copytree(Path(TEST_MODEL) if TEST_MODEL else REPO / "pam_faceid" / "data" / "model", copy)
+    out = subprocess.run(FACEID + ["evaluate", str(data), "--enroll", "2", "--json", "--model", str(copy),
+                                   "--set-threshold"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    meta = json.loads((copy / "model.json").read_text())
+    assert meta["threshold"] == round(json.loads(out.stdout)["enroll_threshold_at_far_1e-3"], 4)
+    assert meta["threshold_source"]["data"] == str(data) and meta["threshold_source"]["metrics"]["enroll_k"] == 2
+    refused = subprocess.run(FACEID + ["evaluate", str(data), "--enroll", "2", "--set-threshold"],
+                             capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert refused.returncode == 2 and "--set-threshold needs" in refused.stderr
 
     root, expected = hostile_dataset
     out = subprocess.run(FACEID + ["evaluate", str(root), "--enroll", "1", "--json"] + model,

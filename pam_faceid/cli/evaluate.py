@@ -16,7 +16,9 @@ from pam_faceid.cli import EXIT_OK, EXIT_USAGE, CommandError
 
 EXAMPLE = """example:
   faceid evaluate ../shared/faces/dev/lfw --pairs ../shared/faces/dev/pairs.txt --flip
-  faceid evaluate ../shared/faces/dev/lfw --enroll 3 --json"""
+  faceid evaluate ../shared/faces/dev/lfw --enroll 3 --json
+  faceid evaluate ../shared/faces/dev/lfw --pairs ../shared/faces/dev/pairs.txt --enroll 3 \\
+      --model runs/base --set-threshold    # store the FAR-1e-3 threshold in runs/base/model.json"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -40,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="cosine threshold for FAR/FRR (default: the model's shipped threshold)")
     parser.add_argument("--flip", action="store_true", help="average each face's embedding with its mirror image's")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--set-threshold", action="store_true",
+                        help="with --enroll and --model: write the enrol-K threshold for FAR 1e-3 into the model's "
+                             "model.json, with this run's data, date, commit and metrics as its provenance")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="images processed in parallel (default 1)")
     parser.set_defaults(run=run)
     return parser
@@ -135,6 +140,35 @@ def format_table(result: dict) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
+def _set_threshold(model: Path, result: dict, args: argparse.Namespace) -> None:
+    """Store the dev-chosen threshold beside the model, with where it came from (the only thing fit on dev)."""
+    import datetime
+    import json
+    import os
+    import subprocess
+
+    threshold = result.get("enroll_threshold_at_far_1e-3")
+    if threshold is None:
+        raise CommandError("no threshold for FAR 1e-3: the enrol run had no genuine or no impostor attempts")
+    path = model / "model.json"
+    meta = json.loads(path.read_text())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    keys = ("accuracy", "auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "enroll_k",
+            "enroll_frr_at_far_1e-3", "genuine_attempts", "impostor_attempts", "images", "identities", "no_face")
+    meta["threshold"] = round(float(threshold), 4)
+    meta["threshold_source"] = {
+        "rule": f"lowest threshold with enrol-{args.enroll} FAR <= 1e-3 on the data below",
+        "data": str(args.dataset), "pairs": args.pairs, "date": datetime.date.today().isoformat(),
+        "commit": commit, "command": " ".join(["faceid", *sys.argv[1:]]),
+        "metrics": {k: result.get(k) for k in keys},
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, path)
+    print(f"threshold {meta['threshold']:.4f} written to {path}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the model, run the protocols, print a table or one JSON object."""
     from pam_faceid.evaluate import EvaluateError, evaluate, parse_pairs, scan_dataset, show_path, to_json
@@ -145,6 +179,9 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--enroll needs K >= 1, got {args.enroll}", EXIT_USAGE)
     if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
         raise CommandError(f"--threshold is a cosine similarity in [-1, 1], got {args.threshold}", EXIT_USAGE)
+    if args.set_threshold and (args.enroll is None or args.model is None):
+        raise CommandError("--set-threshold needs --enroll K and --model DIR (the bundled model is not rewritten)",
+                           EXIT_USAGE)
     if args.pairs is not None and not Path(args.pairs).is_file():
         raise CommandError(f"pairs file {show_path(args.pairs)} does not exist", EXIT_USAGE)
     try:
@@ -173,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
     result["flip"] = bool(args.flip or getattr(embedder, "flip", False))
     result["backend"] = args.backend
     result["model"] = (getattr(embedder, "metadata", None) or {}).get("id")
+    if args.set_threshold:
+        _set_threshold(Path(args.model), result, args)
     if args.json:
         print(to_json(result))
     else:
