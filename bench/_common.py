@@ -183,8 +183,10 @@ def camera_folder(folder: Path, paths: Sequence[Path]) -> Path:
 class Faceidd:
     """faceidd as a subprocess on temporary paths; ready when it sends READY=1 to our NOTIFY_SOCKET."""
 
-    def __init__(self, base: Path, config: Path, socket_path: str, state_dir: Path):
+    def __init__(self, base: Path, config: Path, socket_path: str, state_dir: Path,
+                 env: dict[str, str] | None = None):
         self.base = base
+        self.env = env or {}
         self.config = config
         self.socket = socket_path
         self.state_dir = state_dir
@@ -201,7 +203,8 @@ class Faceidd:
             self.proc = subprocess.Popen(
                 [str(VENV_BIN / "faceidd"), "--config", str(self.config), "--socket", self.socket,
                  "--state-dir", str(self.state_dir)],
-                stdout=self._log, stderr=subprocess.STDOUT, env={**CLEAN_ENV, "NOTIFY_SOCKET": notify_path},
+                stdout=self._log, stderr=subprocess.STDOUT,
+                env={**CLEAN_ENV, **self.env, "NOTIFY_SOCKET": notify_path},
                 start_new_session=True)
             deadline = time.monotonic() + timeout
             while True:
@@ -247,6 +250,16 @@ class Faceidd:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def unit_environment() -> dict[str, str]:
+    """The Environment= settings of systemd/faceidd.service, so a benchmark's daemon runs as it is shipped."""
+    env = {}
+    for line in (REPO / "systemd" / "faceidd.service").read_text().splitlines():
+        if line.startswith("Environment="):
+            key, _, value = line[len("Environment="):].partition("=")
+            env[key] = value
+    return env
 
 
 def daemon_config(base: Path, model: Path, socket_path: str, state_dir: Path,

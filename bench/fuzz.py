@@ -10,7 +10,9 @@ embedder. Per input the daemon must close the connection within 8 s and send
 only valid messages; at the end it must be alive, answer status, and have
 no traceback or internal error in its log. VmRSS is read after a warm-up
 chunk and after every chunk: flat means the last reading is within
---rss-slack-mib of the first.
+--rss-slack-mib of the first. The daemon gets the Environment= of
+systemd/faceidd.service (MALLOC_ARENA_MAX=2), as it runs when installed;
+--glibc-default leaves it out.
 
     sudo .venv/bin/python bench/fuzz.py                  # 5,000 cases x 20 = 100,000 inputs, the README figure
     sudo .venv/bin/python bench/fuzz.py --cases 500      # a quick run
@@ -32,7 +34,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent / "tests"))
 from _common import (DEFAULT_OUT, Faceidd, daemon_config, default_model, machine, person_images,  # noqa: E402
-                     require_model, save_json, short_tmp, write_config)
+                     require_model, save_json, short_tmp, unit_environment, write_config)
 from fuzz_inputs import FuzzFailure, cases, expand, send_to_daemon, vm_rss_kib  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
@@ -80,7 +82,8 @@ def policy_off() -> dict[str, dict[str, Any]]:
     return values
 
 
-def run(n_cases: int, variants: int, model: Path | None, slack_mib: float) -> dict[str, Any]:
+def run(n_cases: int, variants: int, model: Path | None, slack_mib: float,
+        env: dict[str, str] | None = None) -> dict[str, Any]:
     base = short_tmp("fidf")
     try:
         state_dir = base / "state"
@@ -103,7 +106,7 @@ def run(n_cases: int, variants: int, model: Path | None, slack_mib: float) -> di
         config = write_config(base / "etc" / "config.yaml",
                               daemon_config(base, model or base / "no-model", socket_path, state_dir, policy_off()))
         # Faceidd.start unlinks its NOTIFY_SOCKET after READY=1: later notifications fail at once, never block.
-        daemon = Faceidd(base, config, socket_path, state_dir).start()
+        daemon = Faceidd(base, config, socket_path, state_dir, env).start()
         try:
             answers: collections.Counter[str] = collections.Counter()
             slowest = 0.0
@@ -159,7 +162,7 @@ def run(n_cases: int, variants: int, model: Path | None, slack_mib: float) -> di
         "tracebacks": logs.count("Traceback"), "internal_errors": logs.count("internal error"),
         "rss_kib": rss, "rss_warm_mib": warm / 1024, "rss_last_mib": last / 1024,
         "rss_max_mib": max((r for _, r in rss), default=0) / 1024,
-        "rss_flat": (last - warm) / 1024 <= slack_mib,
+        "rss_flat": (last - warm) / 1024 <= slack_mib, "environment": env or {},
     }
 
 
@@ -171,6 +174,8 @@ def main() -> int:
                         help="model folder (default: $FACEID_TEST_MODEL or the bundled model)")
     parser.add_argument("--no-model", action="store_true", help="fuzz without a model (no session inputs)")
     parser.add_argument("--rss-slack-mib", type=float, default=8.0, help="allowed RSS growth after warm-up")
+    parser.add_argument("--glibc-default", action="store_true",
+                        help="run faceidd without the unit's Environment= (MALLOC_ARENA_MAX): glibc's own arenas")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "fuzz.json")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -179,7 +184,7 @@ def main() -> int:
     if not args.no_model:
         require_model(args.model)
         model = args.model
-    result = run(args.cases, args.variants, model, args.rss_slack_mib)
+    result = run(args.cases, args.variants, model, args.rss_slack_mib, {} if args.glibc_default else unit_environment())
     result["machine"] = machine()
     result["command"] = "bench/fuzz.py " + " ".join(sys.argv[1:])
     save_json(args.out, result)

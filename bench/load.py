@@ -16,11 +16,12 @@ helper gives the daemon 1 s for that), frames scored per second, peak RSS.
 ``--no-frames`` runs sessions for a user who is not enrolled (hello ->
 verdict only): it needs no model and measures the connection handling alone.
 
-The daemon runs with daemon.max_sessions raised to cover the burst (the
-default, 8, makes the 9th concurrent session wait up to 3 s for a slot and
-then answers "busy"), a session timeout of 30 s (sessions queue for the
-one serialised detector), and lockout and liveness off (half the sessions fail
-on purpose; the frames are different photos, not a live face).
+The daemon runs with the Environment= of systemd/faceidd.service,
+daemon.max_sessions raised to cover the burst (the default, 8, makes the 9th
+concurrent session wait up to 3 s for a slot and then answers "busy"), a
+session timeout of 30 s (sessions queue for the one serialised detector),
+and lockout and liveness off (half the sessions fail on purpose; the frames
+are different photos, not a live face).
 
     sudo .venv/bin/python bench/load.py                      # 20 processes x 10 sessions, the README figure
     sudo .venv/bin/python bench/load.py --processes 5 --sessions 4 --out /tmp/load.json
@@ -42,7 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (DEFAULT_OUT, Faceidd, daemon_config, default_model, embed_images, enrol, machine,  # noqa: E402
                      person_images, proc_memory, require_faces, require_model, save_json, short_tmp, summary,
-                     write_config)
+                     unit_environment, write_config)
 
 from pam_faceid import protocol  # noqa: E402
 from pam_faceid.config import SCHEMA  # noqa: E402
@@ -138,7 +139,7 @@ def run(processes: int, sessions: int, model: Path | None, max_sessions: int) ->
         extra = {"daemon": {"max_sessions": max(max_sessions, 1)}, "auth": {"timeout": 30.0}, **policy_off()}
         config = write_config(base / "etc" / "config.yaml",
                               daemon_config(base, model or base / "no-model", socket_path, state_dir, extra))
-        with Faceidd(base, config, socket_path, state_dir) as daemon:
+        with Faceidd(base, config, socket_path, state_dir, unit_environment()) as daemon:
             idle = proc_memory(daemon.pid)
             # What each kind of session gets alone: the burst must give every session exactly that.
             reference = {kind: one_session(socket_path, f"quiet-{kind}", user, frames, time.monotonic() + 30)["result"]
