@@ -70,7 +70,9 @@ Messages (daemon -> client)
 ``status``   {"pid", "uptime", "users", "skipped", "sessions", "model", "lockouts", ...}.
 ``reload``   {"ok", "users", "skipped", "error"}.
 ``error``    {"code", "message"}: the request was not understood or not
-             allowed; codes in ERROR_CODES. The daemon closes the connection.
+             allowed; ``code`` is one of bad_message, too_large, bad_version,
+            unknown_type, unexpected, refused, busy, timeout, internal. The
+            daemon closes the connection.
 
 An authentication session is: hello -> ready (or a verdict such as
 not_enrolled/refused/locked_out/password_required) -> frame -> progress ... -> verdict. Frames

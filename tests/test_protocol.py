@@ -7,6 +7,7 @@ import socket
 import struct
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -215,3 +216,13 @@ def test_any_encoded_message_decodes_to_itself(msg_type, fields, payload):
     msg = protocol.decode_body(data[4:], protocol.CLIENT_TYPES)
     assert msg.type == msg_type and msg.payload == payload
     assert msg.fields == {k: v for k, v in fields.items() if k not in ("v", "type")}
+
+
+def test_readme_carries_the_wire_spec_and_every_code():
+    """The README's protocol section is protocol.py's docstring from "Wire format" on, word for word."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("<!-- protocol:start -->")[1].split("<!-- protocol:end -->")[0]
+    spec = protocol.__doc__[protocol.__doc__.index("Wire format"):].strip()
+    assert spec in section, "README's protocol section drifted: paste protocol.__doc__ from 'Wire format' on"
+    for word in (*protocol.RESULTS, *protocol.ERROR_CODES):
+        assert word in spec, f"{word} is not documented in protocol.py's docstring"
