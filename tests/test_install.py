@@ -190,3 +190,13 @@ def test_dev_refuses_a_venv_built_from_another_python(source: Path, tmp_path: Pa
     result = _run("--dev", "--no-apt", src=tree, check=False)
     assert result.returncode != 0
     assert "was not built from /usr/bin/python3" in result.stderr
+
+
+def test_ci_runs_exactly_the_readme_commands():
+    """.ci/run is the README's two development commands, verbatim, and nothing else."""
+    ci = [line for line in (REPO / ".ci" / "run").read_text().splitlines()
+          if line and not line.startswith(("#", "set ", "cd "))]
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Development and tests")[1].split("```sh")[1].split("```")[0]
+    commands = [line.split("  #")[0].strip() for line in block.strip().splitlines()]
+    assert ci == commands
