@@ -227,6 +227,12 @@ def model_id_of(embedder: Any) -> str:
     return ""
 
 
+DETECT_MAX_SIDE = 640
+"""Frames are scaled down to this long side before detection: the helper sends no more (its MAX_SEND_SIDE),
+and a client sending bigger frames must not buy more of the one serialised detector (three connections
+streaming 2048 px frames held an owner's login for 7 s)."""
+
+
 class Engine:
     """Frame bytes -> best similarity to a user's templates, through FacePipeline and Embedder.
 
@@ -267,9 +273,14 @@ class Engine:
             return None, "not_jpeg", None, None
         if not (0 < size[0] <= protocol.MAX_FRAME_SIDE and 0 < size[1] <= protocol.MAX_FRAME_SIDE):
             return None, "frame_too_large", None, None
-        frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        reduced = cv2.IMREAD_REDUCED_COLOR_2 if max(size) >= 2 * DETECT_MAX_SIDE else cv2.IMREAD_COLOR
+        frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), reduced)
         if frame is None:
             return None, "undecodable", None, None
+        scale = DETECT_MAX_SIDE / max(frame.shape[:2])
+        if scale < 1:
+            frame = cv2.resize(frame, (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale))),
+                               interpolation=cv2.INTER_AREA)
         with self.lock:
             try:
                 face = self.pipeline.find(frame)
@@ -867,19 +878,30 @@ class Daemon:
             return False, "state not writable: see the daemon log"
         return True, None
 
+    def _valid_fields(self, conn: socket.socket, pid: int, uid: int, kind: str, user: Any,
+                      texts: dict[str, Any]) -> bool:
+        """Check a request's user name and text fields; answer a protocol error and return False when bad.
+
+        The text fields go into the audit line: a newline there would let any
+        local user forge audit lines, so they must be short printable text.
+        """
+        names = "/".join(texts)
+        if not isinstance(user, str) or not all(isinstance(v, str) for v in texts.values()):
+            problem = f"{kind} needs string user/{names}"
+        elif not all(v.isprintable() and len(v) <= 256 for v in texts.values()):
+            problem = f"{kind} {names} must be printable text of at most 256 characters"
+        else:
+            try:
+                validate_user(user)
+                return True
+            except StoreError as exc:
+                problem = str(exc)
+        self._protocol_error(conn, pid, uid, protocol.ProtocolError(problem))
+        return False
+
     def _password_used(self, conn: socket.socket, msg: protocol.Message, pid: int, uid: int, state: State) -> None:
         user, service = msg.get("user"), msg.get("service", "")
-        if not isinstance(user, str) or not isinstance(service, str):
-            self._protocol_error(conn, pid, uid, protocol.ProtocolError("password_used needs string user/service"))
-            return
-        if not service.isprintable() or len(service) > 256:
-            self._protocol_error(conn, pid, uid, protocol.ProtocolError(
-                "password_used service must be printable text of at most 256 characters"))
-            return
-        try:
-            validate_user(user)
-        except StoreError as exc:
-            self._protocol_error(conn, pid, uid, protocol.ProtocolError(str(exc)))
+        if not self._valid_fields(conn, pid, uid, msg.type, user, {"service": service}):
             return
         if self._authorise(user, pid, uid, "password_used") is not None:
             self._send(conn, "error", {"code": "refused", "message": "a non-root client may only report its own user"})
@@ -893,18 +915,7 @@ class Daemon:
         t0 = time.monotonic()
         user, service = hello.get("user"), hello.get("service", "")
         tty, rhost = hello.get("tty", ""), hello.get("rhost", "")
-        if not all(isinstance(v, str) for v in (user, service, tty, rhost)):
-            self._protocol_error(conn, pid, uid, protocol.ProtocolError("hello needs string user/service/tty/rhost"))
-            return
-        if not all(v.isprintable() and len(v) <= 256 for v in (service, tty, rhost)):
-            # They go into the audit line: a newline there would let any local user forge audit lines.
-            self._protocol_error(conn, pid, uid, protocol.ProtocolError(
-                "hello service/tty/rhost must be printable text of at most 256 characters"))
-            return
-        try:
-            validate_user(user)
-        except StoreError as exc:
-            self._protocol_error(conn, pid, uid, protocol.ProtocolError(str(exc)))
+        if not self._valid_fields(conn, pid, uid, hello.type, user, {"service": service, "tty": tty, "rhost": rhost}):
             return
         kept: collections.deque[bytes] = collections.deque(maxlen=SNAPSHOT_FRAMES)
         verdict, frames_taken = self._run_session(conn, user, pid, uid, state, t0,
