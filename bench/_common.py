@@ -262,12 +262,22 @@ def unit_environment() -> dict[str, str]:
     return env
 
 
+BENCH_POLICY: dict[str, dict[str, Any]] = {
+    "liveness": {"mode": "off"},
+    "lockout": {"max_failures": 1000, "window": 1},
+}
+"""What every benchmark daemon changes from the defaults: the benchmarks replay still photos (liveness
+would answer not_live) and run many failing sessions in a row (a stranger under load, a weak model's
+no_match), which lockout would turn into refusals at hello with no frames scored."""
+
+
 def daemon_config(base: Path, model: Path, socket_path: str, state_dir: Path,
                   extra: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """The config values a benchmark daemon runs with: defaults, but our model, socket and state folder."""
+    """The config values a benchmark daemon runs with: defaults and BENCH_POLICY, our model, socket and state."""
     values: dict[str, dict[str, Any]] = {
         "daemon": {"socket": socket_path, "state_dir": str(state_dir)},
         "model": {"path": str(model)},
+        **{section: dict(keys) for section, keys in BENCH_POLICY.items()},
     }
     for section, keys in (extra or {}).items():
         values.setdefault(section, {}).update(keys)

@@ -1,9 +1,10 @@
 """One login "the Howdy way" with our own code: a fresh process that loads everything, decides, exits.
 
 The same code the daemon and helper run, minus the daemon: the daemon's
-load_state (config, model, warm-up embedding, every enrolment), the
-helper's frame source and JPEG encoding, the daemon's Engine.score and
-Decision. Prints one JSON line: the monotonic time of the verdict, how long
+load_state (config, model, warm-up embedding, every enrolment and per-user
+head), the helper's frame source and JPEG encoding, the daemon's
+Engine.examine (through the user's head, if any) and Decision with the
+config's liveness mode. Prints one JSON line: the monotonic time of the verdict, how long
 the camera took to open, and the verdict. Args: CONFIG USER.
 """
 
@@ -26,15 +27,15 @@ def main() -> int:
         raise SystemExit(f"model not loaded: {state.engine_error}")
     cfg = state.cfg
     decision = Decision(entry.threshold, cfg.auth.min_matching_frames, float(cfg.auth.timeout),
-                        int(cfg.daemon.max_frames_per_session))
+                        int(cfg.daemon.max_frames_per_session), liveness=cfg.liveness.mode)
     started = time.monotonic()
     source = FrameSource.from_config(cfg.camera)
     camera_open = time.monotonic() - started
     verdict = None
     with source:
         for frame in source.frames(timeout=float(cfg.auth.timeout)):
-            score, reason = entry.engine.score(encode_frame(frame), entry.templates)
-            verdict = decision.observe(score, reason, time.monotonic())
+            score, reason, decoded, face = entry.engine.examine(encode_frame(frame), entry.templates, entry.head)
+            verdict = decision.observe(score, reason, time.monotonic(), decoded, face)
             if verdict is not None:
                 break
     if verdict is None:

@@ -16,7 +16,11 @@ three. Opening the camera is timed inside each path and reported apart; the
 headline figures are without it (a real V4L2 camera's start-up is the same
 for all three). The three paths take turns attempt by attempt, in a rotating
 order, so load from other work on this shared machine hits them alike, and
-the ratios come from this one run.
+the ratios come from this one run. The daemon runs with the shipped unit's
+environment and the benchmarks' policy (_common.BENCH_POLICY): liveness off,
+since the camera replays still photos (bench/liveness.py measures that
+check), and no lockout, so a no_match never turns later attempts into
+refusals; the per-attempt path reads the same config.
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _howdy_attempt as howdy  # noqa: E402
-from _common import (BENCH, CLEAN_ENV, DEFAULT_OUT, PYTHON, Faceidd, camera_folder, cleanup_on_sigterm,  # noqa: E402
-                     daemon_config, default_model, embed_images, enrol, machine, pam_service, person_images,
-                     require_faces, require_model, save_json, short_tmp, summary, temp_user, write_config)
+from _common import (BENCH, BENCH_POLICY, CLEAN_ENV, DEFAULT_OUT, PYTHON, Faceidd, camera_folder,  # noqa: E402
+                     cleanup_on_sigterm, daemon_config, default_model, embed_images, enrol, machine, pam_service,
+                     person_images, require_faces, require_model, save_json, short_tmp, summary, temp_user,
+                     unit_environment, write_config)
 
 PATHS = ("daemon", "per_attempt", "howdy")
 LABELS = {"daemon": "pam_faceid (PAM + helper + warm faceidd)",
@@ -105,6 +110,8 @@ SESSION_LINE = re.compile(r"auth user=(\S+) .* verdict=(\S+) score=(\S+) frames=
 
 def run(model: Path, person: str, attempts: int, warmup: int, frames: int, enrol_count: int,
         threshold: float | None) -> dict:
+    from pam_faceid.config import load_config
+
     require_faces()
     require_model(model)
     images = person_images(person)
@@ -126,9 +133,11 @@ def run(model: Path, person: str, attempts: int, warmup: int, frames: int, enrol
         with temp_user() as user:
             enrol(state_dir, user, vectors, embedder)
             write_config(config, {**values, "camera": {"device": str(cameras[0])}})
+            min_matching = int(load_config(str(config)).auth.min_matching_frames)
             helper = f"{PYTHON} {BENCH / '_timed_helper.py'} --camera-log {camera_log} --config {config}"
             samples: dict[str, list[dict]] = {name: [] for name in PATHS}
-            with Faceidd(base, config, socket_path, state_dir) as daemon, pam_service(helper) as service:
+            with Faceidd(base, config, socket_path, state_dir, unit_environment()) as daemon, \
+                    pam_service(helper) as service:
                 client = PamClient(service, user, camera_log)
                 try:
                     for i in range(rounds):
@@ -160,7 +169,8 @@ def run(model: Path, person: str, attempts: int, warmup: int, frames: int, enrol
         "model": str(model), "threshold": threshold if threshold is not None else embedder.threshold,
         "person": person, "enrol_photos": len(used), "howdy_enrol_photos": howdy_enrolled,
         "frames_per_attempt": frames, "attempts": attempts, "warmup": warmup,
-        "min_matching_frames": 2, "howdy_certainty": howdy.CERTAINTY})
+        "min_matching_frames": min_matching, "howdy_certainty": howdy.CERTAINTY,
+        "liveness": BENCH_POLICY["liveness"]["mode"]})
 
 
 def report(samples: dict[str, list[dict]], warmup: int, setup: dict) -> dict:

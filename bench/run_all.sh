@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run every benchmark on this machine, then write bench/results.md and bench/*.png from their results.
+# Run every benchmark on this machine, then write bench/results.md, bench/*.png and README.md's Benchmarks
+# section (between its bench markers; not on --quick) from their results.
 #
 #   sudo bench/run_all.sh                  # the reported run (< 20 minutes on 2 cores)
 #   sudo bench/run_all.sh --model DIR      # another model folder (default: the bundled one)
@@ -18,7 +19,7 @@ while (($#)); do
     case $1 in
         --model) MODEL=(--model "$2"); shift 2 ;;
         --quick) QUICK=1; shift ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) echo "run_all.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -44,5 +45,7 @@ step "faceidd memory";                $PY bench/daemon_memory.py "${MODEL[@]}" "
 step "embedder speed, memory, accuracy"; $PY bench/embedder.py "${MODEL[@]}" "${PAIRS[@]}" --out "$OUT/embedder.json"
 step "per-user retraining vs the seed"; $PY bench/retrain.py "${MODEL[@]}" "${RETRAIN[@]}" --out "$OUT/retrain.json"
 step "report"
-$PY bench/report.py --results "$OUT" --out-dir bench --command "$COMMAND"
+README=()
+((QUICK)) || README=(--readme README.md)  # a quick run never reaches the README
+$PY bench/report.py --results "$OUT" --out-dir bench --command "$COMMAND" --elapsed $((SECONDS - started)) "${README[@]}"
 echo "== done in $((SECONDS - started)) s; raw results in $OUT"
