@@ -39,7 +39,6 @@ from fuzz_inputs import FuzzFailure, cases, expand, send_to_daemon, vm_rss_kib  
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
 from pam_faceid import protocol  # noqa: E402
-from pam_faceid.config import SCHEMA  # noqa: E402
 
 CHUNK_CASES = 250
 WORKERS = 4
@@ -72,16 +71,6 @@ def draw_chunk(index: int, n_cases: int, variants: int, jpegs: list[bytes]) -> l
     return out
 
 
-def policy_off() -> dict[str, dict[str, Any]]:
-    names = {key.name for key in SCHEMA}
-    values: dict[str, dict[str, Any]] = {}
-    if "lockout.max_failures" in names:
-        values["lockout"] = {"max_failures": 1000, "window": 1}
-    if "liveness.mode" in names:
-        values["liveness"] = {"mode": "off"}
-    return values
-
-
 def run(n_cases: int, variants: int, model: Path | None, slack_mib: float,
         env: dict[str, str] | None = None) -> dict[str, Any]:
     base = short_tmp("fidf")
@@ -104,7 +93,7 @@ def run(n_cases: int, variants: int, model: Path | None, slack_mib: float,
             jpegs += [cv2.imencode(".jpg", cv2.imread(str(p)))[1].tobytes() for p in person_images("Tony_Blair")[:2]]
             prefixes.append(protocol.encode("hello", protocol.hello_fields("root", "fuzz")))
         config = write_config(base / "etc" / "config.yaml",
-                              daemon_config(base, model or base / "no-model", socket_path, state_dir, policy_off()))
+                              daemon_config(base, model or base / "no-model", socket_path, state_dir))
         # Faceidd.start unlinks its NOTIFY_SOCKET after READY=1: later notifications fail at once, never block.
         daemon = Faceidd(base, config, socket_path, state_dir, env).start()
         try:

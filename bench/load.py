@@ -20,8 +20,8 @@ The daemon runs with the Environment= of systemd/faceidd.service,
 daemon.max_sessions raised to cover the burst (the default, 8, makes the 9th
 concurrent session wait up to 3 s for a slot and then answers "busy"), a
 session timeout of 30 s (sessions queue for the one serialised detector),
-and lockout and liveness off (half the sessions fail on purpose; the frames
-are different photos, not a live face).
+and lockout and liveness off (_common.BENCH_POLICY: half the sessions fail
+on purpose; the frames are different photos, not a live face).
 
     sudo .venv/bin/python bench/load.py                      # 20 processes x 10 sessions, the README figure
     sudo .venv/bin/python bench/load.py --processes 5 --sessions 4 --out /tmp/load.json
@@ -46,7 +46,6 @@ from _common import (DEFAULT_OUT, Faceidd, daemon_config, default_model, embed_i
                      unit_environment, write_config)
 
 from pam_faceid import protocol  # noqa: E402
-from pam_faceid.config import SCHEMA  # noqa: E402
 
 PERSON = "Tony_Blair"
 OTHER = "Hugo_Chavez"
@@ -109,16 +108,6 @@ def client_process(path: str, index: int, sessions: int, start_at: float, user: 
     queue.put(results)
 
 
-def policy_off() -> dict[str, dict[str, Any]]:
-    names = {key.name for key in SCHEMA}
-    values: dict[str, dict[str, Any]] = {}
-    if "lockout.max_failures" in names:
-        values["lockout"] = {"max_failures": 1000, "window": 1}
-    if "liveness.mode" in names:
-        values["liveness"] = {"mode": "off"}
-    return values
-
-
 AUDIT = re.compile(r"auth user=(\S+) service=(load-\d+-\d+) .* verdict=(\S+)")
 
 
@@ -136,7 +125,7 @@ def run(processes: int, sessions: int, model: Path | None, max_sessions: int) ->
             genuine = jpeg_frames(person_images(PERSON)[4:4 + FRAMES])
             impostor = jpeg_frames(person_images(OTHER)[:FRAMES])
             user = USER
-        extra = {"daemon": {"max_sessions": max(max_sessions, 1)}, "auth": {"timeout": 30.0}, **policy_off()}
+        extra = {"daemon": {"max_sessions": max(max_sessions, 1)}, "auth": {"timeout": 30.0}}
         config = write_config(base / "etc" / "config.yaml",
                               daemon_config(base, model or base / "no-model", socket_path, state_dir, extra))
         with Faceidd(base, config, socket_path, state_dir, unit_environment()) as daemon:
