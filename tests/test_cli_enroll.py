@@ -82,7 +82,8 @@ def test_frames_without_exactly_one_face_are_refused_with_a_hint(cli_env, temp_u
     nothing = faceid(config, "enroll", temp_user.name, "--from",
                      str(folder / "a_blank.png"), "--label", "bad")
     assert nothing.returncode == 1 and "nothing stored" in nothing.stderr
-    assert "bad" not in _users_file(config, temp_user.name).read_text()
+    stored = json.loads(_users_file(config, temp_user.name).read_text())
+    assert "bad" not in [t["label"] for t in stored["templates"]] and len(stored["templates"]) == 1
 
 
 def test_keep_images_stores_raw_frames_root_only(cli_env, temp_user, person_images):
