@@ -41,6 +41,7 @@ def write_config(folder: Path, camera: Path | str, **extra: dict[str, object]) -
         "daemon": {"socket": str(folder / "faceidd.sock"), "state_dir": str(folder / "state")},
         "model": {"path": str(model_dir())},
         "auth": {"abort_if_ssh": False, "abort_if_lid_closed": False, "timeout": 6.0},
+        "liveness": {"mode": "off"},  # the cameras here show photos moved about; liveness is test_liveness.py's
     }
     for section, values in extra.items():
         sections.setdefault(section, {}).update(values)
@@ -156,12 +157,12 @@ def temp_user() -> Iterator[TempUser]:
 
 @pytest.fixture
 def cli_env(tmp_path: Path, person_images) -> Iterator[tuple[Path, Path]]:
-    """(config, camera folder): a config whose camera is a folder of the enrolled test person's images."""
-    from conftest import PERSON, fill_image_folder
+    """(config, camera folder): a config whose camera shows the test person as enrolled (conftest.session_frames)."""
+    from conftest import PERSON, session_frames, write_frames
 
     require_root()
     tmp_path.chmod(0o700)
-    camera = fill_image_folder(person_images(PERSON)[20:26], tmp_path / "camera")
+    camera = write_frames(session_frames(person_images(PERSON)[:3]), tmp_path / "camera")
     yield write_config(tmp_path, camera), camera
 
 

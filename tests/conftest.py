@@ -146,3 +146,31 @@ def make_image_folder(tmp_path: Path) -> Callable[..., Path]:
         return fill_image_folder(paths, folder, copy=copy)
 
     return make
+
+
+def session_frames(paths: Sequence[Path | str], per_photo: int = 2, seed: int = 0) -> list[np.ndarray]:
+    """Camera-like frames of the photos a person enrolled with: as a camera sees them again at login.
+
+    The same face under the same light, moved, scaled, turned and with sensor
+    noise (faceid demo's frames). Login tests show these for "the enrolled
+    person": they test the path, and a face seen under enrolment conditions
+    is what a login sees. Recognition across different photos (new light,
+    age, pose) is measured by ``faceid evaluate`` on dev, not asserted here.
+    """
+    from pam_faceid.cli.demo import camera_frames
+    from pam_faceid.images import read_image
+
+    return [frame for i, path in enumerate(paths) for frame in camera_frames(read_image(path), per_photo, seed + i)]
+
+
+def write_frames(frames: Iterable[np.ndarray], folder: Path | str) -> Path:
+    """A camera folder of JPEG frames (frame_000.jpg, ...) that every user can read (0755/0644)."""
+    folder = Path(folder)
+    _check_outside_repo(folder)
+    folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+    folder.chmod(0o755)
+    for i, frame in enumerate(frames):
+        path = folder / f"frame_{i:03d}.jpg"
+        cv2.imwrite(str(path), frame)
+        path.chmod(0o644)
+    return folder

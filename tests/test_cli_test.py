@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cli_support import PamService, cli_env, daemon, faceid, temp_user, write_config  # noqa: F401 (fixtures)
-from conftest import OTHER_PERSON, PERSON
+from conftest import OTHER_PERSON, PERSON, session_frames, write_frames
 
 
 @pytest.fixture
@@ -19,9 +19,10 @@ def enrolled(cli_env, temp_user, person_images, make_image_folder):
     return config, temp_user
 
 
-def test_frames_of_the_person_match_and_of_another_do_not(enrolled, person_images, make_image_folder):
+def test_frames_of_the_person_match_and_of_another_do_not(enrolled, person_images, make_image_folder, tmp_path):
     config, user = enrolled
-    same = faceid(config, "test", user.name, "--from", str(make_image_folder(person_images(PERSON)[30:36])))
+    same = faceid(config, "test", user.name, "--from",
+                  str(write_frames(session_frames(person_images(PERSON)[:3]), tmp_path / "same")))
     assert same.returncode == 0, same.stdout + same.stderr
     assert "MATCH" in same.stdout and "verdict: match" in same.stdout
     other = faceid(config, "test", user.name, "--from", str(make_image_folder(person_images(OTHER_PERSON)[:6])))

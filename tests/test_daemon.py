@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from faceidd_util import Faceidd, daemon_dir, enrol, faceidd, require_model, run_as_nobody  # noqa: F401
+from conftest import session_frames, write_frames
 
 from pam_faceid import protocol
 from pam_faceid.daemon import Decision, Verdict
@@ -356,7 +357,7 @@ def model_daemon(faceidd, person_images):
 
 def test_session_matches_the_enrolled_person_and_not_another(model_daemon):
     d = model_daemon
-    frames = [jpeg(cv2.imread(str(p))) for p in d.genuine[4:14]]
+    frames = [jpeg(f) for f in session_frames(d.genuine[:4])]
     _, verdict = run_session(d.socket, "root", frames)
     assert verdict.get("result") == "match", verdict.fields
     frames = [jpeg(cv2.imread(str(p))) for p in d.impostor[:10]]
@@ -385,7 +386,7 @@ def test_frame_limit_per_session(model_daemon):
 
 def test_reload_does_not_drop_a_session_in_flight(model_daemon):
     d = model_daemon
-    frames = [jpeg(cv2.imread(str(p))) for p in d.genuine[4:14]]
+    frames = [jpeg(f) for f in session_frames(d.genuine[:4])]
     with protocol.Client(d.socket, 5) as client:
         assert client.request("hello", protocol.hello_fields("root", "test"), timeout=5).type == "ready"
         first = client.request("frame", payload=frames[0], timeout=10)

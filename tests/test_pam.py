@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 import pytest
 from faceidd_util import HELPER, PYTHON, daemon_dir, enrol, faceidd, require_model  # noqa: F401
+from conftest import session_frames, write_frames
 
 from pam_faceid import helper, protocol
 
@@ -322,7 +323,7 @@ def enrolled(faceidd, make_user, person_images):
 
     user = make_user()
     genuine = person_images(PERSON)
-    d = faceidd()
+    d = faceidd({"liveness": {"mode": "off"}})  # the cameras show photos moved about; liveness: test_liveness.py
     enrol(d.state_dir, user, genuine[:4])
     d.start()
     return d, user, genuine, person_images(OTHER_PERSON)
@@ -330,7 +331,7 @@ def enrolled(faceidd, make_user, person_images):
 
 def test_enrolled_person_through_an_image_folder_camera_succeeds(enrolled, pam_service):
     d, user, genuine, _ = enrolled
-    d.rewrite_config({"camera": {"device": str(images_folder(d.base, genuine[4:12]))}})
+    d.rewrite_config({"camera": {"device": str(write_frames(session_frames(genuine[:4]), d.base / "genuine"))}})
     ok, shown, seconds = authenticate(pam_service(d.config_path), user)
     assert ok, d.logs()
     assert shown == [helper.NOTICE_LOOKING, helper.NOTICE_MATCH]
@@ -339,7 +340,7 @@ def test_enrolled_person_through_an_image_folder_camera_succeeds(enrolled, pam_s
 
 def test_enrolled_person_through_a_video_camera_succeeds(enrolled, pam_service, make_video):
     d, user, genuine, _ = enrolled
-    video = make_video(genuine[4:12], out_path=d.base / "genuine.avi", fps=10)
+    video = make_video(session_frames(genuine[:4]), out_path=d.base / "genuine.avi", fps=10)
     os.chmod(video, 0o644)
     d.rewrite_config({"camera": {"device": str(video)}})
     ok, shown, _ = authenticate(pam_service(d.config_path), user)
@@ -359,7 +360,7 @@ def test_another_person_falls_through(enrolled, pam_service):
 def test_screen_locker_running_as_the_user_may_ask_about_itself(enrolled, pam_service):
     """A locker runs PAM as the user: the helper then connects with the user's uid, which may ask about itself."""
     d, user, genuine, _ = enrolled
-    d.rewrite_config({"camera": {"device": str(images_folder(d.base, genuine[4:12]))}})
+    d.rewrite_config({"camera": {"device": str(write_frames(session_frames(genuine[:4]), d.base / "genuine"))}})
     ok, shown, _ = authenticate(pam_service(d.config_path), user, as_user=user)
     assert ok, d.logs()
     assert shown == [helper.NOTICE_LOOKING, helper.NOTICE_MATCH]
