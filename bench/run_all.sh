@@ -33,7 +33,7 @@ OUT=${FACEID_BENCH_OUT:-/tmp/pam_faceid-bench/run-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 export FACEID_BENCH_OUT=$OUT
 if ((QUICK)); then
-    ATTEMPTS=(--attempts 10) HELPER=(--runs 10) MEMORY=(--repeats 1 --load-seconds 3) PAIRS=(--quick 30) RETRAIN=(--quick)
+    ATTEMPTS=(--attempts 10 --match-attempts 10) HELPER=(--runs 10) MEMORY=(--repeats 1 --load-seconds 3) PAIRS=(--quick 30) RETRAIN=(--quick)
 else
     ATTEMPTS=() HELPER=() MEMORY=() PAIRS=() RETRAIN=()
 fi
