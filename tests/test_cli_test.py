@@ -67,3 +67,17 @@ def test_status_shows_daemon_model_users_and_pam_services(enrolled, daemon):
     daemon.stop()
     down = faceid(config, "status")
     assert down.returncode == 1 and "daemon:   not running" in down.stdout
+
+
+def test_status_reports_an_unreadable_per_user_head(enrolled):
+    """A corrupt head.npz is named by faceid status (exit 1); the daemon ignores it and uses the base model."""
+    config, user = enrolled
+    folder = config.parent / "state" / "models" / user.name
+    folder.mkdir(mode=0o700, parents=True)
+    (folder / "head.npz").write_bytes(b"not a zip")
+    (folder / "head.npz").chmod(0o600)
+    shown = faceid(config, "status")
+    assert shown.returncode == 1
+    assert f"UNREADABLE per-user head of {user.name} (ignored: scored by the base model)" in shown.stdout
+    assert "corrupt head file" in shown.stdout
+

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from pam_faceid.cli import EXIT_FAILURE
@@ -118,10 +117,17 @@ def _enrolments(cfg: Any) -> dict[str, Any]:
         good, bad = common.open_store(cfg).load_all()
     except StoreError as exc:
         return {"error": str(exc)}
-    models = Path(cfg.daemon.state_dir) / "models"
-    return {"users": {u: {"templates": len(e.templates), "per_user_model": (models / u).is_dir()}
-                      for u, e in sorted(good.items())},
-            "unreadable": bad}
+    from pam_faceid.userhead import HeadError, read_head
+
+    users: dict[str, dict[str, Any]] = {}
+    bad_heads: dict[str, str] = {}
+    for user, enrolment in sorted(good.items()):
+        try:
+            head = read_head(cfg.daemon.state_dir, user) is not None
+        except (HeadError, StoreError) as exc:
+            head, bad_heads[user] = False, str(exc)
+        users[user] = {"templates": len(enrolment.templates), "per_user_model": head}
+    return {"users": users, "unreadable": bad, "unreadable_heads": bad_heads}
 
 
 def _lockouts(cfg: Any) -> dict[str, Any]:
@@ -189,6 +195,8 @@ def _print(report: dict[str, Any]) -> None:
         print(f"enrolled: {listed or 'nobody'}")
         for user, why in e["unreadable"].items():
             print(f"          UNREADABLE {user}: {why}")
+        for user, why in e.get("unreadable_heads", {}).items():
+            print(f"          UNREADABLE per-user head of {user} (ignored: scored by the base model): {why}")
     _print_lockouts(report["lockouts"], report["enrolments"])
     services = report["pam_services"]
     print(f"pam:      face auth on for {', '.join(services) if services else 'no service'} (in {PAM_DIR})")
@@ -232,5 +240,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"config:   {cfg.path}{'' if cfg.from_file else ' (no file: defaults)'}")
         _print(report)
     broken = (daemon.get("running") is False or not report["camera"].get("ok") or not report["model"].get("ok")
-              or bool(report["enrolments"].get("unreadable")) or bool(report["lockouts"].get("unreadable")))
+              or bool(report["enrolments"].get("unreadable")) or bool(report["enrolments"].get("unreadable_heads"))
+              or bool(report["lockouts"].get("unreadable")))
     return EXIT_FAILURE if broken else 0
