@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=.venv/bin/python
-COMMAND="bench/run_all.sh $*"
+COMMAND="bench/run_all.sh${*:+ $*}"
 MODEL=()
 QUICK=0
 while (($#)); do
