@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pam_faceid import dataset
+from pam_faceid import dataset, source_commit
 from pam_faceid.embedder import META_FILE, ONNX_FILE, TORCH_FILE, preprocess
 from pam_faceid.network import EmbeddingNet, export_onnx
 
@@ -56,14 +55,6 @@ class TrainConfig:
     calibration_faces: int = 2048  # clean training faces that set batch-norm statistics before each validation
     max_minutes: float = 0.0  # stop (after an epoch) once exceeded; 0 = no limit
     steps_per_epoch: int = 0  # 0 = one pass over the faces
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def load_faces(cfg: TrainConfig, progress: bool = True) -> dataset.FaceSet:
@@ -334,7 +325,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         "best_epoch": best["epoch"] if best else None,
         "validation": best,
         "seconds": round(time.time() - started, 1),
-        "commit": _git_commit(),
+        "commit": source_commit(),
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
     }

@@ -144,28 +144,28 @@ def _set_threshold(model: Path, result: dict, args: argparse.Namespace) -> None:
     """Store the dev-chosen threshold beside the model, with where it came from (the only thing fit on dev)."""
     import datetime
     import json
-    import os
-    import subprocess
+
+    from pam_faceid import source_commit
+    from pam_faceid.store import StoreError, atomic_write_bytes
 
     threshold = result.get("enroll_threshold_at_far_1e-3")
     if threshold is None:
         raise CommandError("no threshold for FAR 1e-3: the enrol run had no genuine or no impostor attempts")
     path = model / "model.json"
     meta = json.loads(path.read_text())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
     keys = ("accuracy", "auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "enroll_k",
             "enroll_frr_at_far_1e-3", "genuine_attempts", "impostor_attempts", "images", "identities", "no_face")
     meta["threshold"] = round(float(threshold), 4)
     meta["threshold_source"] = {
         "rule": f"lowest threshold with enrol-{args.enroll} FAR <= 1e-3 on the data below",
         "data": str(args.dataset), "pairs": args.pairs, "date": datetime.date.today().isoformat(),
-        "commit": commit, "command": " ".join(["faceid", *sys.argv[1:]]),
+        "commit": source_commit(), "command": " ".join(["faceid", *sys.argv[1:]]),
         "metrics": {k: result.get(k) for k in keys},
     }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        atomic_write_bytes(path, (json.dumps(meta, indent=2) + "\n").encode(), mode=0o644)
+    except StoreError as exc:
+        raise CommandError(str(exc)) from None
     print(f"threshold {meta['threshold']:.4f} written to {path}", file=sys.stderr)
 
 
