@@ -253,13 +253,10 @@ class Engine:
         # One embedding at load: warms the runtime up and tells the vector size enrolments must have.
         self.dim = int(self.embedder.embed_one(np.zeros((ALIGN_SIZE, ALIGN_SIZE, 3), np.uint8)).size)
 
-    def score(self, jpeg: bytes, templates: np.ndarray, head: UserHead | None = None) -> tuple[float | None, str | None]:
-        """(best cosine similarity, None) or (None, why there is no usable face)."""
-        return self.examine(jpeg, templates, head)[:2]
-
     def examine(self, jpeg: bytes, templates: np.ndarray,
                 head: UserHead | None = None) -> tuple[float | None, str | None, Any, Any]:
-        """``score``'s answer plus the decoded frame and the faces.Face scored (None when there is none).
+        """(best cosine similarity, None) or (None, why there is no usable face), plus the decoded frame and
+        the faces.Face scored (None when there is none).
 
         With a per-user ``head`` (faceid retrain) the frame's vector is mapped
         by it, as the templates were when they were loaded.
