@@ -211,3 +211,25 @@ def enrol(state_dir: Path, user: str, paths: Sequence[Path]) -> None:
 
     vectors, embedder = embed_images(paths)
     Store(state_dir).add_templates(user, vectors, label="test", model_id=model_id_of(embedder))
+
+
+@pytest.fixture
+def pam_files():
+    """``pam_files(text, prefix)`` -> name of a fresh /etc/pam.d service holding ``text``; all removed afterwards."""
+    import secrets
+
+    made: list[Path] = []
+
+    def make(text: str, prefix: str = "faceid-test") -> str:
+        name = f"{prefix}-{secrets.token_hex(5)}"
+        path = Path("/etc/pam.d") / name
+        made.append(path)
+        path.write_text(text)
+        return name
+
+    try:
+        yield make
+    finally:
+        for path in made:
+            path.unlink(missing_ok=True)
+

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import socket
 import subprocess
 import threading
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_support import faceid, temp_user  # noqa: F401
-from faceidd_util import (HELPER, PYTHON, daemon_dir, enrol, faceidd, require_model,  # noqa: F401
+from faceidd_util import (HELPER, PYTHON, daemon_dir, enrol, faceidd, pam_files, require_model,  # noqa: F401
                           run_as_nobody, write_config)
 
 from pam_faceid import helper, pamconf, protocol
@@ -329,25 +328,16 @@ AUTH_UPDATE_STACK = ("auth [success=2 default=ignore] pam_exec.so quiet stdout s
 
 
 @pytest.fixture
-def pam_stack():
+def pam_stack(pam_files):
     """``pam_stack(config, template=None)`` -> a /etc/pam.d service: SERVICE as `faceid pam enable` edits it, or
     ``template`` with {helper} filled in."""
-    made: list[Path] = []
 
     def make(config: Path, template: str | None = None) -> str:
-        name = f"faceid-lockout-{secrets.token_hex(4)}"
-        path = Path("/etc/pam.d") / name
         helper_command = f"{HELPER} --config {config}"
-        path.write_text(template.format(helper=helper_command) if template
-                        else pamconf.insert_lines(SERVICE, helper_command))
-        made.append(path)
-        return name
+        return pam_files(template.format(helper=helper_command) if template
+                         else pamconf.insert_lines(SERVICE, helper_command), "faceid-lockout")
 
-    try:
-        yield make
-    finally:
-        for path in made:
-            path.unlink(missing_ok=True)
+    return make
 
 
 def pam_login(service: str, user: str, password: str) -> tuple[bool, list[str]]:

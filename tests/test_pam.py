@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from faceidd_util import HELPER, PYTHON, daemon_dir, enrol, faceidd, require_model  # noqa: F401
+from faceidd_util import HELPER, PYTHON, daemon_dir, enrol, faceidd, pam_files, require_model  # noqa: F401
 from conftest import session_frames, write_frames
 
 from pam_faceid import helper, protocol
@@ -35,26 +35,12 @@ MESSAGES_NONE: list[str] = []
 
 
 @pytest.fixture
-def pam_service():
+def pam_service(pam_files):
     """``pam_service(config_path)`` -> name of a fresh /etc/pam.d service that runs the helper with that config."""
-    made: list[Path] = []
-
-    def make(config_path: Path | str) -> str:
-        name = f"faceid-test-{uuid.uuid4().hex[:10]}"
-        path = Path("/etc/pam.d") / name
-        path.write_text(
-            f"auth    [success=done default=ignore] pam_exec.so quiet stdout seteuid {HELPER} --config {config_path}\n"
-            "auth    requisite pam_deny.so\n"
-            "account required pam_permit.so\n"
-        )
-        made.append(path)
-        return name
-
-    try:
-        yield make
-    finally:
-        for path in made:
-            path.unlink(missing_ok=True)
+    return lambda config_path: pam_files(
+        f"auth    [success=done default=ignore] pam_exec.so quiet stdout seteuid {HELPER} --config {config_path}\n"
+        "auth    requisite pam_deny.so\n"
+        "account required pam_permit.so\n")
 
 
 @pytest.fixture
