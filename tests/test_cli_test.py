@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
+import cv2
 import pytest
 
-from cli_support import PamService, cli_env, daemon, faceid, temp_user, write_config  # noqa: F401 (fixtures)
+from cli_support import Daemon, PamService, cli_env, daemon, faceid, temp_user, write_config  # noqa: F401 (fixtures)
 from conftest import OTHER_PERSON, PERSON, session_frames, write_frames
 
 
@@ -80,4 +82,27 @@ def test_status_reports_an_unreadable_per_user_head(enrolled):
     assert shown.returncode == 1
     assert f"UNREADABLE per-user head of {user.name} (ignored: scored by the base model)" in shown.stdout
     assert "corrupt head file" in shown.stdout
+
+
+def test_snapshot_writes_the_frames_of_the_last_attempt(enrolled, tmp_path):
+    """With snapshots on, a login through real PAM leaves its frames; faceid snapshot writes them out."""
+    config, user = enrolled
+    assert faceid(config, "config", "snapshots.enabled", "true").returncode == 0
+    kept = config.parent / "state" / "snapshots"
+    proc = Daemon(config)
+    service = PamService(config)
+    try:
+        assert faceid(config, "test", user.name, "--pam", service.name).returncode == 0
+        deadline = time.monotonic() + 5  # written just after the verdict is sent
+        while not list(kept.glob("*/attempt.json")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        service.remove()
+        proc.stop()
+    out = tmp_path / "snaps"
+    done = faceid(config, "snapshot", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert f"user {user.name}, verdict match" in done.stdout
+    frames = sorted(out.glob("*/frame_*.jpg"))
+    assert frames and cv2.imread(str(frames[0])) is not None
 
