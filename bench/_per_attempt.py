@@ -16,7 +16,7 @@ import time
 
 from pam_faceid.camera import FrameSource
 from pam_faceid.daemon import Decision, load_state
-from pam_faceid.helper import encode_frame
+from pam_faceid.camera import encode_jpeg
 
 
 def main() -> int:
@@ -34,7 +34,7 @@ def main() -> int:
     verdict = None
     with source:
         for frame in source.frames(timeout=float(cfg.auth.timeout)):
-            score, reason, decoded, face = entry.engine.examine(encode_frame(frame), entry.templates, entry.head)
+            score, reason, decoded, face = entry.engine.examine(encode_jpeg(frame), entry.templates, entry.head)
             verdict = decision.observe(score, reason, time.monotonic(), decoded, face)
             if verdict is not None:
                 break

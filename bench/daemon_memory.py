@@ -136,12 +136,12 @@ def one_round(model: Path, vectors: np.ndarray, embedder: object, frames: list[b
 
 def run(model: Path, repeats: int, load_seconds: float, stranger: str) -> dict:
     from pam_faceid.images import read_image
-    from pam_faceid.helper import encode_frame
+    from pam_faceid.camera import encode_jpeg
 
     require_faces()
     require_model(model)
     vectors, embedder = pool_vectors(model, 200)
-    frames = [encode_frame(read_image(p)) for p in person_images(stranger)[:20]]
+    frames = [encode_jpeg(read_image(p)) for p in person_images(stranger)[:20]]
     rounds = [one_round(model, vectors, embedder, frames, load_seconds) for _ in range(repeats)]
     keys = rounds[0].keys()
     return {"machine": machine(), "model": str(model), "repeats": repeats, "load_seconds": load_seconds,

@@ -55,12 +55,12 @@ FRAMES = 4
 
 
 def jpeg_frames(paths: list[Path]) -> list[bytes]:
-    """Frames as the helper sends them (pam_faceid.helper.encode_frame: <= 640 px, JPEG quality 85)."""
+    """Frames as the helper sends them (pam_faceid.camera.encode_jpeg: <= 640 px, JPEG quality 85)."""
     import cv2
 
-    from pam_faceid.helper import encode_frame
+    from pam_faceid.camera import encode_jpeg
 
-    return [encode_frame(cv2.imread(str(p))) for p in paths]
+    return [encode_jpeg(cv2.imread(str(p))) for p in paths]
 
 
 def one_session(path: str, tag: str, user: str, frames: list[bytes], deadline: float) -> dict[str, Any]:

@@ -1,38 +1,43 @@
 """Frame sources: a V4L2 camera, a video file, or a folder of images.
 
 Everything downstream (faces, the helper, enrolment, tests) sees one thing: an
-iterator of BGR uint8 frames. A webcam, an IR camera, a recorded video and a
-folder of photos are interchangeable, which is how this project runs and is
-tested on machines without a camera. The PAM helper imports this module, so it
-depends on cv2, numpy and the standard library only.
+iterator of BGR uint8 frames, or of the JPEG frames the daemon takes
+(:meth:`FrameSource.jpeg_frames`). A webcam, an IR camera, a recorded video
+and a folder of photos are interchangeable, which is how this project runs and
+is tested on machines without a camera.
+
+The PAM helper imports this module, so it depends on the standard library at
+the top; cv2 and numpy are imported where frames are decoded. Importing
+OpenCV takes longer than everything else the helper does, and an image
+folder's JPEG files reach the daemon without it.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 import threading
 import time
-from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import cv2
-import numpy as np
+from pam_faceid.images import IMAGE_SUFFIXES, entry_kind, read_image, to_bgr8
+from pam_faceid.protocol import jpeg_size
 
-from pam_faceid.images import IMAGE_SUFFIXES, read_image, to_bgr8
-
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import cv2
+    import numpy as np
 
 OPEN_TIMEOUT = 1.0
 """Seconds a source may take to open before it is reported as broken (PAM must fall through fast)."""
 
-ROTATIONS = {
-    0: None,
-    90: cv2.ROTATE_90_CLOCKWISE,
-    180: cv2.ROTATE_180,
-    270: cv2.ROTATE_90_COUNTERCLOCKWISE,
-}
+ROTATIONS = (0, 90, 180, 270)
+"""The values ``camera.rotate`` takes: clockwise degrees."""
+
+MAX_SEND_SIDE = 640
+"""JPEG frames are at most this many pixels on their long side (a few tens of KiB; the daemon detects at 640)."""
+JPEG_QUALITY = 85
+MAX_AS_IS_BYTES = 1 << 20
+"""An image folder's JPEG file larger than this is decoded and re-encoded rather than sent as it is."""
 
 # Luma weights (BT.601, as cv2.cvtColor BGR2GRAY) in B, G, R order: the mean of the grey frame.
 _LUMA_BGR = (0.114, 0.587, 0.299)
@@ -54,8 +59,41 @@ def _check_options(spec: str, rotate: int, dark_threshold: float) -> None:
 
 def brightness_percent(frame: np.ndarray) -> float:
     """Mean luma of a BGR frame as a percentage of 255 (the measure ``dark_threshold`` compares with)."""
+    import cv2
+
     b, g, r, _ = cv2.mean(frame)
     return (b * _LUMA_BGR[0] + g * _LUMA_BGR[1] + r * _LUMA_BGR[2]) * 100.0 / 255.0
+
+
+def rotated(frame: np.ndarray, degrees: int) -> np.ndarray:
+    """The frame turned ``degrees`` (one of ROTATIONS) clockwise."""
+    import cv2
+
+    codes = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+    return cv2.rotate(frame, codes[degrees]) if degrees else frame
+
+
+def encode_jpeg(frame: np.ndarray, max_side: int = MAX_SEND_SIDE) -> bytes:
+    """A BGR frame as JPEG bytes, downscaled to ``max_side``: the frame the daemon takes."""
+    import cv2
+
+    height, width = frame.shape[:2]
+    scale = max_side / max(height, width)
+    if scale < 1:
+        frame = cv2.resize(frame, (max(1, round(width * scale)), max(1, round(height * scale))),
+                           interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise CameraError("cannot encode a camera frame as JPEG")
+    return buf.tobytes()
+
+
+def sends_as_is(device: str, rotate: int = 0) -> bool:
+    """Whether :meth:`FrameSource.jpeg_frames` of this source can go without OpenCV (an unrotated image folder
+    or JPEG file; a folder's other files still load it), so the helper knows whether to start importing it early."""
+    if rotate:
+        return False
+    return os.path.isdir(device) or os.path.splitext(device)[1].lower() in (".jpg", ".jpeg", ".jpe")
 
 
 def _run_with_timeout(what: str, opener: Any, timeout: float) -> Any:
@@ -137,11 +175,7 @@ class FrameSource:
         if raw is None:
             return None
         self.frames_read += 1
-        frame = to_bgr8(raw)
-        code = ROTATIONS[self.rotate]
-        if code is not None:
-            frame = cv2.rotate(frame, code)
-        return frame
+        return rotated(to_bgr8(raw), self.rotate)
 
     def is_dark(self, frame: np.ndarray) -> bool:
         """True when the frame's mean brightness is under ``dark_threshold`` percent."""
@@ -167,6 +201,11 @@ class FrameSource:
         deadline = None if timeout is None else time.monotonic() + timeout
         while (frame := self._next_bright(deadline)) is not None:
             yield frame
+
+    def jpeg_frames(self, timeout: float | None = None) -> Iterator[bytes]:
+        """:meth:`frames` as the JPEG bytes the daemon takes (at most MAX_SEND_SIDE pixels)."""
+        for frame in self.frames(timeout):
+            yield encode_jpeg(frame)
 
     def __iter__(self) -> "FrameSource":
         return self
@@ -203,7 +242,7 @@ class FrameSource:
 class _CaptureSource(FrameSource):
     """A source backed by ``cv2.VideoCapture`` (V4L2 device or video file)."""
 
-    def __init__(self, spec: str, capture: cv2.VideoCapture, **kwargs: Any) -> None:
+    def __init__(self, spec: str, capture: "cv2.VideoCapture", **kwargs: Any) -> None:
         super().__init__(spec, **kwargs)
         self._capture = capture
 
@@ -234,7 +273,7 @@ class ImageFolderSource(FrameSource):
 
     kind = "images"
 
-    def __init__(self, spec: str, paths: list[Path], **kwargs: Any) -> None:
+    def __init__(self, spec: str, paths: list[str], **kwargs: Any) -> None:
         super().__init__(spec, **kwargs)
         self.paths = paths
         self._next = 0
@@ -247,12 +286,44 @@ class ImageFolderSource(FrameSource):
             if image is not None:
                 return image
             self.skipped_files += 1
-            log.debug("skipped %s: not a readable image", path)
         return None
+
+    def _as_is(self, path: str) -> bytes | None:
+        """The file's bytes when the daemon can take them unchanged: an unrotated JPEG of at most MAX_SEND_SIDE px."""
+        if self.rotate or entry_kind(path) != "file":
+            return None
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_AS_IS_BYTES + 1)
+        except OSError:
+            return None
+        size = jpeg_size(data) if len(data) <= MAX_AS_IS_BYTES else None
+        return data if size is not None and 0 < min(size) and max(size) <= MAX_SEND_SIDE else None
+
+    def jpeg_frames(self, timeout: float | None = None) -> Iterator[bytes]:
+        """The images as JPEG frames; a small JPEG file goes out as it is, without decoding.
+
+        Such a file is neither decoded nor checked for darkness here (the
+        daemon applies ``dark_threshold`` too), so a folder of camera JPEGs
+        reaches the daemon without importing OpenCV. Anything else is decoded,
+        skipped when dark, and re-encoded as :meth:`FrameSource.jpeg_frames` does.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._next < len(self.paths) and (deadline is None or time.monotonic() < deadline):
+            data = self._as_is(self.paths[self._next])
+            if data is not None:
+                self._next += 1
+                self.frames_read += 1
+                yield data
+                continue
+            frame = self._next_bright(deadline)
+            if frame is None:
+                return
+            yield encode_jpeg(frame)
 
 
 def _open_v4l2(device: str, *, width: int, height: int, fps: float, force_mjpeg: bool,
-               exposure: float, timeout: float) -> cv2.VideoCapture:
+               exposure: float, timeout: float) -> "cv2.VideoCapture":
     try:
         st = os.stat(device)
     except FileNotFoundError:
@@ -263,6 +334,8 @@ def _open_v4l2(device: str, *, width: int, height: int, fps: float, force_mjpeg:
         raise CameraError(f"{device}: not a camera device (not a character device)")
     if not os.access(device, os.R_OK | os.W_OK):
         raise CameraError(f"{device}: permission denied (root or the 'video' group is needed)")
+
+    import cv2
 
     def opener() -> cv2.VideoCapture:
         capture = cv2.VideoCapture(device, cv2.CAP_V4L2)
@@ -283,7 +356,9 @@ def _open_v4l2(device: str, *, width: int, height: int, fps: float, force_mjpeg:
     return _run_with_timeout(device, opener, timeout)
 
 
-def _open_video(path: str, timeout: float) -> cv2.VideoCapture:
+def _open_video(path: str, timeout: float) -> "cv2.VideoCapture":
+    import cv2
+
     def opener() -> cv2.VideoCapture:
         capture = cv2.VideoCapture(path)
         if not capture.isOpened():
@@ -319,7 +394,6 @@ def open_source(
         raise CameraError("camera device is empty: give /dev/videoN, a video file or a folder of images")
     common = {"rotate": rotate, "dark_threshold": dark_threshold}
     _check_options(spec, rotate, dark_threshold)
-    path = Path(spec)
     is_char_device = False
     try:
         is_char_device = stat.S_ISCHR(os.stat(spec).st_mode)
@@ -328,23 +402,23 @@ def open_source(
     if spec.startswith("/dev/") or is_char_device:
         capture = _open_v4l2(spec, width=width, height=height, fps=fps, force_mjpeg=force_mjpeg,
                              exposure=exposure, timeout=open_timeout)
-        log.debug("opened V4L2 camera %s", spec)
         return V4L2Source(spec, capture, **common)
-    if path.is_dir():
+    if os.path.isdir(spec):
         try:
-            paths = sorted((p for p in path.iterdir() if p.is_file()), key=lambda p: p.name)
+            with os.scandir(spec) as entries:
+                paths = [e.path for e in sorted(entries, key=lambda e: e.name) if e.is_file()]
         except OSError as exc:
             raise CameraError(f"{spec}: cannot list image folder: {exc.strerror}") from None
         if not paths:
             raise CameraError(f"{spec}: image folder has no files")
         return ImageFolderSource(spec, paths, **common)
-    if not path.exists():
+    if not os.path.exists(spec):
         raise CameraError(f"{spec}: no such file or folder (camera.device takes /dev/videoN, a video file or an image folder)")
-    if not path.is_file():
+    if not os.path.isfile(spec):
         raise CameraError(f"{spec}: not a camera device, video file or image folder")
     if not os.access(spec, os.R_OK):
         raise CameraError(f"{spec}: permission denied")
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return ImageFolderSource(spec, [path], **common)
+    if os.path.splitext(spec)[1].lower() in IMAGE_SUFFIXES:
+        return ImageFolderSource(spec, [spec], **common)
     capture = _open_video(spec, open_timeout)
     return VideoFileSource(spec, capture, **common)

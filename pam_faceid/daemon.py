@@ -253,17 +253,19 @@ class Engine:
         # One embedding at load: warms the runtime up and tells the vector size enrolments must have.
         self.dim = int(self.embedder.embed_one(np.zeros((ALIGN_SIZE, ALIGN_SIZE, 3), np.uint8)).size)
 
-    def examine(self, jpeg: bytes, templates: np.ndarray,
-                head: UserHead | None = None) -> tuple[float | None, str | None, Any, Any]:
+    def examine(self, jpeg: bytes, templates: np.ndarray, head: UserHead | None = None,
+                dark_threshold: float = 0.0) -> tuple[float | None, str | None, Any, Any]:
         """(best cosine similarity, None) or (None, why there is no usable face), plus the decoded frame and
         the faces.Face scored (None when there is none).
 
         With a per-user ``head`` (faceid retrain) the frame's vector is mapped
-        by it, as the templates were when they were loaded.
+        by it, as the templates were when they were loaded. A frame darker
+        than ``dark_threshold`` percent is ``too_dark`` (the helper sends an
+        image folder's JPEG files unchecked).
         """
         import cv2
 
-        from pam_faceid.faces import FaceRefused, align
+        from pam_faceid.faces import FaceRefused, align, mean_brightness_percent
 
         size = protocol.jpeg_size(jpeg)
         if size is None:
@@ -278,6 +280,8 @@ class Engine:
         if scale < 1:
             frame = cv2.resize(frame, (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale))),
                                interpolation=cv2.INTER_AREA)
+        if dark_threshold > 0 and mean_brightness_percent(frame) < dark_threshold:
+            return None, "too_dark", frame, None
         with self.lock:
             try:
                 face = self.pipeline.find(frame)
@@ -980,7 +984,8 @@ class Daemon:
             if kept is not None:
                 kept.append(msg.payload)
             try:
-                score, reason, frame, face = engine.examine(msg.payload, entry.templates, entry.head)
+                score, reason, frame, face = engine.examine(msg.payload, entry.templates, entry.head,
+                                                              float(state.cfg.camera.dark_threshold))
                 verdict = decision.observe(score, reason, time.monotonic(), frame, face)
             except Exception as exc:  # a model or liveness failure ends this session with "error", never the daemon
                 log.exception("scoring a frame for user=%s failed", user)

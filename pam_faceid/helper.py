@@ -23,8 +23,11 @@ any bug) exits non-zero at once with the reason in the journal (syslog
 AUTHPRIV, ident faceid-helper), and PAM falls through to the password. Exit 0
 only when the daemon's verdict is ``match``.
 
-Imports only config, camera and protocol (plus cv2, numpy and the standard
-library): never torch, onnxruntime or the face model, so it starts fast.
+Imports only config, camera and protocol and the standard library: never
+torch, onnxruntime or the face model, so it starts fast. OpenCV (and numpy)
+load only for a source that needs decoding (a V4L2 camera, a video), in a
+thread while the daemon is asked; an image folder's JPEG files go out as
+they are, without them.
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ import sys
 import syslog
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, NoReturn
 
 from pam_faceid import protocol
+from pam_faceid.camera import CameraError, FrameSource, sends_as_is
 from pam_faceid.config import ConfigError, load_config
 
 EXIT_MATCH = 0
@@ -61,9 +65,6 @@ EXIT_INTERNAL = 6
 
 DAEMON_TIMEOUT = 1.0
 """Seconds the daemon has to accept and answer hello before PAM falls through."""
-MAX_SEND_SIDE = 640
-"""Frames are downscaled to at most this many pixels on their long side before JPEG encoding."""
-JPEG_QUALITY = 85
 LID_GLOB = "/proc/acpi/button/lid/*/state"
 LOCAL_HOSTS = frozenset({"localhost", "localhost.localdomain", "127.0.0.1", "::1", "0:0:0:0:0:0:0:1"})
 SSH_VARIABLES = ("SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY")
@@ -163,21 +164,6 @@ def lid_closed(pattern: str = LID_GLOB) -> bool:
     return bool(states) and all("closed" in s for s in states)
 
 
-def encode_frame(frame: Any) -> bytes:
-    """A BGR frame as JPEG bytes, downscaled to MAX_SEND_SIDE so a frame is a few tens of KiB."""
-    import cv2
-
-    height, width = frame.shape[:2]
-    scale = MAX_SEND_SIDE / max(height, width)
-    if scale < 1:
-        frame = cv2.resize(frame, (max(1, round(width * scale)), max(1, round(height * scale))),
-                           interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise Abort(EXIT_INTERNAL, "cv2.imencode failed on a camera frame")
-    return buf.tobytes()
-
-
 def _arm_watchdog(seconds: float) -> None:
     """Never hang PAM: SIGALRM logs and exits; faulthandler's C thread exits even if Python is stuck in C."""
     def on_alarm(_signum: int, _frame: Any) -> None:
@@ -199,11 +185,10 @@ def _devnull() -> Any:
     return _DEVNULL
 
 
-def _preload_camera() -> None:
-    """Import the camera module (cv2 and numpy: most of the start-up) while the main thread reads the config and
-    talks to the daemon; this halves the time to the first frame."""
+def _preload_opencv() -> None:
+    """Import cv2 (most of the start-up of a decoding source) while the main thread talks to the daemon."""
     try:
-        import pam_faceid.camera  # noqa: F401
+        import cv2  # noqa: F401
     except Exception:
         pass
 
@@ -242,22 +227,28 @@ def authenticate(env: Mapping[str, str], config_path: str | None) -> int:
     if cfg.auth.abort_if_lid_closed and lid_closed():
         raise Abort(EXIT_SKIPPED, "laptop lid is closed: skipped (auth.abort_if_lid_closed)")
 
-    service = env.get("PAM_SERVICE", "")
-    hello = protocol.hello_fields(user, service, env.get("PAM_TTY", ""), env.get("PAM_RHOST", ""))
-    client, answer = _open_session(cfg.daemon.socket, hello)
-    with client:
-        if answer.type == "verdict":
-            return _finish(answer, user, service, False)
-        if answer.type != "ready":
-            raise Abort(EXIT_INTERNAL, f"daemon answered hello with {answer.type}")
-        timeout = float(answer.get("timeout") or cfg.auth.timeout)
-        return _stream(client, cfg, timeout, user, service)
+    preload = None
+    if not sends_as_is(str(cfg.camera.device), int(cfg.camera.rotate)):
+        preload = threading.Thread(target=_preload_opencv, name="preload", daemon=True)
+        preload.start()
+    try:
+        service = env.get("PAM_SERVICE", "")
+        hello = protocol.hello_fields(user, service, env.get("PAM_TTY", ""), env.get("PAM_RHOST", ""))
+        client, answer = _open_session(cfg.daemon.socket, hello)
+        with client:
+            if answer.type == "verdict":
+                return _finish(answer, user, service, False)
+            if answer.type != "ready":
+                raise Abort(EXIT_INTERNAL, f"daemon answered hello with {answer.type}")
+            timeout = float(answer.get("timeout") or cfg.auth.timeout)
+            return _stream(client, cfg, timeout, user, service)
+    finally:
+        if preload is not None:
+            preload.join(timeout=3.0)  # never exit with an import half done in another thread
 
 
 def _stream(client: protocol.Client, cfg: Any, timeout: float, user: str, service: str) -> int:
     """Send frames lock-step until the daemon's verdict, the end of the source or the timeout."""
-    from pam_faceid.camera import CameraError, FrameSource
-
     shown = bool(cfg.auth.detection_notice)
     deadline = time.monotonic() + timeout
     try:
@@ -267,11 +258,11 @@ def _stream(client: protocol.Client, cfg: Any, timeout: float, user: str, servic
     notice(shown, NOTICE_LOOKING)
     try:
         with source:
-            for frame in source.frames(timeout=timeout):
+            for jpeg in source.jpeg_frames(timeout=timeout):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                client.send("frame", payload=encode_frame(frame), timeout=left + 1.0)
+                client.send("frame", payload=jpeg, timeout=left + 1.0)
                 answer = client.recv(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
                 if answer.type == "verdict":
                     return _finish(answer, user, service, shown)
@@ -334,11 +325,8 @@ def report_password(env: Mapping[str, str], config_path: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console script entry point; the exit code is what pam_exec turns into success or fall-through."""
+    """The whole helper run; the exit code is what pam_exec turns into success or fall-through (see run())."""
     syslog.openlog("faceid-helper", syslog.LOG_PID, syslog.LOG_AUTHPRIV)
-    preload = threading.Thread(target=_preload_camera, name="preload", daemon=True)
-    if "--password-used" not in (sys.argv[1:] if argv is None else argv):  # no camera: no cv2 to load
-        preload.start()
     try:
         parser = argparse.ArgumentParser(prog="faceid-helper", description="PAM helper of pam_faceid (run by "
                                          "pam_exec; PAM_USER etc. come from the environment).")
@@ -359,10 +347,27 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:
         log(syslog.LOG_ERR, f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return EXIT_INTERNAL
-    finally:
-        if preload.is_alive():
-            preload.join(timeout=3.0)  # never exit with an import half done in another thread
+
+
+def exit_now(code: int) -> NoReturn:
+    """Exit with ``code`` without the interpreter's teardown (a tenth of a login here).
+
+    Nothing is left to clean up that the kernel does not: the syslog lines
+    are sent, the socket is closed, the preload thread joined; stdout
+    (pam_exec's notices) is flushed first.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
+def run() -> NoReturn:
+    """Console script ``faceid-helper``: :func:`main`, then :func:`exit_now`."""
+    exit_now(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -4,7 +4,9 @@ Camera folders, enrolment photos, training sets and `faceid evaluate` all read
 files they did not make, so every file is treated as hostile: bytes are read by
 Python (unicode names, no blocking on a FIFO), decoded by OpenCV with EXIF
 orientation and 16-bit depth kept, then by Pillow (GIF and friends) when
-OpenCV cannot. cv2 and numpy only, so the PAM helper can import it.
+OpenCV cannot. cv2 and numpy are imported by the functions that decode, not
+at the top: the PAM helper imports this module for IMAGE_SUFFIXES and
+entry_kind, and sends an image folder's JPEG files without loading OpenCV.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import io
 import os
 import stat
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
-import numpy as np
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import numpy as np
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".pgm", ".ppm", ".pbm", ".pnm", ".pxm",
@@ -50,6 +54,9 @@ def entry_kind(path: Path | str) -> str:
 
 def to_bgr8(image: np.ndarray) -> np.ndarray:
     """Any decoded array (grey, IR, alpha, 16-bit, float) as 3-channel uint8 BGR, the one form the detector takes."""
+    import cv2
+    import numpy as np
+
     if image.dtype == np.uint16:
         # 10- and 12-bit sensors store small values in 16-bit files: scale by the bit depth the
         # values fit in (a fixed scale, so a dark frame stays dark), not a plain >> 8.
@@ -74,6 +81,8 @@ def to_bgr8(image: np.ndarray) -> np.ndarray:
 
 def _decode_pillow(data: bytes) -> np.ndarray | None:
     """Pillow reads what this OpenCV build may not (GIF, some TIFF/WebP variants); None when absent or unreadable."""
+    import numpy as np
+
     try:
         from PIL import Image, ImageOps
     except ImportError:
@@ -92,6 +101,9 @@ def _decode_pillow(data: bytes) -> np.ndarray | None:
 
 def load_image(path: Path | str, max_side: int | None = MAX_SIDE) -> np.ndarray:
     """Read any image file as uint8 BGR, longest side <= ``max_side`` (None: full size); raise ImageError(reason)."""
+    import cv2
+    import numpy as np
+
     kind = entry_kind(path)
     if kind != "file":
         raise ImageError(kind)

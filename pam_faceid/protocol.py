@@ -32,7 +32,7 @@ Messages (client -> daemon)
 ``hello``   {"user", "service", "tty", "rhost"}: start an authentication session
             for ``user`` (strings; tty and rhost may be ""). Root may ask about
             any user; any other uid only about its own user name.
-``frame``   {} + payload: one camera frame, JPEG-encoded (at most 2048x2048; the helper sends 640 px).
+``frame``   {} + payload: one camera frame, JPEG-encoded (at most 2048x2048; the helper sends at most 640 px).
 ``end``     {}: the client has no more frames (camera ended, its time is up);
             the daemon answers with the verdict at once.
 ``password_used`` {"user", "service"}: the PAM stack of ``service`` has just
@@ -88,8 +88,7 @@ import json
 import socket
 import struct
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 VERSION = 1
 MAX_HEADER_BYTES = 65536
@@ -133,12 +132,11 @@ class DaemonError(Exception):
     """A client-side failure to talk to the daemon: not running, not answering, or it said error."""
 
 
-@dataclass
-class Message:
+class Message(NamedTuple):
     """One protocol message: its type, its header fields (without v/type) and the binary payload."""
 
     type: str
-    fields: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, Any]
     payload: bytes = b""
 
     def get(self, key: str, default: Any = None) -> Any:

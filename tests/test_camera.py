@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import PERSON
-from pam_faceid import camera
+from pam_faceid import camera, protocol
 from pam_faceid.camera import CameraError, FrameSource, open_source
 
 
@@ -267,9 +267,64 @@ def test_from_config_applies_rotation_and_threshold(person_images, make_image_fo
 
 
 def test_camera_module_stays_light():
-    """The PAM helper imports camera: it must not pull torch or onnxruntime."""
+    """The PAM helper imports camera: no torch or onnxruntime, and not even OpenCV or numpy until a frame is decoded."""
     code = ("import sys, pam_faceid.camera; "
-            "bad = [m for m in ('torch', 'onnxruntime', 'pam_faceid.faces', 'pam_faceid.embedder') if m in sys.modules]; "
-            "sys.exit(', '.join(bad) or None)")
+            "bad = [m for m in ('torch', 'onnxruntime', 'cv2', 'numpy', 'pam_faceid.faces', 'pam_faceid.embedder') "
+            "if m in sys.modules]; sys.exit(', '.join(bad) or None)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_frames_are_encoded_as_downscaled_jpeg():
+    frame = np.random.default_rng(1).integers(0, 255, (1080, 1920, 3), np.uint8)
+    data = camera.encode_jpeg(frame)
+    assert protocol.jpeg_size(data) == (640, 360)
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape == (360, 640, 3)
+    small = frame[:200, :300]
+    assert protocol.jpeg_size(camera.encode_jpeg(small)) == (300, 200)
+
+
+def test_small_jpeg_files_go_out_as_they_are_and_others_are_re_encoded(person_images, tmp_path):
+    """An image folder's small JPEGs are sent byte for byte (no decoding); PNGs, big JPEGs and dark PNGs are not."""
+    path = person_images(PERSON, limit=1)[0]
+    face = cv2.imread(str(path))
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    (folder / "1.jpg").write_bytes(path.read_bytes())
+    cv2.imwrite(str(folder / "2.png"), face)
+    cv2.imwrite(str(folder / "3.jpg"), cv2.resize(face, (1000, 1000)))
+    cv2.imwrite(str(folder / "4.png"), (face * 0.03).astype(np.uint8))  # dark: skipped
+    (folder / "5.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")  # unreadable: skipped
+    with open_source(str(folder)) as source:
+        sent = list(source.jpeg_frames())
+    assert sent[0] == path.read_bytes()
+    assert [protocol.jpeg_size(data) for data in sent] == [(250, 250), (250, 250), (640, 640)]
+    assert source.dark_frames == 1 and source.skipped_files == 1 and source.frames_read == 4
+    decoded = cv2.imdecode(np.frombuffer(sent[1], np.uint8), cv2.IMREAD_COLOR)
+    assert np.abs(decoded.astype(int) - face.astype(int)).mean() < 4
+
+
+def test_rotated_jpeg_folder_is_decoded_and_turned(person_images, make_image_folder):
+    path = person_images(PERSON, limit=1)[0]
+    cropped = cv2.imread(str(path))[:, :200]
+    folder = make_image_folder([])
+    cv2.imwrite(str(folder / "face.jpg"), cropped)
+    assert camera.sends_as_is(str(folder)) and not camera.sends_as_is(str(folder), rotate=90)
+    with open_source(str(folder), rotate=90) as source:
+        (data,) = list(source.jpeg_frames())
+    assert protocol.jpeg_size(data) == (250, 200)
+
+
+def test_jpeg_frames_of_a_folder_stop_at_the_timeout(person_images, make_image_folder):
+    with open_source(str(make_image_folder(person_images(PERSON, limit=3)))) as source:
+        assert list(source.jpeg_frames(timeout=0)) == [] and source.frames_read == 0
+
+
+def test_sending_a_jpeg_folder_loads_neither_opencv_nor_numpy(person_images, make_image_folder):
+    folder = make_image_folder(person_images(PERSON, limit=3))
+    code = ("import sys; from pam_faceid.camera import open_source\n"
+            f"frames = list(open_source({str(folder)!r}).jpeg_frames())\n"
+            "assert len(frames) == 3, len(frames)\n"
+            "sys.exit(', '.join(m for m in ('cv2', 'numpy') if m in sys.modules) or None)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

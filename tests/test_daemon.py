@@ -375,6 +375,20 @@ def test_session_without_faces_and_with_bad_frames(model_daemon):
     assert verdict.get("result") == "no_face" and verdict.get("frames") == 3
 
 
+def test_dark_frames_are_too_dark_by_the_camera_threshold(model_daemon):
+    """The helper sends an image folder's JPEGs unchecked, so the daemon applies camera.dark_threshold too."""
+    d = model_daemon
+    face = cv2.imread(str(d.genuine[0]))
+    dark = jpeg((face * 0.04).astype(np.uint8))
+    progress, verdict = run_session(d.socket, "root", [dark, jpeg(face)])
+    assert [m.get("reason") for m in progress] == ["too_dark", None]
+    assert verdict.get("result") in ("no_match", "match") and verdict.get("frames") == 2
+    d.rewrite_config({"camera": {"dark_threshold": 0}})
+    protocol.request_reload(d.socket)
+    progress, _ = run_session(d.socket, "root", [dark])
+    assert progress == [] or progress[0].get("reason") != "too_dark"
+
+
 def test_frame_limit_per_session(model_daemon):
     d = model_daemon
     d.rewrite_config({"daemon": {"max_frames_per_session": 2}})

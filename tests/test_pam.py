@@ -238,28 +238,18 @@ def test_lid_and_remote_detection(tmp_path):
     assert helper.remote_reason({}, {"SSH_CONNECTION": "x"}) == "SSH session (SSH_CONNECTION set)"
 
 
-def test_frames_are_downscaled_jpeg():
-    frame = np.random.default_rng(1).integers(0, 255, (1080, 1920, 3), np.uint8)
-    data = helper.encode_frame(frame)
-    assert protocol.jpeg_size(data) == (640, 360)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    assert image.shape == (360, 640, 3)
-
-
-FAKE_DAEMON_IMPORTS = "torch onnxruntime pam_faceid.faces pam_faceid.embedder"
+HEAVY_IMPORTS = "torch onnxruntime cv2 numpy pam_faceid.faces pam_faceid.embedder"
 
 
 def test_helper_imports_no_model_code_and_sends_a_first_frame_fast(daemon_dir, person_images):
-    """Start to first frame sent <= 150 ms with a file camera, and no torch/onnxruntime/model code loaded.
+    """Start to first frame sent <= 150 ms with a JPEG folder camera, loading no model code, OpenCV or numpy.
 
-    Best of 7 runs. The helper cannot be faster than starting Python and
-    importing OpenCV, which alone takes 150-180 ms on a busy 2-core machine
-    (measured just before each helper run), and within the full suite the
-    helper was seen at twice that floor; so the budget is 150 ms or three
-    times the floor, whichever is larger. That still fails for what matters
-    here (importing torch or onnxruntime costs seconds); the figure itself,
-    against the 150 ms goal, is bench/helper_start.py's.
-    bench/helper_start.py gives the figure for the README.
+    Best of 7 runs, each beside a bare interpreter start (``python -c pass``,
+    12-30 ms on this idle 2-core machine). The budget is 150 ms, or five
+    bare starts when the machine is so loaded that those alone take longer
+    (the suite runs daemons beside this test): importing OpenCV (150 ms idle)
+    or torch (seconds) still fails it. bench/helper_start.py gives the
+    figure for the README.
     """
     from conftest import PERSON
 
@@ -287,12 +277,12 @@ def test_helper_imports_no_model_code_and_sends_a_first_frame_fast(daemon_dir, p
     probe = ("import sys, runpy; sys.argv=['faceid-helper', '--config', %r]\n"
              "from pam_faceid import helper\ncode = helper.main()\n"
              "bad = [m for m in %r.split() if m in sys.modules]\nprint('LOADED', bad)\nsys.exit(code)" %
-             (str(config), FAKE_DAEMON_IMPORTS))
+             (str(config), HEAVY_IMPORTS))
     floor = []
     try:
         for _ in range(7):
             t0 = time.monotonic()
-            subprocess.run([str(PYTHON), "-c", "import cv2, numpy"], check=True, env={})
+            subprocess.run([str(PYTHON), "-c", "pass"], check=True, env={})
             floor.append(time.monotonic() - t0)
             started = [0.0]
             thread = threading.Thread(target=serve_one, args=(started,))
@@ -305,9 +295,9 @@ def test_helper_imports_no_model_code_and_sends_a_first_frame_fast(daemon_dir, p
             assert "LOADED []" in proc.stdout
     finally:
         server.close()
-    budget = max(0.150, 3 * min(floor))
+    budget = max(0.150, 5 * min(floor))
     assert min(delays) <= budget, (f"start to first frame: {[round(x * 1000) for x in delays]} ms, budget "
-                                   f"{budget * 1000:.0f} ms (python + import cv2 alone: {min(floor) * 1000:.0f} ms)")
+                                   f"{budget * 1000:.0f} ms (bare python start: {min(floor) * 1000:.0f} ms)")
 
 
 # ---------------------------------------------------------------- end to end with the real model
