@@ -228,7 +228,7 @@ def model_id_of(embedder: Any) -> str:
 
 
 DETECT_MAX_SIDE = 640
-"""Frames are scaled down to this long side before detection: the helper sends no more (its MAX_SEND_SIDE),
+"""Frames are scaled down to this long side before detection: the helper sends no more (camera.MAX_SEND_SIDE),
 and a client sending bigger frames must not buy more of the one serialised detector (three connections
 streaming 2048 px frames held an owner's login for 7 s)."""
 
