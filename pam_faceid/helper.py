@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import glob
 import os
 import pwd
 import signal
@@ -65,7 +64,8 @@ EXIT_INTERNAL = 6
 
 DAEMON_TIMEOUT = 1.0
 """Seconds the daemon has to accept and answer hello before PAM falls through."""
-LID_GLOB = "/proc/acpi/button/lid/*/state"
+LID_DIR = "/proc/acpi/button/lid"
+"""ACPI lists each lid as a folder here (LID0, ...) holding a ``state`` file."""
 LOCAL_HOSTS = frozenset({"localhost", "localhost.localdomain", "127.0.0.1", "::1", "0:0:0:0:0:0:0:1"})
 SSH_VARIABLES = ("SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY")
 
@@ -152,12 +152,16 @@ def parent_environment() -> dict[str, str]:
     return env
 
 
-def lid_closed(pattern: str = LID_GLOB) -> bool:
+def lid_closed(lid_dir: str = LID_DIR) -> bool:
     """True when every lid ACPI reports says "closed" (no lid, as on desktops: False)."""
+    try:
+        lids = os.listdir(lid_dir)
+    except OSError:
+        return False
     states = []
-    for path in glob.glob(pattern):
+    for lid in lids:
         try:
-            with open(path) as fh:
+            with open(os.path.join(lid_dir, lid, "state")) as fh:
                 states.append(fh.read().lower())
         except OSError:
             continue
@@ -324,12 +328,18 @@ def report_password(env: Mapping[str, str], config_path: str | None) -> int:
     return EXIT_NOT_RECOGNISED
 
 
+def _help_formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's formatter at a fixed width: sizing it to the terminal imports shutil, 3 ms of every login."""
+    return argparse.HelpFormatter(prog, width=100)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The whole helper run; the exit code is what pam_exec turns into success or fall-through (see run())."""
     syslog.openlog("faceid-helper", syslog.LOG_PID, syslog.LOG_AUTHPRIV)
     try:
         parser = argparse.ArgumentParser(prog="faceid-helper", description="PAM helper of pam_faceid (run by "
-                                         "pam_exec; PAM_USER etc. come from the environment).")
+                                         "pam_exec; PAM_USER etc. come from the environment).",
+                                         formatter_class=_help_formatter)
         parser.add_argument("--config", help="config file (default: $FACEID_CONFIG or /etc/pam_faceid/config.yaml)")
         parser.add_argument("--password-used", action="store_true",
                             help="only tell faceidd the password authenticated PAM_USER (a line after the password "
