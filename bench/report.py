@@ -206,7 +206,7 @@ def helper_section(h: dict, auth: dict | None = None) -> list[str]:
         f"| bare `python -c pass` (the floor) | {_f(i['p50'])} | {_f(i['p95'])} | | |", ""]
     if h.get("video_first_frame_ms"):
         v = h["video_first_frame_ms"]
-        lines[-1:-1] = [f"| the same with a video camera ({h['video_camera']}; OpenCV decodes it, as it does a "
+        lines[-2:-2] = [f"| the same with a video camera ({h['video_camera']}; OpenCV decodes it, as it does a "
                         f"V4L2 camera's frames) | {_f(v['p50'])} | {_f(v['p95'])} | | |"]
     if auth and not auth["goals_met"]["vs_per_attempt"]:
         goal, paths = auth["goals"]["vs_per_attempt"], auth["paths"]
