@@ -269,9 +269,10 @@ def _run_steps(steps: Steps, work: Path, model_path: str, sample: np.ndarray, ot
 
     user = f"fiddemo{secrets.token_hex(3)}"
     with steps.step(f"creating throwaway user {user}") as note:
+        # Undo registered first: an interrupt during useradd must not leave the user behind.
+        cleanup.append((f"deleted user {user}", lambda: subprocess.run(["userdel", "-f", user], capture_output=True)))
         subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "-c", "faceid demo", user], check=True,
                        capture_output=True)
-        cleanup.append((f"deleted user {user}", lambda: subprocess.run(["userdel", "-f", user], capture_output=True)))
         subprocess.run(["chpasswd"], input=f"{user}:{secrets.token_urlsafe(24)}\n", text=True, check=True,
                        capture_output=True)
         note["result"] = "created (random password nobody knows)"
@@ -291,10 +292,10 @@ def _run_steps(steps: Steps, work: Path, model_path: str, sample: np.ndarray, ot
     service_path = Path("/etc/pam.d") / service
     with steps.step(f"writing PAM service /etc/pam.d/{service}: faceid-helper, then pam_unix") as note:
         helper = " ".join(_program("faceid-helper"))
+        cleanup.append((f"removed {service_path}", lambda: service_path.unlink(missing_ok=True)))  # before writing
         service_path.write_text(
             f"auth [success=done default=ignore] pam_exec.so quiet stdout seteuid {helper} --config {config}\n"
             "auth required pam_unix.so\naccount required pam_permit.so\n")
-        cleanup.append((f"removed {service_path}", lambda: service_path.unlink(missing_ok=True)))
         note["result"] = "written"
 
     with steps.step(f"logging in as {user} with the sample person in front of the camera, no password given "
