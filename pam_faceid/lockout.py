@@ -28,16 +28,12 @@ runs sudo while looking away, in the dark, or with a broken camera.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import os
 import time
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from pam_faceid.store import (SUFFIX, StoreError, atomic_write_json, check_secure, read_checked_json,
-                              validate_user)
+from pam_faceid.store import StoreError, UserFiles, atomic_write_json, check_secure, read_checked_json
 
 FORMAT = "pam_faceid.lockout"
 VERSION = 1
@@ -80,31 +76,13 @@ def describe(until: float) -> str:
     return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(until))} (in {left // 60} min {left % 60} s)"
 
 
-class LockoutStore:
+class LockoutStore(UserFiles):
     """The lockout files under ``<state_dir>/lockout``; safe for the daemon's threads and the CLI at once."""
 
     def __init__(self, state_dir: str | os.PathLike[str], *, check_permissions: bool = True):
-        self.state_dir = Path(state_dir)
-        self.folder = self.state_dir / LOCKOUT_DIR
-        self.check_permissions = check_permissions
-
-    def path(self, user: str) -> Path:
-        return self.folder / f"{validate_user(user)}{SUFFIX}"
+        super().__init__(state_dir, LOCKOUT_DIR, check_permissions=check_permissions)
 
     # -- reading
-
-    def _folder_exists(self) -> bool:
-        """False when nothing was ever recorded; StoreError when the folders are unsafe."""
-        try:
-            os.lstat(self.folder)
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise StoreError(f"{self.folder}: cannot read: {exc.strerror}") from None
-        if self.check_permissions:
-            check_secure(self.state_dir, is_dir=True)
-            check_secure(self.folder, is_dir=True)
-        return True
 
     def read(self, user: str) -> UserState:
         """The user's state (empty when nothing is recorded); StoreError when the file is bad or unsafe."""
@@ -124,18 +102,6 @@ class LockoutStore:
         return UserState(user, [_epoch(t, where, "a failure") for t in failures],  # type: ignore[misc]
                          _epoch(obj.get("locked_until"), where, "locked_until"),
                          _epoch(obj.get("password_used"), where, "password_used"))
-
-    def users(self) -> list[str]:
-        """Users with a lockout file (valid or not), sorted."""
-        if not self._folder_exists():
-            return []
-        names = []
-        for entry in self.folder.iterdir():
-            name = entry.name
-            if name.endswith(SUFFIX) and not name.startswith("."):
-                with contextlib.suppress(StoreError):
-                    names.append(validate_user(name[: -len(SUFFIX)]))
-        return sorted(names)
 
     def entries(self) -> tuple[dict[str, UserState], dict[str, str]]:
         """Every readable user state, and for each bad file the one-line reason (what `faceid status` shows)."""
@@ -184,29 +150,6 @@ class LockoutStore:
 
     # -- writing
 
-    def _ensure_dirs(self) -> None:
-        for folder in (self.state_dir, self.folder):
-            try:
-                folder.mkdir(mode=0o700, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"{folder}: cannot create: {exc.strerror}") from None
-            if self.check_permissions:
-                check_secure(folder, is_dir=True)
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the write lock for one read-modify-write (an flock: threads and processes alike)."""
-        self._ensure_dirs()
-        try:
-            fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        except OSError as exc:
-            raise StoreError(f"{self.folder / '.lock'}: cannot open: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
     def _write(self, state: UserState) -> None:
         atomic_write_json(self.path(state.user), state.to_json())
 
@@ -227,7 +170,7 @@ class LockoutStore:
         Returns the lockout's end when this failure started one, else None.
         A corrupt or unknown-version file is replaced: the failure is what matters now.
         """
-        with self._locked():
+        with self.write_lock():
             state = self._read_for_update(user)
             state.failures = [t for t in state.failures if now - window < t <= now] + [now]
             until = None
@@ -242,7 +185,7 @@ class LockoutStore:
         """A face match: forget the failures counted so far (written only when there were some)."""
         if not self.read(user).failures:
             return
-        with self._locked():
+        with self.write_lock():
             state = self.read(user)
             if state.failures:
                 state.failures = []
@@ -250,7 +193,7 @@ class LockoutStore:
 
     def record_password(self, user: str, now: float) -> None:
         """The password (not a face) authenticated ``user`` at ``now`` (not rewritten within PASSWORD_RESOLUTION)."""
-        with self._locked():
+        with self.write_lock():
             state = self._read_for_update(user)
             if state.password_used is not None and 0 <= now - state.password_used < PASSWORD_RESOLUTION:
                 return
@@ -265,7 +208,7 @@ class LockoutStore:
         by the folder check with the fix in the message.
         """
         path = self.path(user)
-        with self._locked():
+        with self.write_lock():
             try:
                 state = self.read(user)
             except StoreError:

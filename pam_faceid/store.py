@@ -217,24 +217,25 @@ class Enrolment:
                 "templates": [t.to_json() for t in self.templates]}
 
 
-class Store:
-    """The enrolments under ``<state_dir>/users``; safe for the daemon and the CLI to use at once.
+class UserFiles:
+    """One checksummed JSON file per user under ``<state_dir>/<subdir>``: enrolments (Store) and
+    lockout state (lockout.LockoutStore) alike.
 
-    Readers need no lock (renames are atomic); read-modify-write operations
-    take an flock on ``users/.lock`` so two admin commands cannot lose each
-    other's change.
+    Readers need no lock (renames are atomic); read-modify-write sequences
+    hold :meth:`write_lock`, an flock on ``<subdir>/.lock``, so two writers
+    (the daemon's threads, admin commands) cannot lose each other's change.
     """
 
-    def __init__(self, state_dir: str | os.PathLike[str], *, check_permissions: bool = True):
+    def __init__(self, state_dir: str | os.PathLike[str], subdir: str, *, check_permissions: bool = True):
         self.state_dir = Path(state_dir)
-        self.users_dir = self.state_dir / USERS_DIR
+        self.folder = self.state_dir / subdir
         self.check_permissions = check_permissions
 
     def path(self, user: str) -> Path:
-        return self.users_dir / f"{validate_user(user)}{SUFFIX}"
+        return self.folder / f"{validate_user(user)}{SUFFIX}"
 
     def _ensure_dirs(self) -> None:
-        for folder in (self.state_dir, self.users_dir):
+        for folder in (self.state_dir, self.folder):
             try:
                 folder.mkdir(mode=0o700, exist_ok=True)
             except OSError as exc:
@@ -242,20 +243,24 @@ class Store:
             if self.check_permissions:
                 check_secure(folder, is_dir=True)
 
-    def _check_read_dirs(self) -> bool:
-        """False when there is no users folder yet (nobody enrolled); StoreError when it is unsafe."""
-        if not self.users_dir.is_dir():
+    def _folder_exists(self) -> bool:
+        """False when nothing was ever written; StoreError when the folders are unreadable or unsafe."""
+        try:
+            os.lstat(self.folder)
+        except FileNotFoundError:
             return False
+        except OSError as exc:
+            raise StoreError(f"{self.folder}: cannot read: {exc.strerror}") from None
         if self.check_permissions:
             check_secure(self.state_dir, is_dir=True)
-            check_secure(self.users_dir, is_dir=True)
+            check_secure(self.folder, is_dir=True)
         return True
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the store's write lock (for read-modify-write sequences)."""
+    def write_lock(self) -> Iterator[None]:
+        """Hold the write lock for one read-modify-write (an flock: threads and processes alike)."""
         self._ensure_dirs()
-        lock = self.users_dir / ".lock"
+        lock = self.folder / ".lock"
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:  # a read-only or full state folder: one line, not a traceback
@@ -266,10 +271,30 @@ class Store:
         finally:
             os.close(fd)
 
+    def users(self) -> list[str]:
+        """Names of users with a file (valid or not), sorted."""
+        if not self._folder_exists():
+            return []
+        names = []
+        for entry in self.folder.iterdir():
+            name = entry.name
+            if name.endswith(SUFFIX) and not name.startswith("."):
+                user = name[: -len(SUFFIX)]
+                if _USER_RE.fullmatch(user):
+                    names.append(user)
+        return sorted(names)
+
+
+class Store(UserFiles):
+    """The enrolments under ``<state_dir>/users``; safe for the daemon and the CLI to use at once."""
+
+    def __init__(self, state_dir: str | os.PathLike[str], *, check_permissions: bool = True):
+        super().__init__(state_dir, USERS_DIR, check_permissions=check_permissions)
+
     def load(self, user: str) -> Enrolment | None:
         """The user's enrolment, None when not enrolled; StoreError when the file is bad."""
         path = self.path(user)
-        if not self._check_read_dirs():
+        if not self._folder_exists():
             return None
         try:
             obj = read_checked_json(path, FORMAT, VERSION, check_permissions=self.check_permissions)
@@ -297,19 +322,6 @@ class Store:
         atomic_write_json(path, enrolment.to_json())
         return path
 
-    def users(self) -> list[str]:
-        """Names of users with an enrolment file (valid or not), sorted."""
-        if not self._check_read_dirs():
-            return []
-        names = []
-        for entry in self.users_dir.iterdir():
-            name = entry.name
-            if name.endswith(SUFFIX) and not name.startswith("."):
-                user = name[: -len(SUFFIX)]
-                if _USER_RE.fullmatch(user):
-                    names.append(user)
-        return sorted(names)
-
     def load_all(self) -> tuple[dict[str, Enrolment], dict[str, str]]:
         """Every loadable enrolment, and for each bad one the one-line reason it was skipped."""
         good: dict[str, Enrolment] = {}
@@ -330,7 +342,7 @@ class Store:
         A different ``model_id`` than the stored one is refused: vectors from two
         models do not compare. Use clear() first to re-enrol with a new model.
         """
-        with self.locked():
+        with self.write_lock():
             enrolment = self.load(user) or Enrolment(user=user, model_id=model_id)
             if enrolment.templates and model_id and enrolment.model_id and enrolment.model_id != model_id:
                 raise StoreError(f"{self.path(user)}: enrolled with model {enrolment.model_id!r}, not {model_id!r}; "
@@ -343,7 +355,7 @@ class Store:
 
     def remove_template(self, user: str, label_or_id: str) -> int:
         """Remove the templates whose id or label equals ``label_or_id``; returns how many went."""
-        with self.locked():
+        with self.write_lock():
             enrolment = self.load(user)
             if enrolment is None:
                 return 0
@@ -363,5 +375,5 @@ class Store:
             return False
         except OSError as exc:
             raise StoreError(f"{path}: cannot remove: {exc.strerror}") from None
-        _fsync_dir(self.users_dir)
+        _fsync_dir(self.folder)
         return True

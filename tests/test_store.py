@@ -40,13 +40,13 @@ def test_round_trip_keeps_vectors_bit_exact(st):
 def test_modes_are_private(st):
     path = st.save(Enrolment("alice", "m", [store.Template(unit(3))]))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(st.users_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(st.folder).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(st.state_dir).st_mode) == 0o700
 
 
 def test_no_temporary_files_are_left_and_content_is_checksummed(st):
     path = st.save(Enrolment("alice", "m", [store.Template(unit(4))]))
-    assert sorted(p.name for p in st.users_dir.iterdir()) == ["alice.json"]
+    assert sorted(p.name for p in st.folder.iterdir()) == ["alice.json"]
     obj = json.loads(path.read_text())
     assert obj["format"] == "pam_faceid.enrolment" and obj["version"] == 1
     assert obj["sha256"] == store.checksum(obj)
@@ -112,7 +112,7 @@ def test_group_readable_file_is_refused_with_the_fix(st):
     with pytest.raises(StoreError, match=r"chmod 0600"):
         st.load("alice")
     os.chmod(path, 0o600)
-    os.chmod(st.users_dir, 0o777)
+    os.chmod(st.folder, 0o777)
     with pytest.raises(StoreError, match=r"chmod 0700"):
         st.load("alice")
 
@@ -155,7 +155,7 @@ def test_full_disk_leaves_the_old_enrolment_intact(tiny_disk):
         st.add_templates("alice", np.stack([unit(i) for i in range(200)]), label="many")
     assert str(st.path("alice")) in str(err.value) and "previous version is unchanged" in str(err.value)
     assert st.path("alice").read_bytes() == before
-    assert sorted(p.name for p in st.users_dir.iterdir()) == [".lock", "alice.json"]
+    assert sorted(p.name for p in st.folder.iterdir()) == [".lock", "alice.json"]
     assert [t.label for t in st.load("alice").templates] == ["first"]
 
 

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.yes and not _confirm(f"Delete {what} of {args.user}{' and kept images/models' if extras else ''}?"):
         raise CommandError("not confirmed: nothing deleted", EXIT_FAILURE)
     try:
-        with store.locked():
+        with store.write_lock():
             store.clear(args.user)
     except StoreError as exc:
         raise common.store_error(exc) from None

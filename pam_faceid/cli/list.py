@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         except StoreError as exc:
             raise common.store_error(exc) from None
         if not good and not bad:
-            print(f"nobody is enrolled (in {store.users_dir})")
+            print(f"nobody is enrolled (in {store.folder})")
             return 0
         for user in sorted(set(good) | set(bad)):
             if user in good:
