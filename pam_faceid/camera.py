@@ -58,10 +58,12 @@ def _check_options(spec: str, rotate: int, dark_threshold: float) -> None:
 
 
 def brightness_percent(frame: np.ndarray) -> float:
-    """Mean luma of a BGR frame as a percentage of 255 (the measure ``dark_threshold`` compares with)."""
+    """Mean luma of a BGR (or grey) frame as a percentage of 255: what every ``dark_threshold`` compares with."""
     import cv2
 
     b, g, r, _ = cv2.mean(frame)
+    if frame.ndim == 2:
+        return b * 100.0 / 255.0
     return (b * _LUMA_BGR[0] + g * _LUMA_BGR[1] + r * _LUMA_BGR[2]) * 100.0 / 255.0
 
 

@@ -265,7 +265,8 @@ class Engine:
         """
         import cv2
 
-        from pam_faceid.faces import FaceRefused, align, mean_brightness_percent
+        from pam_faceid.camera import brightness_percent
+        from pam_faceid.faces import FaceRefused, align
 
         size = protocol.jpeg_size(jpeg)
         if size is None:
@@ -280,7 +281,7 @@ class Engine:
         if scale < 1:
             frame = cv2.resize(frame, (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale))),
                                interpolation=cv2.INTER_AREA)
-        if dark_threshold > 0 and mean_brightness_percent(frame) < dark_threshold:
+        if dark_threshold > 0 and brightness_percent(frame) < dark_threshold:
             return None, "too_dark", frame, None
         with self.lock:
             try:

@@ -16,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pam_faceid.camera import brightness_percent
+
 ALIGN_SIZE = 112
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
@@ -114,11 +116,6 @@ class FaceDetector:
         return sorted(faces, key=lambda f: -f.score)
 
 
-def mean_brightness_percent(frame: np.ndarray) -> float:
-    grey = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-    return float(grey.mean()) * 100.0 / 255.0
-
-
 def select_face(
     faces: list[Face],
     frame: np.ndarray,
@@ -135,7 +132,7 @@ def select_face(
     ``centre`` is for photo collections (LFW centres the labelled person,
     while a bystander may be larger): the face nearest the centre wins.
     """
-    if dark_threshold > 0 and mean_brightness_percent(frame) < dark_threshold:
+    if dark_threshold > 0 and brightness_percent(frame) < dark_threshold:
         raise FaceRefused("too_dark")
     if not faces:
         raise FaceRefused("no_face")
