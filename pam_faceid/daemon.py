@@ -958,6 +958,7 @@ class Daemon:
         cfg = state.cfg
         timeout = float(cfg.auth.timeout)
         max_frames = int(cfg.daemon.max_frames_per_session)
+        dark_threshold = float(cfg.camera.dark_threshold)
         decision = Decision(entry.threshold, cfg.auth.min_matching_frames, timeout, max_frames,
                             liveness=cfg.liveness.mode)
         if not self._send(conn, "ready", {"timeout": timeout, "max_frames": max_frames}):
@@ -985,8 +986,7 @@ class Daemon:
             if kept is not None:
                 kept.append(msg.payload)
             try:
-                score, reason, frame, face = engine.examine(msg.payload, entry.templates, entry.head,
-                                                              float(state.cfg.camera.dark_threshold))
+                score, reason, frame, face = engine.examine(msg.payload, entry.templates, entry.head, dark_threshold)
                 verdict = decision.observe(score, reason, time.monotonic(), frame, face)
             except Exception as exc:  # a model or liveness failure ends this session with "error", never the daemon
                 log.exception("scoring a frame for user=%s failed", user)
