@@ -152,8 +152,9 @@ def parent_environment() -> dict[str, str]:
     return env
 
 
-def lid_closed(lid_dir: str = LID_DIR) -> bool:
-    """True when every lid ACPI reports says "closed" (no lid, as on desktops: False)."""
+def lid_closed(lid_dir: str | None = None) -> bool:
+    """True when every lid ACPI reports in ``lid_dir`` (default LID_DIR) says "closed" (no lid, as on desktops: False)."""
+    lid_dir = lid_dir or LID_DIR
     try:
         lids = os.listdir(lid_dir)
     except OSError:

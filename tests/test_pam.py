@@ -241,6 +241,25 @@ def test_lid_and_remote_detection(tmp_path):
 HEAVY_IMPORTS = "torch onnxruntime cv2 numpy pam_faceid.faces pam_faceid.embedder"
 
 
+def test_closed_lid_skips_before_the_daemon_is_asked(tmp_path):
+    """auth.abort_if_lid_closed (on by default) against an ACPI lid folder laid out as /proc has it."""
+    (tmp_path / "lid" / "LID0").mkdir(parents=True)
+    (tmp_path / "lid" / "LID0" / "state").write_text("state:      closed\n")
+    config = tmp_path / "config.yaml"
+    run = ["import sys; from pam_faceid import helper; helper.LID_DIR = sys.argv[1]; "
+           "sys.exit(helper.main(['--config', sys.argv[2]]))", str(tmp_path / "lid"), str(config)]
+
+    def helper_with_lid(auth: str) -> subprocess.CompletedProcess:
+        config.write_text(f"daemon:\n  socket: {tmp_path / 'no-daemon.sock'}\n{auth}")
+        return subprocess.run([str(PYTHON), "-c", *run], env={"PAM_USER": "root"}, capture_output=True, text=True,
+                              timeout=20)
+
+    proc = helper_with_lid("")
+    assert proc.returncode == helper.EXIT_SKIPPED and "lid is closed" in proc.stderr, proc.stderr
+    proc = helper_with_lid("auth:\n  abort_if_lid_closed: false\n")  # lid ignored: it goes on to ask the daemon
+    assert proc.returncode == helper.EXIT_NO_DAEMON and "not running" in proc.stderr, proc.stderr
+
+
 def test_helper_imports_no_model_code_and_sends_a_first_frame_fast(daemon_dir, person_images):
     """Start to first frame sent <= 150 ms with a JPEG folder camera, loading no model code, OpenCV or numpy.
 
