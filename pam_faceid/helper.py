@@ -17,13 +17,14 @@ it only tells the daemon that the password authenticated PAM_USER (for
 It sits in the auth stack, not the account stack, because sudo runs the
 account stack also when its cached credentials skip authentication.
 
-Fail safe, fail fast: every problem (no such user, face auth disabled, a
-remote session, a closed lid, no daemon within 1 s, no camera, a bad config,
+Fail safe, fail fast: every problem (no such user, a caller asking for
+another user, face auth disabled, a remote session, a closed lid, no daemon
+within 1 s, no camera, a bad config,
 any bug) exits non-zero at once with the reason in the journal (syslog
 AUTHPRIV, ident faceid-helper), and PAM falls through to the password. Exit 0
 only when the daemon's verdict is ``match``.
 
-Imports only config, camera and protocol and the standard library: never
+Imports only config, caller, camera and protocol and the standard library: never
 torch, onnxruntime or the face model, so it starts fast. OpenCV (and numpy)
 load only for a source that needs decoding (a V4L2 camera, a video), in a
 thread while the daemon is asked; an image folder's JPEG files go out as
@@ -37,7 +38,6 @@ import faulthandler
 import os
 import pwd
 import signal
-import socket
 import stat
 import sys
 import syslog
@@ -45,7 +45,7 @@ import threading
 import time
 from typing import Any, Mapping, NoReturn
 
-from pam_faceid import protocol
+from pam_faceid import caller, protocol
 from pam_faceid.camera import CameraError, FrameSource, sends_as_is
 from pam_faceid.config import ConfigError, load_config
 
@@ -66,8 +66,6 @@ DAEMON_TIMEOUT = 1.0
 """Seconds the daemon has to accept and answer hello before PAM falls through."""
 LID_DIR = "/proc/acpi/button/lid"
 """ACPI lists each lid as a folder here (LID0, ...) holding a ``state`` file."""
-LOCAL_HOSTS = frozenset({"localhost", "localhost.localdomain", "127.0.0.1", "::1", "0:0:0:0:0:0:0:1"})
-SSH_VARIABLES = ("SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY")
 
 NOTICE_LOOKING = "Looking for your face…"
 NOTICE_MATCH = "Face recognised."
@@ -116,40 +114,6 @@ def notice(enabled: bool, text: str) -> None:
             sys.stdout.flush()
         except Exception:
             pass
-
-
-def remote_reason(env: Mapping[str, str], parent_env: Mapping[str, str] | None = None) -> str | None:
-    """Why this looks like a remote session (the camera is not in front of that person), or None.
-
-    PAM_RHOST names the remote host for sshd and login-over-network; SSH_* in
-    our own or the calling program's environment (sudo inside an SSH session)
-    gives it away too.
-    """
-    rhost = env.get("PAM_RHOST", "").strip()
-    if rhost and rhost.lower() not in LOCAL_HOSTS and rhost != socket.gethostname():
-        return f"remote session from {rhost}"
-    if env.get("PAM_TTY", "") == "ssh":
-        return "SSH session (PAM_TTY=ssh)"
-    for source in (env, parent_env or {}):
-        for name in SSH_VARIABLES:
-            if source.get(name):
-                return f"SSH session ({name} set)"
-    return None
-
-
-def parent_environment() -> dict[str, str]:
-    """The calling program's environment (sudo's, su's), best effort; empty when unreadable."""
-    try:
-        with open(f"/proc/{os.getppid()}/environ", "rb") as fh:
-            raw = fh.read(1 << 20)
-    except OSError:
-        return {}
-    env = {}
-    for item in raw.split(b"\0"):
-        key, sep, value = item.partition(b"=")
-        if sep:
-            env[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
-    return env
 
 
 def lid_closed(lid_dir: str | None = None) -> bool:
@@ -215,9 +179,12 @@ def authenticate(env: Mapping[str, str], config_path: str | None) -> int:
     if not user:
         raise Abort(EXIT_CONFIG, "PAM_USER is not set: run me from pam_exec")
     try:
-        pwd.getpwnam(user)
+        uid = pwd.getpwnam(user).pw_uid
     except KeyError:
         raise Abort(EXIT_SKIPPED, f"user {user!r} does not exist") from None
+    why = caller.requester_problem(user, uid, env, os.getppid())
+    if why:
+        raise Abort(EXIT_SKIPPED, f"{why}: skipped (a face proves only the person asking)")
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:
@@ -226,7 +193,7 @@ def authenticate(env: Mapping[str, str], config_path: str | None) -> int:
     if not cfg.auth.enabled:
         raise Abort(EXIT_SKIPPED, "face authentication is disabled (auth.enabled: false)")
     if cfg.auth.abort_if_ssh:
-        why = remote_reason(env, parent_environment())
+        why = caller.remote_reason(env, os.getppid())
         if why:
             raise Abort(EXIT_SKIPPED, f"{why}: skipped (auth.abort_if_ssh)")
     if cfg.auth.abort_if_lid_closed and lid_closed():

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -233,3 +234,22 @@ def pam_files():
         for path in made:
             path.unlink(missing_ok=True)
 
+
+@pytest.fixture
+def make_user():
+    """``make_user(shell=nologin)`` -> name of a fresh system user (no home, no password); deleted at teardown."""
+    made: list[str] = []
+
+    def make(shell: str = "/usr/sbin/nologin") -> str:
+        name = f"fidt{uuid.uuid4().hex[:8]}"
+        subprocess.run(["useradd", "--no-create-home", "--shell", shell, "--user-group", name],
+                       check=True, capture_output=True)
+        made.append(name)
+        return name
+
+    try:
+        yield make
+    finally:
+        for name in made:
+            subprocess.run(["userdel", name], capture_output=True)
+            subprocess.run(["groupdel", name], capture_output=True)

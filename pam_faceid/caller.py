@@ -1,0 +1,154 @@
+"""Who asks for face auth, and from where: the PAM application that started the helper.
+
+A face proves only that the person at the camera is the person asking. So
+the helper refuses, before faceidd is asked anything, when the program that
+runs PAM (sudo, su, a greeter, a locker: the helper's parent) acts for
+someone other than the user being authenticated: ``su victim`` typed by
+another user, a polkit agent asked to authenticate a chosen admin. Greeters
+and console logins run as root with no requesting user yet, and keep working.
+
+Where the session is also matters: a camera is in front of a local user
+only. logind's view of the caller's session (the session scope of its
+cgroup, which no unprivileged process can leave) says whether it is remote;
+the environment's SSH_* variables, which a caller controls, are only an
+extra reason to skip.
+
+Standard library only: the helper imports this on every login.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import socket
+from typing import Mapping
+
+UNSET_LOGINUID = 4294967295
+"""/proc/PID/loginuid of a process outside any login session (system services, greeters, containers)."""
+SESSIONS_DIR = "/run/systemd/sessions"
+"""logind's per-session state files (KEY=VALUE lines: UID, REMOTE, REMOTE_HOST, SEAT, TTY, ...)."""
+LOCAL_HOSTS = frozenset({"localhost", "localhost.localdomain", "127.0.0.1", "::1", "0:0:0:0:0:0:0:1"})
+SSH_VARIABLES = ("SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY")
+
+
+def _read_proc(pid: int, name: str, limit: int = 1 << 16) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as fh:
+            return fh.read(limit)
+    except OSError:
+        return None
+
+
+def process_uids(pid: int) -> tuple[int | None, int | None]:
+    """(real uid, audit login uid or None when unset) of process ``pid``; (None, None) when unreadable.
+
+    For a setuid program (sudo, su, pkexec, polkit's agent helper) the real
+    uid is the user who started it: the one asking.
+    """
+    real = None
+    status = _read_proc(pid, "status")
+    for line in (status or b"").splitlines():
+        if line.startswith(b"Uid:"):
+            fields = line.split()
+            real = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+            break
+    raw = (_read_proc(pid, "loginuid") or b"").strip()
+    login = int(raw) if raw.isdigit() and int(raw) != UNSET_LOGINUID else None
+    return real, login
+
+
+def _name_of(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def requester_problem(user: str, uid: int, env: Mapping[str, str], caller_pid: int) -> str | None:
+    """Why the caller may not use face auth for ``user`` (uid ``uid``), or None when it asks for itself.
+
+    Three witnesses, each enough to refuse: PAM_RUSER (set by su and sudo to
+    the user who typed the command), the caller's real uid (root or the
+    user), and its audit login uid (the user who logged in to the session it
+    runs in, kept across su and sudo).
+    """
+    ruser = env.get("PAM_RUSER", "").strip()
+    if ruser and ruser != user:
+        return f"requested by {ruser} for {user}"
+    real, login = process_uids(caller_pid)
+    if real is None:
+        return f"cannot tell who is asking: /proc/{caller_pid} is unreadable"
+    if real not in (0, uid):
+        return f"requested by {_name_of(real)} (the caller's uid) for {user}"
+    if login is not None and login != uid:
+        return f"requested from {_name_of(login)}'s login session for {user}"
+    return None
+
+
+def session_id(pid: int) -> str | None:
+    """The logind session process ``pid`` runs in, from its cgroup path (as sd_pid_get_session does)."""
+    raw = _read_proc(pid, "cgroup")
+    for line in (raw or b"").decode("utf-8", "replace").splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if not (hierarchy == "0" or controllers == "name=systemd"):
+            continue
+        for part in path.split("/"):
+            if part.startswith("session-") and part.endswith(".scope"):
+                name = part[len("session-"):-len(".scope")]
+                if name.isalnum():
+                    return name
+    return None
+
+
+def logind_session(pid: int, sessions_dir: str | None = None) -> dict[str, str] | None:
+    """logind's record of the session ``pid`` runs in (KEY -> value), or None (no logind, no session)."""
+    name = session_id(pid)
+    if name is None:
+        return None
+    try:
+        with open(os.path.join(sessions_dir or SESSIONS_DIR, name), "rb") as fh:
+            text = fh.read(1 << 16).decode("utf-8", "replace")
+    except OSError:
+        return None
+    record = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            record[key.strip()] = value.strip()
+    return record
+
+
+def environment_of(pid: int) -> dict[str, str]:
+    """Process ``pid``'s environment, best effort; empty when unreadable."""
+    env = {}
+    for item in (_read_proc(pid, "environ", 1 << 20) or b"").split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+    return env
+
+
+def remote_reason(env: Mapping[str, str], caller_pid: int | None = None) -> str | None:
+    """Why this looks like a remote session (the camera is not in front of that person), or None.
+
+    PAM_RHOST (set by sshd and network logins) and logind's REMOTE flag are
+    the trusted witnesses; SSH_* in our own or the caller's environment (sudo
+    inside an SSH session) is one the caller can hide, so it only adds.
+    """
+    rhost = env.get("PAM_RHOST", "").strip()
+    if rhost and rhost.lower() not in LOCAL_HOSTS and rhost != socket.gethostname():
+        return f"remote session from {rhost}"
+    if env.get("PAM_TTY", "") == "ssh":
+        return "SSH session (PAM_TTY=ssh)"
+    if caller_pid is not None:
+        session = logind_session(caller_pid)
+        if session and session.get("REMOTE") == "1":
+            host = session.get("REMOTE_HOST") or "an unknown host"
+            return f"remote logind session {session_id(caller_pid)} from {host}"
+    caller_env = environment_of(caller_pid) if caller_pid is not None else {}
+    for source in (env, caller_env):
+        for name in SSH_VARIABLES:
+            if source.get(name):
+                return f"SSH session ({name} set)"
+    return None
