@@ -385,6 +385,36 @@ def _check_folders(path: str) -> None:
         _check_owner_mode(path, folder, st)
 
 
+def check_socket_folder(path: str | None, socket_path: str) -> None:
+    """daemon.socket must lie in folders only root can change: no one else may put a socket in its place.
+
+    The socket's folder (or the nearest one that exists: faceidd creates the
+    rest) must be root's and not writable by group or others; every folder
+    above it root's, and not writable by others unless sticky (/tmp).
+    """
+    folder = os.path.dirname(os.path.abspath(socket_path))
+    nearest = True
+    while True:
+        try:
+            st = os.stat(folder)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise _error(path, "daemon.socket", socket_path, f"cannot check folder {folder}: {exc.strerror}")
+        if st is not None:
+            writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+            sticky = st.st_mode & stat.S_ISVTX
+            if st.st_uid != 0 or (writable and (nearest or not sticky)):
+                raise _error(path, "daemon.socket", socket_path,
+                             f"folder {folder} must be owned by root and not writable by others "
+                             f"(it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})")
+            nearest = False
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return
+        folder = parent
+
+
 # ---------------------------------------------------------------- the Config object
 
 class Section:
@@ -499,7 +529,10 @@ def load_config(path: str | None = None, *, check_permissions: bool = True) -> C
     if explicit and not os.path.lexists(path):
         raise ConfigError(f"{path}: no such config file")
     text = _read(path, check_permissions)
-    return Config(_validate_document(path, _parse_text(path, text)), path, from_file=True)
+    values = _validate_document(path, _parse_text(path, text))
+    if check_permissions:
+        check_socket_folder(path, values["daemon"]["socket"])
+    return Config(values, path, from_file=True)
 
 
 # ---------------------------------------------------------------- changing one key

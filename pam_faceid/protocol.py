@@ -282,13 +282,17 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 # ---- client side: used by the PAM helper and the admin CLI ----
 
-def connect(socket_path: str, timeout: float = 1.0) -> socket.socket:
+def connect(socket_path: str, timeout: float = 1.0, server_uid: int | None = 0) -> socket.socket:
     """Connect to faceidd within ``timeout`` seconds or raise DaemonError saying why.
 
     With a timeout set, connecting to a Unix socket whose listen queue is full
     fails at once (EAGAIN) instead of waiting: a local user flooding the
     socket would make every login fall through. So that is retried until
     the timeout, as a blocking connect would wait.
+
+    The process listening must run as ``server_uid`` (root), by the kernel's
+    SO_PEERCRED: a local user who got a socket in its place (a stale path, a
+    misconfigured folder) must not be sent camera frames or answer for faceidd.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -315,6 +319,16 @@ def connect(socket_path: str, timeout: float = 1.0) -> socket.socket:
         except OSError as exc:
             sock.close()
             raise DaemonError(f"cannot connect to faceidd at {socket_path}: {exc.strerror or exc}") from None
+    if server_uid is not None:
+        try:
+            _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                                  struct.calcsize("3i")))
+        except OSError as exc:
+            sock.close()
+            raise DaemonError(f"cannot tell who listens on {socket_path}: {exc.strerror or exc}") from None
+        if uid != server_uid:
+            sock.close()
+            raise DaemonError(f"{socket_path} is served by uid {uid}, not uid {server_uid}: not faceidd, refused")
     return sock
 
 

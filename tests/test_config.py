@@ -458,3 +458,27 @@ def test_cli_broken_or_missing_file_is_one_line(folder: Path) -> None:
 def test_cli_help_has_an_example() -> None:
     result = subprocess.run([str(FACEID), "config", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "faceid config auth.timeout 3" in result.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give folders to another user")
+def test_daemon_socket_must_lie_in_folders_only_root_can_change(folder: Path, tmp_path: Path) -> None:
+    """Another user who can write the socket's folder could put a socket of its own there for the helper to use."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o755)
+    run.chmod(0o755)
+    path = write(folder, f"daemon:\n  socket: {run / 'faceid' / 'faceidd.sock'}\n")
+    assert load_config(str(path)).daemon.socket.endswith("faceidd.sock")  # a folder faceidd will create is fine
+    (run / "faceid").mkdir(mode=0o755)
+    os.chown(run / "faceid", 65534, 65534)
+    message = error_of(path)
+    assert "daemon.socket = " in message and f"folder {run / 'faceid'} must be owned by root" in message
+    assert "(it is uid 65534, mode 0755)" in message
+    os.chown(run / "faceid", 0, 0)
+    (run / "faceid").chmod(0o1777)  # sticky is not enough for the socket's own folder
+    assert "not writable by others (it is uid 0, mode 1777)" in error_of(path)
+    (run / "faceid").chmod(0o755)
+    run.chmod(0o777)  # nor is a loose folder above it, which lets the socket's folder be swapped
+    assert f"folder {run} must be owned by root" in error_of(path)
+    run.chmod(0o1777)  # a sticky folder above (like /tmp) keeps root's entries root's
+    assert load_config(str(path)).daemon.socket.endswith("faceidd.sock")
+    assert load_config(str(path), check_permissions=False)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import tempfile
 import socket
 import struct
 import threading
@@ -226,3 +230,24 @@ def test_readme_carries_the_wire_spec_and_every_code():
     assert spec in section, "README's protocol section drifted: paste protocol.__doc__ from 'Wire format' on"
     for word in (*protocol.RESULTS, *protocol.ERROR_CODES):
         assert word in spec, f"{word} is not documented in protocol.py's docstring"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a server as another user")
+def test_client_refuses_a_socket_served_by_anyone_but_root():
+    """A socket someone else listens on (a stale path taken over) is never sent a frame or believed."""
+    folder = Path(tempfile.mkdtemp(prefix="fid-peer-"))
+    folder.chmod(0o777)
+    path = str(folder / "faceidd.sock")
+    server = ("import socket, sys, time; s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1); "
+              "print('ready', flush=True); time.sleep(30)")
+    proc = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3",
+                             "-c", server, path], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        with pytest.raises(protocol.DaemonError, match=r"served by uid 65534, not uid 0: not faceidd, refused"):
+            protocol.Client(path, 1.0)
+        protocol.connect(path, 1.0, server_uid=65534).close()  # the check is the only thing refusing it
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(folder)
