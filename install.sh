@@ -134,13 +134,13 @@ from pathlib import Path
 
 src, extras = Path(sys.argv[1]).resolve(), sys.argv[2:]
 try:
-    from packaging.requirements import Requirement
-except ImportError:
-    sys.exit("no 'packaging' module to check requirements with")
-try:
     dist = metadata.distribution("pam_faceid")
 except metadata.PackageNotFoundError:
     sys.exit("pam_faceid is not installed")
+try:
+    from packaging.requirements import Requirement
+except ImportError:  # every venv has pip, and pip carries its own copy
+    from pip._vendor.packaging.requirements import Requirement
 url = json.loads(dist.read_text("direct_url.json") or "{}")
 if not url.get("dir_info", {}).get("editable") or url.get("url") != src.as_uri():
     sys.exit(f"pam_faceid is not installed editable from {src}")
