@@ -33,6 +33,31 @@ def test_frames_of_the_person_match_and_of_another_do_not(enrolled, person_image
     assert other.stdout.count("score ") >= 5
 
 
+def test_verdict_names_the_matching_frames_it_needs(enrolled, person_images, make_image_folder):
+    """One matching frame is not a match while auth.min_matching_frames is 2: the lines and the verdict say so."""
+    config, user = enrolled
+    one = str(make_image_folder(person_images(PERSON)[:1]))
+    shown = faceid(config, "test", user.name, "--from", one)
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    assert "MATCH (1 of 2 needed)" in shown.stdout
+    assert "verdict: no_match" in shown.stdout
+    assert "1 of 1 frame(s) matched, 2 needed (auth.min_matching_frames)" in shown.stdout
+    assert faceid(config, "config", "auth.min_matching_frames", "1").returncode == 0
+    shown = faceid(config, "test", user.name, "--from", one)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "verdict: match" in shown.stdout and "1 of 1 frame(s) matched, 1 needed" in shown.stdout
+
+
+def test_frames_stop_where_the_daemon_decides(enrolled, person_images, make_image_folder):
+    """Six matching frames, two needed: the daemon answers after the second, so nothing is printed after it."""
+    config, user = enrolled
+    shown = faceid(config, "test", user.name, "--from", str(make_image_folder(person_images(PERSON)[:6])))
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    lines = shown.stdout.splitlines()
+    assert sum(": score " in line for line in lines) == 2, shown.stdout
+    assert lines[-1].startswith("verdict: match") and "2 of 2 frame(s) matched, 2 needed" in lines[-1]
+
+
 def test_pam_runs_the_real_stack(enrolled, daemon, person_images, make_image_folder):
     config, user = enrolled
     service = PamService(config)
