@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import cv2
 import pytest
 
-from cli_support import Daemon, PamService, cli_env, daemon, faceid, temp_user, write_config  # noqa: F401 (fixtures)
+from cli_support import Daemon, PamService, cli_env, daemon, faceid, model_dir, temp_user, write_config  # noqa: F401 (fixtures)
 from conftest import OTHER_PERSON, PERSON, session_frames, write_frames
 
 
@@ -94,6 +95,26 @@ def test_status_shows_daemon_model_users_and_pam_services(enrolled, daemon):
     daemon.stop()
     down = faceid(config, "status")
     assert down.returncode == 1 and "daemon:   not running" in down.stdout
+
+
+def test_status_labels_each_accuracy_figure_with_its_data(cli_env, tmp_path):
+    """model.json holds dev-pair figures and validation figures that differ: status names the data of each."""
+    config, camera = cli_env
+    model = tmp_path / "model"
+    shutil.copytree(model_dir(), model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["threshold_source"] = {"data": "/data/dev/lfw", "pairs": "/data/dev/pairs.txt",
+                                "metrics": {"auc": 0.942, "tar_at_far_1e-3": 0.092, "images": 3321}}
+    meta["metrics"] = {"validation": {"auc": 0.93, "tar_at_far_1e-3": 0.22, "epoch": 7}}
+    (model / "model.json").write_text(json.dumps(meta))
+    write_config(config.parent, camera, model={"path": str(model)})
+    shown = faceid(config, "status")
+    assert ("\n          on dev pairs /data/dev/lfw + /data/dev/pairs.txt (people never trained on; the threshold was "
+            "fit here): auc=0.942, tar_at_far_1e-3=0.092\n") in shown.stdout, shown.stdout
+    assert ("\n          on validation, held-out identities of the training data (they chose the epoch): auc=0.93, "
+            "tar_at_far_1e-3=0.22\n") in shown.stdout, shown.stdout
+    report = json.loads(faceid(config, "status", "--json").stdout)
+    assert [f["data"].split(" ")[0] for f in report["model"]["figures"]] == ["dev", "validation,"]
 
 
 def test_status_reports_an_unreadable_per_user_head(enrolled):
