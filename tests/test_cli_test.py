@@ -9,7 +9,8 @@ import time
 import cv2
 import pytest
 
-from cli_support import Daemon, PamService, cli_env, daemon, faceid, model_dir, temp_user, write_config  # noqa: F401 (fixtures)
+from cli_support import (Daemon, PamService, cli_env, daemon, faceid, model_dir, temp_user,  # noqa: F401 (fixtures)
+                         write_config)
 from conftest import OTHER_PERSON, PERSON, session_frames, write_frames
 
 

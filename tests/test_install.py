@@ -205,8 +205,9 @@ def test_dev_on_a_fresh_venv_gives_a_plain_reason(source: Path, tmp_path: Path):
     tree = tmp_path / "tree"
     shutil.copytree(source, tree)
     subprocess.run(["/usr/bin/python3", "-m", "venv", str(tree / ".venv")], check=True)
-    site = Path(subprocess.run([str(tree / ".venv/bin/python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    site = Path(subprocess.run([str(tree / ".venv/bin/python"), "-c", purelib], capture_output=True, text=True,
+                               check=True).stdout.strip())
     for name, version in zip(("torch", "torchvision"), pins.groups()):
         info = site / f"{name}-{version}.dist-info"
         info.mkdir()
