@@ -8,7 +8,7 @@ then becomes faceidd in the foreground. The system daemon, its socket and
 and the enrolments for the next run.
 
 Exit codes: faceidd's own (0 stopped by Ctrl-C or SIGTERM, 1 cannot listen,
-2 bad config); before it starts, 2 bad DIR or camera, 4 not root.
+2 bad config); before it starts, 2 an unusable DIR or --config given, 4 not root.
 """
 
 from __future__ import annotations
