@@ -134,13 +134,13 @@ from pathlib import Path
 
 src, extras = Path(sys.argv[1]).resolve(), sys.argv[2:]
 try:
-    from packaging.requirements import Requirement
-except ImportError:
-    sys.exit("no 'packaging' module to check requirements with")
-try:
     dist = metadata.distribution("pam_faceid")
 except metadata.PackageNotFoundError:
     sys.exit("pam_faceid is not installed")
+try:
+    from packaging.requirements import Requirement
+except ImportError:  # every venv has pip, and pip carries its own copy
+    from pip._vendor.packaging.requirements import Requirement
 url = json.loads(dist.read_text("direct_url.json") or "{}")
 if not url.get("dir_info", {}).get("editable") or url.get("url") != src.as_uri():
     sys.exit(f"pam_faceid is not installed editable from {src}")
@@ -191,7 +191,10 @@ sys.exit(not (version("torch") == sys.argv[1] and version("torchvision") == sys.
         # compat: a plain path in a .pth; the default import finder adds 15 ms to every helper start
         "${pip[@]}" install "${TORCH_PINS[@]}" --config-settings editable_mode=compat -e "$SRC[train,test]"
     fi
-    step "done: run the tests with: cd '$SRC' && .venv/bin/python -m pytest -q"
+    step "done: faceid is $venv/bin/faceid (not on the PATH)"
+    note "try it:          sudo .venv/bin/faceid demo"
+    note "run the daemon:  sudo .venv/bin/faceid dev-daemon   (its own socket and state; see README, Quickstart)"
+    note "run the tests:   cd '$SRC' && .venv/bin/python -m pytest -q"
 }
 
 # Copy what building the package needs (not venvs, caches or runs) to $1, so pip never writes into the checkout.

@@ -115,7 +115,7 @@ def test_user_mistakes_are_one_line_without_traceback(cli_env, args, code, words
 
 
 @pytest.mark.parametrize("command", [["enroll", "nobody"], ["list"], ["remove", "nobody", "x"],
-                                     ["clear", "nobody", "-y"]])
+                                     ["clear", "nobody", "-y"], ["dev-daemon"]])
 def test_not_root_is_told_to_use_sudo(command):
     done = subprocess.run(["runuser", "-u", "nobody", "--", FACEID, *command], capture_output=True, text=True,
                           timeout=60)
@@ -123,7 +123,8 @@ def test_not_root_is_told_to_use_sudo(command):
     assert "needs root: run it with sudo" in done.stderr
 
 
-@pytest.mark.parametrize("command", ["enroll", "list", "remove", "clear", "test", "status", "pam", "demo", "calibrate", "snapshot", "unlock"])
+@pytest.mark.parametrize("command", ["enroll", "list", "remove", "clear", "test", "status", "pam", "demo",
+                                     "dev-daemon", "calibrate", "snapshot", "unlock"])
 def test_help_has_an_example(command):
     done = faceid(None, command, "--help")
     assert done.returncode == 0 and "example" in done.stdout and f"faceid {command}" in done.stdout

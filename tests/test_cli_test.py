@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import cv2
 import pytest
 
-from cli_support import Daemon, PamService, cli_env, daemon, faceid, temp_user, write_config  # noqa: F401 (fixtures)
+from cli_support import (Daemon, PamService, cli_env, daemon, faceid, model_dir, temp_user,  # noqa: F401 (fixtures)
+                         write_config)
 from conftest import OTHER_PERSON, PERSON, session_frames, write_frames
 
 
@@ -31,6 +33,31 @@ def test_frames_of_the_person_match_and_of_another_do_not(enrolled, person_image
     assert other.returncode == 1, other.stdout
     assert "verdict: no_match" in other.stdout
     assert other.stdout.count("score ") >= 5
+
+
+def test_verdict_names_the_matching_frames_it_needs(enrolled, person_images, make_image_folder):
+    """One matching frame is not a match while auth.min_matching_frames is 2: the lines and the verdict say so."""
+    config, user = enrolled
+    one = str(make_image_folder(person_images(PERSON)[:1]))
+    shown = faceid(config, "test", user.name, "--from", one)
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    assert "MATCH (1 of 2 needed)" in shown.stdout
+    assert "verdict: no_match" in shown.stdout
+    assert "1 of 1 frame(s) matched, 2 needed (auth.min_matching_frames)" in shown.stdout
+    assert faceid(config, "config", "auth.min_matching_frames", "1").returncode == 0
+    shown = faceid(config, "test", user.name, "--from", one)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "verdict: match" in shown.stdout and "1 of 1 frame(s) matched, 1 needed" in shown.stdout
+
+
+def test_frames_stop_where_the_daemon_decides(enrolled, person_images, make_image_folder):
+    """Six matching frames, two needed: the daemon answers after the second, so nothing is printed after it."""
+    config, user = enrolled
+    shown = faceid(config, "test", user.name, "--from", str(make_image_folder(person_images(PERSON)[:6])))
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    lines = shown.stdout.splitlines()
+    assert sum(": score " in line for line in lines) == 2, shown.stdout
+    assert lines[-1].startswith("verdict: match") and "2 of 2 frame(s) matched, 2 needed" in lines[-1]
 
 
 def test_pam_runs_the_real_stack(enrolled, daemon, person_images, make_image_folder):
@@ -69,6 +96,26 @@ def test_status_shows_daemon_model_users_and_pam_services(enrolled, daemon):
     daemon.stop()
     down = faceid(config, "status")
     assert down.returncode == 1 and "daemon:   not running" in down.stdout
+
+
+def test_status_labels_each_accuracy_figure_with_its_data(cli_env, tmp_path):
+    """model.json holds dev-pair figures and validation figures that differ: status names the data of each."""
+    config, camera = cli_env
+    model = tmp_path / "model"
+    shutil.copytree(model_dir(), model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["threshold_source"] = {"data": "/data/dev/lfw", "pairs": "/data/dev/pairs.txt",
+                                "metrics": {"auc": 0.942, "tar_at_far_1e-3": 0.092, "images": 3321}}
+    meta["metrics"] = {"validation": {"auc": 0.93, "tar_at_far_1e-3": 0.22, "epoch": 7}}
+    (model / "model.json").write_text(json.dumps(meta))
+    write_config(config.parent, camera, model={"path": str(model)})
+    shown = faceid(config, "status")
+    assert ("\n          on dev pairs /data/dev/lfw + /data/dev/pairs.txt (people never trained on; the threshold was "
+            "fit here): auc=0.942, tar_at_far_1e-3=0.092\n") in shown.stdout, shown.stdout
+    assert ("\n          on validation, held-out identities of the training data (they chose the epoch): auc=0.93, "
+            "tar_at_far_1e-3=0.22\n") in shown.stdout, shown.stdout
+    report = json.loads(faceid(config, "status", "--json").stdout)
+    assert [f["data"].split(" ")[0] for f in report["model"]["figures"]] == ["dev", "validation,"]
 
 
 def test_status_reports_an_unreadable_per_user_head(enrolled):

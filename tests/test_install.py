@@ -9,6 +9,7 @@ test does not depend on what systemd/ holds today.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -190,6 +191,35 @@ def test_dev_refuses_a_venv_built_from_another_python(source: Path, tmp_path: Pa
     result = _run("--dev", "--no-apt", src=tree, check=False)
     assert result.returncode != 0
     assert "was not built from /usr/bin/python3" in result.stderr
+
+
+@pytest.mark.slow
+def test_dev_on_a_fresh_venv_gives_a_plain_reason(source: Path, tmp_path: Path):
+    """A fresh venv has neither pam_faceid nor 'packaging': --dev says the first, not that the second is missing.
+
+    torch and torchvision are stood in for by their metadata (so the 2 GB download is skipped) and pip is kept
+    offline, so the run stops at the pip install it announces.
+    """
+    pins = re.search(r"TORCH_PINS=\(torch==(\S+) torchvision==(\S+)\)", SCRIPT.read_text())
+    assert pins, "TORCH_PINS not found in install.sh"
+    tree = tmp_path / "tree"
+    shutil.copytree(source, tree)
+    subprocess.run(["/usr/bin/python3", "-m", "venv", str(tree / ".venv")], check=True)
+    purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    site = Path(subprocess.run([str(tree / ".venv/bin/python"), "-c", purelib], capture_output=True, text=True,
+                               check=True).stdout.strip())
+    for name, version in zip(("torch", "torchvision"), pins.groups()):
+        info = site / f"{name}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    no_wheels = tmp_path / "no-wheels"
+    no_wheels.mkdir()
+    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(no_wheels)}
+    result = subprocess.run(["bash", str(tree / "install.sh"), "--dev", "--no-apt"], capture_output=True, text=True,
+                            timeout=600, cwd="/", env=env)
+    assert "torch and torchvision present" in result.stdout, result.stdout + result.stderr
+    assert "==> pip install -e '.[train,test]' (pam_faceid is not installed)" in result.stdout, result.stdout
+    assert "'packaging' module" not in result.stdout + result.stderr
 
 
 def test_ci_runs_exactly_the_readme_commands():

@@ -25,6 +25,7 @@ COMMANDS = [
     "status",
     "pam",
     "demo",
+    "dev_daemon",
     "calibrate",
     "snapshot",
     "unlock",

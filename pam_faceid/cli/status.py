@@ -1,7 +1,8 @@
 """faceid status: is face unlock working here, and for whom?
 
 One screen with what an admin checks first: the daemon, the camera, the
-model and its measured accuracy, who is enrolled (and whose file is
+model and its measured accuracy (each figure with the data it was measured
+on: dev pairs or held-out training identities), who is enrolled (and whose file is
 unreadable), lockouts, and which PAM services call the helper. Every part
 reports its own problem and the others still show.
 
@@ -93,6 +94,28 @@ def _camera(cfg: Any) -> dict[str, Any]:
     return info
 
 
+FIGURES = ("accuracy", "auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "enroll_frr_at_far_1e-3")
+"""The accuracy figures shown from model.json; counts and training internals stay in --json."""
+
+SECTION_DATA = {"validation": "held-out identities of the training data (they chose the epoch)"}
+"""What data each metrics section of model.json was measured on, where model.json does not say."""
+
+
+def figures(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """model.json's accuracy figures, each with the data it was measured on: dev figures and validation differ."""
+    found = []
+    source = meta.get("threshold_source")
+    if isinstance(source, dict) and isinstance(source.get("metrics"), dict):
+        data = " + ".join(str(source[key]) for key in ("data", "pairs") if source.get(key))
+        found.append({"data": f"dev pairs {data} (people never trained on; the threshold was fit here)",
+                      "metrics": source["metrics"]})
+    for name, metrics in (meta.get("metrics") or {}).items():
+        if isinstance(metrics, dict):
+            found.append({"data": f"{name}, {SECTION_DATA.get(name, 'data not recorded in model.json')}",
+                          "metrics": metrics})
+    return found
+
+
 def _model(cfg: Any) -> dict[str, Any]:
     from pam_faceid.embedder import ModelError, load_metadata
 
@@ -104,7 +127,7 @@ def _model(cfg: Any) -> dict[str, Any]:
         info.update(ok=False, error=str(exc))
         return info
     info.update(ok=True, name=meta.get("name") or meta.get("id") or "unnamed", threshold=meta.get("threshold"),
-                configured_threshold=cfg.auth.threshold, metrics=meta.get("metrics") or {})
+                configured_threshold=cfg.auth.threshold, metrics=meta.get("metrics") or {}, figures=figures(meta))
     return info
 
 
@@ -148,16 +171,10 @@ def _lockouts(cfg: Any) -> dict[str, Any]:
             "unreadable": bad, "require_password_after": hours, "password_used_hours_ago": password}
 
 
-def _flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> list[str]:
-    parts = []
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            parts.extend(_flatten_metrics(value, f"{prefix}{key}."))
-        elif isinstance(value, float):
-            parts.append(f"{prefix}{key}={value:.4g}")
-        elif isinstance(value, (int, str)):
-            parts.append(f"{prefix}{key}={value}")
-    return parts
+def _figure_line(figure: dict[str, Any]) -> str:
+    shown = [f"{key}={figure['metrics'][key]:.4g}" for key in FIGURES
+             if isinstance(figure["metrics"].get(key), (int, float))]
+    return f"on {figure['data']}: {', '.join(shown) or 'no accuracy figures'}"
 
 
 def _print(report: dict[str, Any]) -> None:
@@ -180,9 +197,8 @@ def _print(report: dict[str, Any]) -> None:
     if m.get("ok"):
         print(f"model:    {m['path']} ({m['name']}, {m['backend']}), shipped threshold {m['threshold']}, "
               f"auth.threshold {m['configured_threshold']}")
-        metrics = _flatten_metrics(m.get("metrics") or {})
-        if metrics:
-            print("          " + ", ".join(metrics[:12]))
+        for figure in m.get("figures", []):
+            print("          " + _figure_line(figure))
     else:
         print(f"model:    NOT USABLE: {m.get('error')}")
     e = report["enrolments"]

@@ -113,10 +113,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"testing {user}: {len(templates)} template(s), threshold {threshold:.3f}, {need} matching frame(s) needed")
     started = time.monotonic()
     decision = Decision(threshold, need, timeout=float("inf"), max_frames=args.frames, started=started)
-    first_match: float | None = None
-    shown = 0
+    verdict = None
     for frame in frames:
-        shown += 1
         t0 = time.monotonic()
         crop, reason = pipeline.process(frame.image)
         if crop is None:
@@ -125,19 +123,17 @@ def run(args: argparse.Namespace) -> int:
         else:
             score = float(np.max(templates @ embedder.embed_one(crop)))
             ms = (time.monotonic() - t0) * 1000
-            verdict_word = "MATCH" if score >= threshold else "no match"
-            print(f"{frame.where}: score {score:.3f} {'>=' if score >= threshold else '<'} {threshold:.3f} "
-                  f"{verdict_word} ({ms:.0f} ms)")
             verdict = decision.observe(score, None, time.monotonic())
-            if verdict is not None and verdict.result == "match" and first_match is None:
-                first_match = time.monotonic() - started
-        if shown >= args.frames:
+            word = f"MATCH ({decision.matches} of {need} needed)" if score >= threshold else "no match"
+            print(f"{frame.where}: score {score:.3f} {'>=' if score >= threshold else '<'} {threshold:.3f} "
+                  f"{word} ({ms:.0f} ms)")
+        if verdict is not None:  # the daemon would have answered here and closed the session
             break
-    final = decision.verdict if decision.verdict is not None else decision.finish(time.monotonic())
+    final = verdict or decision.finish(time.monotonic())
     best = "-" if final.score is None else f"{final.score:.3f}"
-    if first_match is not None:
-        print(f"verdict: match (best score {best}; {need} matching frame(s) reached after {first_match:.2f} s)")
+    counts = f"{decision.matches} of {decision.frames} frame(s) matched, {need} needed (auth.min_matching_frames)"
+    if final.result == "match":
+        print(f"verdict: match (best score {best}; {counts}; after {time.monotonic() - started:.2f} s)")
         return 0
-    print(f"verdict: {final.result} (best score {best}, {decision.matches} of {decision.frames} frame(s) matched, "
-          f"{decision.faces} with a face)")
+    print(f"verdict: {final.result} (best score {best}; {counts}; {decision.faces} with a face)")
     return EXIT_FAILURE
