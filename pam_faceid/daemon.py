@@ -233,6 +233,10 @@ and a client sending bigger frames must not buy more of the one serialised detec
 streaming 2048 px frames held an owner's login for 7 s)."""
 
 
+class FrameRefused(Exception):
+    """A frame no camera sends (progressive, arithmetic-coded, marker soup...): the session ends ``refused``."""
+
+
 class Engine:
     """Frame bytes -> best similarity to a user's templates, through FacePipeline and Embedder.
 
@@ -261,18 +265,18 @@ class Engine:
         With a per-user ``head`` (faceid retrain) the frame's vector is mapped
         by it, as the templates were when they were loaded. A frame darker
         than ``dark_threshold`` percent is ``too_dark`` (the helper sends an
-        image folder's JPEG files unchecked).
+        image folder's JPEG files unchecked). Raises FrameRefused, before any
+        decoding, for a frame no camera sends (protocol.frame_problem).
         """
         import cv2
 
         from pam_faceid.camera import brightness_percent
         from pam_faceid.faces import FaceRefused, align
 
-        size = protocol.jpeg_size(jpeg)
-        if size is None:
-            return None, "not_jpeg", None, None
-        if not (0 < size[0] <= protocol.MAX_FRAME_SIDE and 0 < size[1] <= protocol.MAX_FRAME_SIDE):
-            return None, "frame_too_large", None, None
+        problem = protocol.frame_problem(jpeg)
+        if problem is not None:
+            raise FrameRefused(problem)
+        size = protocol.jpeg_size(jpeg) or (0, 0)  # never None here: frame_problem read its SOF
         reduced = cv2.IMREAD_REDUCED_COLOR_2 if max(size) >= 2 * DETECT_MAX_SIDE else cv2.IMREAD_COLOR
         frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), reduced)
         if frame is None:
@@ -988,6 +992,8 @@ class Daemon:
             try:
                 score, reason, frame, face = engine.examine(msg.payload, entry.templates, entry.head, dark_threshold)
                 verdict = decision.observe(score, reason, time.monotonic(), frame, face)
+            except FrameRefused as refused:
+                return Verdict("refused", decision.best, decision.frames, f"frame refused: {refused}"), True
             except Exception as exc:  # a model or liveness failure ends this session with "error", never the daemon
                 log.exception("scoring a frame for user=%s failed", user)
                 return Verdict("error", decision.best, decision.frames, f"internal error: {type(exc).__name__}"), True

@@ -19,6 +19,7 @@ from conftest import session_frames, write_frames
 
 from pam_faceid import protocol
 from pam_faceid.daemon import Decision, Verdict
+from pam_faceid.lockout import LockoutStore
 from pam_faceid.store import Store
 
 # ---------------------------------------------------------------- the decision, a pure function of scores and time
@@ -366,13 +367,20 @@ def test_session_matches_the_enrolled_person_and_not_another(model_daemon):
     assert "verdict=match" in d.logs() and "verdict=no_match" in d.logs()
 
 
-def test_session_without_faces_and_with_bad_frames(model_daemon):
+def test_session_without_faces_and_bad_frames_that_end_it(model_daemon):
+    """A frame without a face is a progress reason; one no camera sends ends the session refused, counted."""
     d = model_daemon
-    blank = np.full((480, 640, 3), 128, np.uint8)
+    blank = jpeg(np.full((480, 640, 3), 128, np.uint8))
+    progress, verdict = run_session(d.socket, "root", [blank, blank])
+    assert [m.get("reason") for m in progress] == ["no_face", "no_face"]
+    assert verdict.get("result") == "no_face" and verdict.get("frames") == 2
     huge = b"\xff\xd8\xff\xc0\x00\x11\x08\xff\xff\xff\xff\x03" + b"\x00" * 64  # SOF claiming 65535x65535
-    progress, verdict = run_session(d.socket, "root", [b"not a jpeg", huge, jpeg(blank)])
-    assert [m.get("reason") for m in progress] == ["not_jpeg", "frame_too_large", "no_face"]
-    assert verdict.get("result") == "no_face" and verdict.get("frames") == 3
+    for payload, why in ((b"not a jpeg", "not a JPEG"), (huge, "65535x65535 px")):
+        progress, verdict = run_session(d.socket, "root", [blank, payload, blank])
+        assert len(progress) == 1 and verdict.get("result") == "refused" and verdict.get("frames") == 1
+        assert verdict.get("reason").startswith("frame refused: ") and why in verdict.get("reason")
+    assert d.logs().count("verdict=refused") == 2
+    assert len(LockoutStore(d.state_dir).read("root").failures) == 2
 
 
 def test_dark_frames_are_too_dark_by_the_camera_threshold(model_daemon):
