@@ -172,11 +172,12 @@ class LockoutStore(UserFiles):
         """Count one failed attempt; when it is the ``max_failures``-th within ``window`` s, lock for ``duration`` s.
 
         Returns the lockout's end when this failure started one, else None.
-        A corrupt or unknown-version file is replaced: the failure is what matters now.
+        A corrupt or unknown-version file is replaced: the failure is what matters now. A failure
+        later than ``now`` is kept: concurrent sessions take their clock before waiting for the lock.
         """
         with self.write_lock():
             state = self._read_for_update(user)
-            state.failures = [t for t in state.failures if now - window < t <= now] + [now]
+            state.failures = [t for t in state.failures if now - window < t] + [now]
             until = None
             if len(state.failures) >= max_failures:
                 until = now + duration

@@ -374,7 +374,13 @@ for t in threads:
     t.start()
 for t in threads:
     t.join()
-attempt()
+deadline = time.monotonic() + 3
+while True:  # the daemon frees a connection slot just after its verdict: "busy" until then
+    attempt()
+    if "busy" not in str(results[-1][1]) or time.monotonic() > deadline:
+        break
+    results.pop()
+    time.sleep(0.05)
 print(json.dumps(results))
 '''
 
@@ -398,7 +404,7 @@ def test_crafted_progressive_jpegs_are_refused_before_decoding_and_counted(facei
     proc = run_as_nobody(CRAFTED % json.dumps([d.socket, str(frame_path)]), timeout=60)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
-    assert [r[0] for r in results] == ["refused"] * 3 + ["locked_out"], results
+    assert [r[0] for r in results] == ["refused"] * 3 + ["locked_out"], (results, proc.stderr[-2000:], d.logs()[-3000:])
     assert all(r[1].startswith("frame refused: progressive JPEG (SOF2)") for r in results[:3]), results
     assert max(r[2] for r in results) < 2.0 and time.monotonic() - started < 10, results
     owner: list[tuple[float, float, str]] = []

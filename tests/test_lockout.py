@@ -104,6 +104,16 @@ def test_concurrent_writers_lose_no_failure(state):
     assert len(store.read("alice").failures) == 16
 
 
+def test_failures_recorded_out_of_order_all_count(state):
+    """Concurrent sessions read the clock before they wait for the lock, so a failure may be written after a later
+    one; it must still count (three parallel refused sessions were locked out only now and then)."""
+    store = LockoutStore(state)
+    t = 1_000_000.0
+    assert store.record_failure("alice", t + 0.02, 3, 60, 300) is None
+    assert store.record_failure("alice", t + 0.01, 3, 60, 300) is None
+    assert store.record_failure("alice", t, 3, 60, 300) == t + 300
+
+
 def test_a_corrupt_or_unknown_version_file_refuses_that_user_only_and_unlock_rewrites_it(state):
     store = LockoutStore(state)
     for user in ("alice", "bob", "carol"):
