@@ -7,7 +7,9 @@ frames over the Unix socket (protocol.py); the daemon decides.
 
 Security model: any local user may connect (socket 0666); SO_PEERCRED tells
 who is asking. Root may ask about any user, other uids only about their own
-user name, admin requests (status, reload) are root only. Every session is
+user name; admin requests (status, reload) and password_used reports are
+root only (a user's own process could otherwise claim a password it never
+typed and reset auth.require_password_after). Every session is
 bounded in time, frames and message size, and each non-root uid may hold
 only a few connections, so a hostile local user cannot stall the owner's login.
 """
@@ -827,15 +829,15 @@ class Daemon:
 
     # -- authentication sessions
 
-    def _authorise(self, user: Any, pid: int, uid: int, what: str = "hello") -> Verdict | None:
+    def _authorise(self, user: Any, pid: int, uid: int) -> Verdict | None:
         """None when ``uid`` may ask about ``user``; otherwise the refusal."""
         if uid == 0:
             return None
         own = user_name(uid)
         if own is not None and own == user:
             return None
-        log.warning("refused %s for user=%r from pid=%d uid=%d (%s): may only ask about itself",
-                    what, user, pid, uid, own or "no passwd entry")
+        log.warning("refused hello for user=%r from pid=%d uid=%d (%s): may only ask about itself",
+                    user, pid, uid, own or "no passwd entry")
         return Verdict("refused", reason="a non-root client may only ask about its own user")
 
     def before_session(self, user: str, state: State) -> Verdict | None:
@@ -909,8 +911,10 @@ class Daemon:
         user, service = msg.get("user"), msg.get("service", "")
         if not self._valid_fields(conn, pid, uid, msg.type, user, {"service": service}):
             return
-        if self._authorise(user, pid, uid, "password_used") is not None:
-            self._send(conn, "error", {"code": "refused", "message": "a non-root client may only report its own user"})
+        if uid != 0:
+            log.warning("refused password_used for user=%r from pid=%d uid=%d (%s): password use is reported by "
+                        "root only", user, pid, uid, user_name(uid) or "no passwd entry")
+            self._send(conn, "error", {"code": "refused", "message": "password_used is accepted from root only"})
             return
         recorded, reason = self.password_use(user, state)
         log.info("password_used user=%s service=%s pid=%d uid=%d recorded=%s%s", user, service or "-", pid, uid,

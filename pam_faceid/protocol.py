@@ -47,10 +47,11 @@ Messages (client -> daemon)
             password). The helper sends it from an ``auth optional pam_exec.so
             ... faceid-helper --password-used`` line placed after the password
             module, so ``auth.require_password_after`` knows when the password
-            was last used. Root may send it for any user, any other uid only for
-            its own user name. The daemon ignores it when it granted that user
-            a face match in the last few seconds (a stack where face success
-            also reaches that line). Answer: ``password_used``.
+            was last used. Root only: any other uid, the user itself included,
+            gets the error ``refused`` (a user's own process could otherwise
+            claim a password it never typed). The daemon ignores it when it
+            granted that user a face match in the last few seconds (a stack
+            where face success also reaches that line). Answer: ``password_used``.
 ``status``  {}: root only. Answer: ``status``.
 ``reload``  {}: root only: re-read the config and the enrolments. Answer: ``reload``.
 
