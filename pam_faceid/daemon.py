@@ -20,12 +20,10 @@ import argparse
 import collections
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import pwd
 import selectors
-import shutil
 import signal
 import socket
 import stat
@@ -38,7 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pam_faceid import protocol
+from pam_faceid import protocol, snapshots
 from pam_faceid.config import Config, ConfigError, load_config
 from pam_faceid.lockout import COUNTED_RESULTS, LockoutStore
 from pam_faceid.store import Enrolment, Store, StoreError, validate_user
@@ -416,37 +414,6 @@ def _enrolment_problem(enrolment: Enrolment, engine: Engine | None) -> str | Non
     if dim != engine.dim:
         return f"templates have {dim} values, the model gives {engine.dim}; enrol again"
     return None
-
-
-# ---------------------------------------------------------------- snapshots
-
-SNAPSHOTS_DIR = "snapshots"
-SNAPSHOT_FRAMES = 10
-"""The last frames of an attempt kept when snapshots.enabled (they show why a login failed)."""
-
-
-def save_snapshot(state_dir: Path, frames: list[bytes], info: dict[str, Any], keep: int) -> Path:
-    """Keep one attempt as <state_dir>/snapshots/<time>-<user>-<id>/frame_NNN.jpg + attempt.json; prune to ``keep``.
-
-    The folder is written under a dot-name and renamed into place, so a
-    reader never sees half an attempt; everything is root-only (faces).
-    """
-    root = state_dir / SNAPSHOTS_DIR
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    now = time.time()
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now)) + f".{int(now % 1 * 1e6):06d}"
-    name = f"{stamp}-{info.get('user', 'unknown')}-{os.urandom(3).hex()}"
-    tmp = root / f".{name}"
-    tmp.mkdir(mode=0o700)
-    for i, data in enumerate(frames):
-        (tmp / f"frame_{i:03d}.jpg").write_bytes(data)
-    (tmp / "attempt.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-    final = root / name
-    os.rename(tmp, final)
-    attempts = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    for old in attempts[: max(0, len(attempts) - keep)]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 # ---------------------------------------------------------------- systemd integration
@@ -927,7 +894,7 @@ class Daemon:
         tty, rhost = hello.get("tty", ""), hello.get("rhost", "")
         if not self._valid_fields(conn, pid, uid, hello.type, user, {"service": service, "tty": tty, "rhost": rhost}):
             return
-        kept: collections.deque[bytes] = collections.deque(maxlen=SNAPSHOT_FRAMES)
+        kept: collections.deque[bytes] = collections.deque(maxlen=snapshots.SNAPSHOT_FRAMES)
         verdict, frames_taken = self._run_session(conn, user, pid, uid, state, t0,
                                                   kept if state.cfg.snapshots.enabled else None)
         if frames_taken:
@@ -945,8 +912,8 @@ class Daemon:
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ms": round(ms), **verdict.fields(),
                     "verdict": verdict.result, "liveness": verdict.liveness}
             try:
-                save_snapshot(Path(state.state_dir), list(kept), info, int(state.cfg.snapshots.keep))
-            except OSError as exc:
+                snapshots.save(Path(state.state_dir), list(kept), info, int(state.cfg.snapshots.keep))
+            except (OSError, snapshots.SnapshotError) as exc:
                 log.error("snapshot for user=%s not saved: %s", user, exc)
 
     def _run_session(self, conn: socket.socket, user: str, pid: int, uid: int, state: State,

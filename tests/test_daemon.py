@@ -466,9 +466,15 @@ def test_per_user_head_is_used_when_present_and_ignored_when_unsafe(model_daemon
 
 
 def test_snapshots_keep_the_last_attempts_frames(model_daemon):
+    """Kept root-only (folders 0700, files 0600) even by a daemon started under umask 000."""
     d = model_daemon
     d.rewrite_config({"snapshots": {"enabled": True, "keep": 2}})
-    protocol.request_reload(d.socket)
+    d.stop()
+    umask = os.umask(0)
+    try:
+        d.start()
+    finally:
+        os.umask(umask)
     blank = jpeg(np.full((120, 160, 3), 90, np.uint8))
     for count in (1, 2, 3):
         run_session(d.socket, "root", [blank] * count)
@@ -485,3 +491,6 @@ def test_snapshots_keep_the_last_attempts_frames(model_daemon):
     assert frames == [2, 3]  # the oldest attempt (1 frame) was pruned
     info = json.loads((attempts[-1] / "attempt.json").read_text())
     assert info["user"] == "root" and info["verdict"] == "no_face" and info["service"] == "test"
+    files = [p for a in attempts for p in a.iterdir()]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in attempts} == {0o700}
+    assert len(files) == 7 and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o600}
