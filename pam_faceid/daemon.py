@@ -10,8 +10,10 @@ who is asking. Root may ask about any user, other uids only about their own
 user name; admin requests (status, reload) and password_used reports are
 root only (a user's own process could otherwise claim a password it never
 typed and reset auth.require_password_after). Every session is
-bounded in time, frames and message size, and each non-root uid may hold
-only a few connections, so a hostile local user cannot stall the owner's login.
+bounded in time, frames and message size, each frame's JPEG structure is
+checked before it is decoded (protocol.frame_problem), and each non-root uid
+may hold only a few connections, so a hostile local user cannot stall the
+owner's login.
 """
 
 from __future__ import annotations
