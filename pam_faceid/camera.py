@@ -21,7 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any, Iterator
 
 from pam_faceid.images import IMAGE_SUFFIXES, entry_kind, read_image, to_bgr8
-from pam_faceid.protocol import jpeg_size
+from pam_faceid.protocol import frame_problem
 
 if TYPE_CHECKING:
     import cv2
@@ -291,7 +291,8 @@ class ImageFolderSource(FrameSource):
         return None
 
     def _as_is(self, path: str) -> bytes | None:
-        """The file's bytes when the daemon can take them unchanged: an unrotated JPEG of at most MAX_SEND_SIDE px."""
+        """The file's bytes when the daemon can take them unchanged: an unrotated baseline JPEG of at most
+        MAX_SEND_SIDE px (protocol.frame_problem); a progressive one is re-encoded, as faceidd refuses it."""
         if self.rotate or entry_kind(path) != "file":
             return None
         try:
@@ -299,8 +300,7 @@ class ImageFolderSource(FrameSource):
                 data = fh.read(MAX_AS_IS_BYTES + 1)
         except OSError:
             return None
-        size = jpeg_size(data) if len(data) <= MAX_AS_IS_BYTES else None
-        return data if size is not None and 0 < min(size) and max(size) <= MAX_SEND_SIDE else None
+        return data if len(data) <= MAX_AS_IS_BYTES and frame_problem(data, MAX_SEND_SIDE) is None else None
 
     def jpeg_frames(self, timeout: float | None = None) -> Iterator[bytes]:
         """The images as JPEG frames; a small JPEG file goes out as it is, without decoding.

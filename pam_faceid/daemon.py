@@ -7,9 +7,13 @@ frames over the Unix socket (protocol.py); the daemon decides.
 
 Security model: any local user may connect (socket 0666); SO_PEERCRED tells
 who is asking. Root may ask about any user, other uids only about their own
-user name, admin requests (status, reload) are root only. Every session is
-bounded in time, frames and message size, and each non-root uid may hold
-only a few connections, so a hostile local user cannot stall the owner's login.
+user name; admin requests (status, reload) and password_used reports are
+root only (a user's own process could otherwise claim a password it never
+typed and reset auth.require_password_after). Every session is
+bounded in time, frames and message size, each frame's JPEG structure is
+checked before it is decoded (protocol.frame_problem), and each non-root uid
+may hold only a few connections, so a hostile local user cannot stall the
+owner's login.
 """
 
 from __future__ import annotations
@@ -18,12 +22,10 @@ import argparse
 import collections
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import pwd
 import selectors
-import shutil
 import signal
 import socket
 import stat
@@ -36,7 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pam_faceid import protocol
+from pam_faceid import protocol, snapshots
 from pam_faceid.config import Config, ConfigError, load_config
 from pam_faceid.lockout import COUNTED_RESULTS, LockoutStore
 from pam_faceid.store import Enrolment, Store, StoreError, validate_user
@@ -233,6 +235,10 @@ and a client sending bigger frames must not buy more of the one serialised detec
 streaming 2048 px frames held an owner's login for 7 s)."""
 
 
+class FrameRefused(Exception):
+    """A frame no camera sends (progressive, arithmetic-coded, marker soup...): the session ends ``refused``."""
+
+
 class Engine:
     """Frame bytes -> best similarity to a user's templates, through FacePipeline and Embedder.
 
@@ -261,18 +267,18 @@ class Engine:
         With a per-user ``head`` (faceid retrain) the frame's vector is mapped
         by it, as the templates were when they were loaded. A frame darker
         than ``dark_threshold`` percent is ``too_dark`` (the helper sends an
-        image folder's JPEG files unchecked).
+        image folder's JPEG files unchecked). Raises FrameRefused, before any
+        decoding, for a frame no camera sends (protocol.frame_problem).
         """
         import cv2
 
         from pam_faceid.camera import brightness_percent
         from pam_faceid.faces import FaceRefused, align
 
-        size = protocol.jpeg_size(jpeg)
-        if size is None:
-            return None, "not_jpeg", None, None
-        if not (0 < size[0] <= protocol.MAX_FRAME_SIDE and 0 < size[1] <= protocol.MAX_FRAME_SIDE):
-            return None, "frame_too_large", None, None
+        problem = protocol.frame_problem(jpeg)
+        if problem is not None:
+            raise FrameRefused(problem)
+        size = protocol.jpeg_size(jpeg) or (0, 0)  # never None here: frame_problem read its SOF
         reduced = cv2.IMREAD_REDUCED_COLOR_2 if max(size) >= 2 * DETECT_MAX_SIDE else cv2.IMREAD_COLOR
         frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), reduced)
         if frame is None:
@@ -410,37 +416,6 @@ def _enrolment_problem(enrolment: Enrolment, engine: Engine | None) -> str | Non
     if dim != engine.dim:
         return f"templates have {dim} values, the model gives {engine.dim}; enrol again"
     return None
-
-
-# ---------------------------------------------------------------- snapshots
-
-SNAPSHOTS_DIR = "snapshots"
-SNAPSHOT_FRAMES = 10
-"""The last frames of an attempt kept when snapshots.enabled (they show why a login failed)."""
-
-
-def save_snapshot(state_dir: Path, frames: list[bytes], info: dict[str, Any], keep: int) -> Path:
-    """Keep one attempt as <state_dir>/snapshots/<time>-<user>-<id>/frame_NNN.jpg + attempt.json; prune to ``keep``.
-
-    The folder is written under a dot-name and renamed into place, so a
-    reader never sees half an attempt; everything is root-only (faces).
-    """
-    root = state_dir / SNAPSHOTS_DIR
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    now = time.time()
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now)) + f".{int(now % 1 * 1e6):06d}"
-    name = f"{stamp}-{info.get('user', 'unknown')}-{os.urandom(3).hex()}"
-    tmp = root / f".{name}"
-    tmp.mkdir(mode=0o700)
-    for i, data in enumerate(frames):
-        (tmp / f"frame_{i:03d}.jpg").write_bytes(data)
-    (tmp / "attempt.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-    final = root / name
-    os.rename(tmp, final)
-    attempts = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    for old in attempts[: max(0, len(attempts) - keep)]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 # ---------------------------------------------------------------- systemd integration
@@ -823,15 +798,15 @@ class Daemon:
 
     # -- authentication sessions
 
-    def _authorise(self, user: Any, pid: int, uid: int, what: str = "hello") -> Verdict | None:
+    def _authorise(self, user: Any, pid: int, uid: int) -> Verdict | None:
         """None when ``uid`` may ask about ``user``; otherwise the refusal."""
         if uid == 0:
             return None
         own = user_name(uid)
         if own is not None and own == user:
             return None
-        log.warning("refused %s for user=%r from pid=%d uid=%d (%s): may only ask about itself",
-                    what, user, pid, uid, own or "no passwd entry")
+        log.warning("refused hello for user=%r from pid=%d uid=%d (%s): may only ask about itself",
+                    user, pid, uid, own or "no passwd entry")
         return Verdict("refused", reason="a non-root client may only ask about its own user")
 
     def before_session(self, user: str, state: State) -> Verdict | None:
@@ -905,8 +880,10 @@ class Daemon:
         user, service = msg.get("user"), msg.get("service", "")
         if not self._valid_fields(conn, pid, uid, msg.type, user, {"service": service}):
             return
-        if self._authorise(user, pid, uid, "password_used") is not None:
-            self._send(conn, "error", {"code": "refused", "message": "a non-root client may only report its own user"})
+        if uid != 0:
+            log.warning("refused password_used for user=%r from pid=%d uid=%d (%s): password use is reported by "
+                        "root only", user, pid, uid, user_name(uid) or "no passwd entry")
+            self._send(conn, "error", {"code": "refused", "message": "password_used is accepted from root only"})
             return
         recorded, reason = self.password_use(user, state)
         log.info("password_used user=%s service=%s pid=%d uid=%d recorded=%s%s", user, service or "-", pid, uid,
@@ -919,7 +896,7 @@ class Daemon:
         tty, rhost = hello.get("tty", ""), hello.get("rhost", "")
         if not self._valid_fields(conn, pid, uid, hello.type, user, {"service": service, "tty": tty, "rhost": rhost}):
             return
-        kept: collections.deque[bytes] = collections.deque(maxlen=SNAPSHOT_FRAMES)
+        kept: collections.deque[bytes] = collections.deque(maxlen=snapshots.SNAPSHOT_FRAMES)
         verdict, frames_taken = self._run_session(conn, user, pid, uid, state, t0,
                                                   kept if state.cfg.snapshots.enabled else None)
         if frames_taken:
@@ -937,8 +914,8 @@ class Daemon:
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ms": round(ms), **verdict.fields(),
                     "verdict": verdict.result, "liveness": verdict.liveness}
             try:
-                save_snapshot(Path(state.state_dir), list(kept), info, int(state.cfg.snapshots.keep))
-            except OSError as exc:
+                snapshots.save(Path(state.state_dir), list(kept), info, int(state.cfg.snapshots.keep))
+            except (OSError, snapshots.SnapshotError) as exc:
                 log.error("snapshot for user=%s not saved: %s", user, exc)
 
     def _run_session(self, conn: socket.socket, user: str, pid: int, uid: int, state: State,
@@ -988,6 +965,8 @@ class Daemon:
             try:
                 score, reason, frame, face = engine.examine(msg.payload, entry.templates, entry.head, dark_threshold)
                 verdict = decision.observe(score, reason, time.monotonic(), frame, face)
+            except FrameRefused as refused:
+                return Verdict("refused", decision.best, decision.frames, f"frame refused: {refused}"), True
             except Exception as exc:  # a model or liveness failure ends this session with "error", never the daemon
                 log.exception("scoring a frame for user=%s failed", user)
                 return Verdict("error", decision.best, decision.frames, f"internal error: {type(exc).__name__}"), True

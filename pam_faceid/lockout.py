@@ -20,7 +20,10 @@ takes effect at once, without a reload.
 What counts as a failure (COUNTED_RESULTS): a session that compared a face
 with the user's templates and did not accept it, ``no_match`` however the
 session ended (a client that stops after one frame must not get free
-guesses), and a face refused by the liveness check. ``no_face``, ``timeout``
+guesses), a face refused by the liveness check, and a session ended
+``refused`` for a frame no camera sends (protocol.frame_problem: only a
+hostile client or the user's own tool sends one, and only root or the user
+may ask about the user, so it can lock no one else out). ``no_face``, ``timeout``
 and ``error`` do not count: no face was tried against the templates, so they
 give an attacker nothing, and counting them would lock out the owner who
 runs sudo while looking away, in the dark, or with a broken camera.
@@ -41,8 +44,9 @@ LOCKOUT_DIR = "lockout"
 PASSWORD_RESOLUTION = 60.0
 """Seconds within which a second password use is not written again (a local user repeating its own report
 costs no disk writes; the rule counts in hours)."""
-COUNTED_RESULTS = frozenset({"no_match", "not_live"})
-"""Session results that count as a failed attempt ("not_live": the face matched but liveness refused it)."""
+COUNTED_RESULTS = frozenset({"no_match", "not_live", "refused"})
+"""Session results that count as a failed attempt ("not_live": the face matched but liveness refused it;
+"refused" after frames were taken: a frame no camera sends; a refusal at hello takes no frames and is not counted)."""
 
 
 @dataclasses.dataclass
@@ -168,11 +172,12 @@ class LockoutStore(UserFiles):
         """Count one failed attempt; when it is the ``max_failures``-th within ``window`` s, lock for ``duration`` s.
 
         Returns the lockout's end when this failure started one, else None.
-        A corrupt or unknown-version file is replaced: the failure is what matters now.
+        A corrupt or unknown-version file is replaced: the failure is what matters now. A failure
+        later than ``now`` is kept: concurrent sessions take their clock before waiting for the lock.
         """
         with self.write_lock():
             state = self._read_for_update(user)
-            state.failures = [t for t in state.failures if now - window < t <= now] + [now]
+            state.failures = [t for t in state.failures if now - window < t] + [now]
             until = None
             if len(state.failures) >= max_failures:
                 until = now + duration

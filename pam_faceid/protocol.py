@@ -32,7 +32,14 @@ Messages (client -> daemon)
 ``hello``   {"user", "service", "tty", "rhost"}: start an authentication session
             for ``user`` (strings; tty and rhost may be ""). Root may ask about
             any user; any other uid only about its own user name.
-``frame``   {} + payload: one camera frame, JPEG-encoded (at most 2048x2048; the helper sends at most 640 px).
+``frame``   {} + payload: one camera frame, a sequential (baseline) JPEG of
+            8-bit grey or YCbCr, at most 2048x2048 (the helper sends at most
+            640 px). The daemon walks its markers before decoding; a frame no
+            camera sends (progressive, lossless, hierarchical or
+            arithmetic-coded, more scans than components, more than 64 marker
+            segments, not a JPEG) ends the session at once with the verdict
+            ``refused``, reason "frame refused: <why>", counted as a failed
+            attempt (lockout.*).
 ``end``     {}: the client has no more frames (camera ended, its time is up);
             the daemon answers with the verdict at once.
 ``password_used`` {"user", "service"}: the PAM stack of ``service`` has just
@@ -40,10 +47,11 @@ Messages (client -> daemon)
             password). The helper sends it from an ``auth optional pam_exec.so
             ... faceid-helper --password-used`` line placed after the password
             module, so ``auth.require_password_after`` knows when the password
-            was last used. Root may send it for any user, any other uid only for
-            its own user name. The daemon ignores it when it granted that user
-            a face match in the last few seconds (a stack where face success
-            also reaches that line). Answer: ``password_used``.
+            was last used. Root only: any other uid, the user itself included,
+            gets the error ``refused`` (a user's own process could otherwise
+            claim a password it never typed). The daemon ignores it when it
+            granted that user a face match in the last few seconds (a stack
+            where face success also reaches that line). Answer: ``password_used``.
 ``status``  {}: root only. Answer: ``status``.
 ``reload``  {}: root only: re-read the config and the enrolments. Answer: ``reload``.
 
@@ -57,7 +65,8 @@ Messages (daemon -> client)
              answer, after which the daemon closes the connection. ``result`` is
              one of RESULTS: match | no_match | no_face | timeout | not_live |
              locked_out | password_required | not_enrolled | refused | error.
-             ``not_live``: the face matched but the liveness check
+             ``refused``: the client may not ask about this user, or sent a
+             frame the daemon refuses (see ``frame``). ``not_live``: the face matched but the liveness check
              (liveness.mode) did not find a live face: a photo or screen, or
              a person who held perfectly still; ``reason`` names the cue.
              ``locked_out``: too many failed attempts (lockout.*);
@@ -85,10 +94,11 @@ one answer per connection.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import struct
 import time
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 VERSION = 1
 MAX_HEADER_BYTES = 65536
@@ -245,39 +255,117 @@ def send_message(sock: socket.socket, msg_type: str, fields: dict[str, Any] | No
         data = data[sent:]
 
 
+MAX_FRAME_SEGMENTS = 64
+"""Marker segments a frame may hold: cv2.imencode writes 9, a camera's photo with EXIF, XMP and ICC about 20."""
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+"""Start-of-frame markers; only SOF0 (baseline) and SOF1 (extended sequential, Huffman) are taken as frames."""
+_SEQUENTIAL_SOF = frozenset({0xC0, 0xC1})
+_SOF_KIND = {0x2: "progressive", 0x3: "lossless", 0x5: "hierarchical", 0x6: "hierarchical progressive",
+             0x7: "hierarchical lossless", 0x9: "arithmetic-coded", 0xA: "arithmetic-coded progressive",
+             0xB: "arithmetic-coded lossless", 0xD: "arithmetic-coded hierarchical",
+             0xE: "arithmetic-coded hierarchical progressive", 0xF: "arithmetic-coded hierarchical lossless"}
+_FILL = re.compile(rb"\xff+")
+_ENTROPY_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+"""The marker that ends a scan's entropy-coded data: 0xFF then anything but a stuffed zero, a restart or a fill."""
+
+
+def _segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, payload start, payload end) of each marker segment after SOI, up to EOI or the end of the data.
+
+    A scan's entropy-coded data is skipped by a regular expression, not byte
+    by byte in Python, so walking a 2 MiB frame costs about a millisecond.
+    Raises ValueError with a short reason when the structure cannot be walked.
+    """
+    if data[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG (no SOI marker)")
+    i, n = 2, len(data)
+    while i + 2 <= n:
+        if data[i] != 0xFF:
+            raise ValueError(f"stray byte at offset {i} between segments")
+        fill = _FILL.match(data, i)
+        i = fill.end() - 1 if fill else i
+        if i + 2 > n:
+            return
+        marker = data[i + 1]
+        if marker == 0xD9 or marker == 0x01 or 0xD0 <= marker <= 0xD7:  # EOI, TEM, RSTn: no length
+            yield marker, i + 2, i + 2
+            if marker == 0xD9:
+                return
+            i += 2
+            continue
+        if i + 4 > n:
+            raise ValueError("truncated segment header")
+        end = i + 2 + ((data[i + 2] << 8) | data[i + 3])
+        if end < i + 4 or end > n:
+            raise ValueError(f"segment 0x{marker:02X} at offset {i} has a bad length")
+        yield marker, i + 4, end
+        i = end
+        if marker == 0xDA:
+            found = _ENTROPY_END.search(data, i)
+            if found is None:
+                return
+            i = found.start()
+
+
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from a JPEG's SOF marker, or None when it is not a JPEG.
 
     The daemon checks this before decoding, so a small file claiming a huge
     image cannot make it allocate gigabytes.
     """
-    if len(data) < 4 or data[0:2] != b"\xff\xd8":
-        return None
-    i = 2
-    n = len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:
-            i += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):
-            i += 2
-            continue
-        seg_len = (data[i + 2] << 8) | data[i + 3]
-        if seg_len < 2:
-            return None
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            if i + 9 > n:
+    try:
+        for marker, start, end in _segments(data):
+            if marker in _SOF:
+                if end - start < 5:
+                    return None
+                return (data[start + 3] << 8) | data[start + 4], (data[start + 1] << 8) | data[start + 2]
+            if marker in (0xD9, 0xDA):
                 return None
-            height = (data[i + 5] << 8) | data[i + 6]
-            width = (data[i + 7] << 8) | data[i + 8]
-            return width, height
-        if marker in (0xD9, 0xDA):
-            return None
-        i += 2 + seg_len
+    except ValueError:
+        return None
     return None
+
+
+def frame_problem(data: bytes, max_side: int = MAX_FRAME_SIDE) -> str | None:
+    """Why faceidd refuses this frame without decoding it, or None for a JPEG a webcam or cv2.imencode makes.
+
+    Taken: sequential Huffman-coded JPEG (SOF0/SOF1), 8-bit, grey or YCbCr,
+    at most ``max_side`` pixels a side, at most one scan per component and
+    MAX_FRAME_SEGMENTS marker segments. Refused: progressive, lossless,
+    hierarchical and arithmetic-coded frames, and anything the walk cannot
+    follow. A progressive 2048 px frame with 130,000 empty scans cost the
+    decoder a minute; walking its markers costs microseconds.
+    """
+    components = scans = segments = 0
+    try:
+        for marker, start, end in _segments(data):
+            segments += 1
+            if segments > MAX_FRAME_SEGMENTS:
+                return f"more than {MAX_FRAME_SEGMENTS} marker segments"
+            if marker in _SOF:
+                if marker not in _SEQUENTIAL_SOF:
+                    return f"{_SOF_KIND[marker - 0xC0]} JPEG (SOF{marker - 0xC0}): only baseline frames are taken"
+                if components or end - start < 6:
+                    return "a second or short frame header (SOF)"
+                bits, height = data[start], (data[start + 1] << 8) | data[start + 2]
+                width, components = (data[start + 3] << 8) | data[start + 4], data[start + 5]
+                if bits != 8:
+                    return f"{bits}-bit samples: only 8-bit frames are taken"
+                if not (0 < width <= max_side and 0 < height <= max_side):
+                    return f"{width}x{height} px: a frame is 1 to {max_side} px a side"
+                if components not in (1, 3):
+                    return f"{components} colour components: only grey or YCbCr frames are taken"
+            elif marker == 0xCC:
+                return "arithmetic coding tables (DAC): only Huffman-coded frames are taken"
+            elif marker == 0xDA:
+                scans += 1
+                if not components:
+                    return "a scan (SOS) before the frame header (SOF)"
+                if scans > components:
+                    return f"more than {components} scan(s) in a sequential JPEG of {components} component(s)"
+    except ValueError as exc:
+        return str(exc)
+    return None if scans else "no scan (SOS): the JPEG holds no image data"
 
 
 # ---- client side: used by the PAM helper and the admin CLI ----

@@ -81,3 +81,21 @@ def jpegs(paths: Sequence[Path]) -> list[bytes]:
         assert ok, path
         out.append(buf.tobytes())
     return out
+
+
+EMPTY_AC_SCAN = bytes.fromhex("ffda0008010100013f00")
+"""An SOS with no data after it: component 1 (Y), Huffman tables 0/0, spectral band 1-63, no approximation."""
+
+
+def crafted_progressive_jpeg(side: int = 2048, scans: int = 130_000) -> bytes:
+    """Issue 14's frame: a progressive ``side`` px JPEG with ``scans`` empty AC scans before its EOI (1.3 MB).
+
+    libjpeg walks every block of the image for each scan, data or not: about
+    0.3 ms a scan at 2048 px here, 40 s of the daemon's CPU for this frame.
+    """
+    ok, buf = cv2.imencode(".jpg", np.full((side, side, 3), (90, 120, 150), np.uint8),
+                           [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok
+    data = buf.tobytes()
+    assert data.endswith(b"\xff\xd9")
+    return data[:-2] + EMPTY_AC_SCAN * scans + data[-2:]

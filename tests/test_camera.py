@@ -304,6 +304,17 @@ def test_small_jpeg_files_go_out_as_they_are_and_others_are_re_encoded(person_im
     assert np.abs(decoded.astype(int) - face.astype(int)).mean() < 4
 
 
+def test_a_progressive_jpeg_file_is_re_encoded_as_the_daemon_takes_it(person_images, make_image_folder):
+    """faceidd refuses progressive frames (protocol.frame_problem), so the helper sends such a file re-encoded."""
+    path = person_images(PERSON, limit=1)[0]
+    folder = make_image_folder([])
+    cv2.imwrite(str(folder / "face.jpg"), cv2.imread(str(path)), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert protocol.frame_problem((folder / "face.jpg").read_bytes()).startswith("progressive JPEG")
+    with open_source(str(folder)) as source:
+        (data,) = list(source.jpeg_frames())
+    assert protocol.frame_problem(data) is None and protocol.jpeg_size(data) == (250, 250)
+
+
 def test_rotated_jpeg_folder_is_decoded_and_turned(person_images, make_image_folder):
     path = person_images(PERSON, limit=1)[0]
     cropped = cv2.imread(str(path))[:, :200]

@@ -19,6 +19,7 @@ from conftest import session_frames, write_frames
 
 from pam_faceid import protocol
 from pam_faceid.daemon import Decision, Verdict
+from pam_faceid.lockout import LockoutStore
 from pam_faceid.store import Store
 
 # ---------------------------------------------------------------- the decision, a pure function of scores and time
@@ -366,13 +367,20 @@ def test_session_matches_the_enrolled_person_and_not_another(model_daemon):
     assert "verdict=match" in d.logs() and "verdict=no_match" in d.logs()
 
 
-def test_session_without_faces_and_with_bad_frames(model_daemon):
+def test_session_without_faces_and_bad_frames_that_end_it(model_daemon):
+    """A frame without a face is a progress reason; one no camera sends ends the session refused, counted."""
     d = model_daemon
-    blank = np.full((480, 640, 3), 128, np.uint8)
+    blank = jpeg(np.full((480, 640, 3), 128, np.uint8))
+    progress, verdict = run_session(d.socket, "root", [blank, blank])
+    assert [m.get("reason") for m in progress] == ["no_face", "no_face"]
+    assert verdict.get("result") == "no_face" and verdict.get("frames") == 2
     huge = b"\xff\xd8\xff\xc0\x00\x11\x08\xff\xff\xff\xff\x03" + b"\x00" * 64  # SOF claiming 65535x65535
-    progress, verdict = run_session(d.socket, "root", [b"not a jpeg", huge, jpeg(blank)])
-    assert [m.get("reason") for m in progress] == ["not_jpeg", "frame_too_large", "no_face"]
-    assert verdict.get("result") == "no_face" and verdict.get("frames") == 3
+    for payload, why in ((b"not a jpeg", "not a JPEG"), (huge, "65535x65535 px")):
+        progress, verdict = run_session(d.socket, "root", [blank, payload, blank])
+        assert len(progress) == 1 and verdict.get("result") == "refused" and verdict.get("frames") == 1
+        assert verdict.get("reason").startswith("frame refused: ") and why in verdict.get("reason")
+    assert d.logs().count("verdict=refused") == 2
+    assert len(LockoutStore(d.state_dir).read("root").failures) == 2
 
 
 def test_dark_frames_are_too_dark_by_the_camera_threshold(model_daemon):
@@ -458,9 +466,15 @@ def test_per_user_head_is_used_when_present_and_ignored_when_unsafe(model_daemon
 
 
 def test_snapshots_keep_the_last_attempts_frames(model_daemon):
+    """Kept root-only (folders 0700, files 0600) even by a daemon started under umask 000."""
     d = model_daemon
     d.rewrite_config({"snapshots": {"enabled": True, "keep": 2}})
-    protocol.request_reload(d.socket)
+    d.stop()
+    umask = os.umask(0)
+    try:
+        d.start()
+    finally:
+        os.umask(umask)
     blank = jpeg(np.full((120, 160, 3), 90, np.uint8))
     for count in (1, 2, 3):
         run_session(d.socket, "root", [blank] * count)
@@ -477,3 +491,6 @@ def test_snapshots_keep_the_last_attempts_frames(model_daemon):
     assert frames == [2, 3]  # the oldest attempt (1 frame) was pruned
     info = json.loads((attempts[-1] / "attempt.json").read_text())
     assert info["user"] == "root" and info["verdict"] == "no_face" and info["service"] == "test"
+    files = [p for a in attempts for p in a.iterdir()]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in attempts} == {0o700}
+    assert len(files) == 7 and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o600}

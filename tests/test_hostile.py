@@ -20,7 +20,7 @@ import threading
 import time
 
 import pytest
-from attack_support import enrol_random, jpegs, plain_policy
+from attack_support import crafted_progressive_jpeg, enrol_random, jpegs, plain_policy
 from faceidd_util import (PYTHON, daemon_dir, enrol, faceidd, model_available, require_model,  # noqa: F401
                           run_as_nobody)
 
@@ -349,3 +349,67 @@ def test_an_enrolled_user_streaming_huge_frames_does_not_hold_up_the_owner(facei
     assert big["bytes"] <= protocol.DEFAULT_MAX_MESSAGE_BYTES and big["sent"] > 0
     assert [result for _, _, result in owner] == ["match"] * 3, owner
     assert max(whole for _, whole, _ in owner) < 4.0, owner  # auth.timeout
+
+
+CRAFTED = r'''
+import json, threading, time
+from pam_faceid import protocol
+path, frame_path = json.loads(%r)
+frame = open(frame_path, "rb").read()
+results = []
+
+def attempt():
+    started = time.monotonic()
+    try:
+        with protocol.Client(path, 5) as client:
+            reply = client.request("hello", protocol.hello_fields("nobody", "sudo"), timeout=5)
+            if reply.type == "ready":
+                reply = client.request("frame", payload=frame, timeout=5)
+            results.append([reply.get("result"), reply.get("reason"), round(time.monotonic() - started, 3)])
+    except protocol.DaemonError as exc:
+        results.append(["failed", str(exc), round(time.monotonic() - started, 3)])
+
+threads = [threading.Thread(target=attempt) for _ in range(3)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+deadline = time.monotonic() + 3
+while True:  # the daemon frees a connection slot just after its verdict: "busy" until then
+    attempt()
+    if "busy" not in str(results[-1][1]) or time.monotonic() > deadline:
+        break
+    results.pop()
+    time.sleep(0.05)
+print(json.dumps(results))
+'''
+
+
+def test_crafted_progressive_jpegs_are_refused_before_decoding_and_counted(faceidd, person_images):
+    """Issue 14's frame (progressive, 2048 px, 130,000 empty scans: 40 s of libjpeg each) on all three of an
+    enrolled user's connections: each session ends refused within a second, counts as a failed attempt (so the
+    fourth is locked out at hello), and the owner's login is untouched. Before, each held a session ~40 s+."""
+    require_model()
+    from conftest import PERSON
+
+    d = faceidd({**plain_policy(), "lockout": {"max_failures": 3, "window": 600, "duration": 600}})
+    genuine = person_images(PERSON)
+    enrol(d.state_dir, "root", genuine[:4])
+    enrol_random(d.state_dir, "nobody")
+    d.start()
+    frame_path = d.base / "crafted.jpg"
+    frame_path.write_bytes(crafted_progressive_jpeg())
+    frame_path.chmod(0o644)
+    started = time.monotonic()
+    proc = run_as_nobody(CRAFTED % json.dumps([d.socket, str(frame_path)]), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    assert [r[0] for r in results] == ["refused"] * 3 + ["locked_out"], (results, proc.stderr[-2000:], d.logs()[-3000:])
+    assert all(r[1].startswith("frame refused: progressive JPEG (SOF2)") for r in results[:3]), results
+    assert max(r[2] for r in results) < 2.0 and time.monotonic() - started < 10, results
+    owner: list[tuple[float, float, str]] = []
+    owner_once(d.socket, jpegs(genuine[:4]), owner)
+    assert owner[0][2] == "match" and owner[0][1] < 4.0, owner
+    logs = d.logs()
+    assert logs.count("verdict=refused") == 3 and "reason='frame refused: progressive JPEG (SOF2)" in logs
+    assert "lockout user=nobody" in logs and "Traceback" not in logs

@@ -104,6 +104,16 @@ def test_concurrent_writers_lose_no_failure(state):
     assert len(store.read("alice").failures) == 16
 
 
+def test_failures_recorded_out_of_order_all_count(state):
+    """Concurrent sessions read the clock before they wait for the lock, so a failure may be written after a later
+    one; it must still count (three parallel refused sessions were locked out only now and then)."""
+    store = LockoutStore(state)
+    t = 1_000_000.0
+    assert store.record_failure("alice", t + 0.02, 3, 60, 300) is None
+    assert store.record_failure("alice", t + 0.01, 3, 60, 300) is None
+    assert store.record_failure("alice", t, 3, 60, 300) == t + 300
+
+
 def test_a_corrupt_or_unknown_version_file_refuses_that_user_only_and_unlock_rewrites_it(state):
     store = LockoutStore(state)
     for user in ("alice", "bob", "carol"):
@@ -287,18 +297,41 @@ except protocol.DaemonError as exc:
 """
 
 
-def test_password_used_only_from_root_or_the_user_itself(faceidd):
-    d = faceidd(QUIET)
+HELLO = """
+import json, sys
+from pam_faceid import protocol
+with protocol.Client(sys.argv[1], 2.0) as client:
+    answer = client.request("hello", protocol.hello_fields("nobody", "x"), timeout=2.0)
+    print(json.dumps([answer.type, answer.get("result")]))
+"""
+
+
+def test_password_used_only_from_root(faceidd):
+    """A user's own process cannot claim a password it never typed: nobody's report, about root or about itself,
+    is refused, logged and changes nothing; root's report (the PAM stack's pam_exec line) is recorded."""
+    d = faceidd({**QUIET, "auth": {**QUIET["auth"], "require_password_after": 1}})
+    _enrol_fake(d.state_dir, "nobody")
+    LockoutStore(d.state_dir).record_password("nobody", time.time() - 7200)  # two hours ago: the password is due
+    before = LockoutStore(d.state_dir).read("nobody").password_used
     d.start()
     os.chmod(d.base / "run", 0o755)
-    other = run_as_nobody(PASSWORD_USED.replace("sys.argv[1]", repr(d.socket)).replace("sys.argv[2]", "'root'"))
-    assert "refused" in json.loads(other.stdout)["error"], other.stderr
+    report = PASSWORD_USED.replace("sys.argv[1]", repr(d.socket))
+    hello = HELLO.replace("sys.argv[1]", repr(d.socket))
+    for user in ("nobody", "root"):
+        answer = json.loads(run_as_nobody(report.replace("sys.argv[2]", repr(user))).stdout)
+        assert answer == {"error": "faceidd refused: refused: password_used is accepted from root only"}, answer
+        assert f"refused password_used for user={user!r} from pid=" in d.wait_log(f"for user={user!r}")
+    assert LockoutStore(d.state_dir).read("nobody").password_used == before
     assert LockoutStore(d.state_dir).read("root").password_used is None
-    own = run_as_nobody(PASSWORD_USED.replace("sys.argv[1]", repr(d.socket)).replace("sys.argv[2]", "'nobody'"))
-    assert json.loads(own.stdout) == {"recorded": True, "reason": None}, own.stderr
+    assert "password_used user=" not in d.logs()
+    assert json.loads(run_as_nobody(hello).stdout) == ["verdict", "password_required"]
+
+    with protocol.Client(d.socket, 2.0) as client:
+        answer = client.request("password_used", {"user": "nobody", "service": "x"}, timeout=2.0)
+    assert answer.fields == {"recorded": True, "reason": None}
     assert LockoutStore(d.state_dir).read("nobody").password_used == pytest.approx(time.time(), abs=10)
-    assert "refused password_used for user='root'" in d.logs()
-    assert "password_used user=nobody service=x" in d.logs()
+    assert "password_used user=nobody service=x pid=" in d.logs()
+    assert json.loads(run_as_nobody(hello).stdout)[1] != "password_required"
 
 
 # ---------------------------------------------------------------- auth.require_password_after through PAM

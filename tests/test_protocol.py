@@ -148,6 +148,94 @@ def test_jpeg_size_reads_real_encoder_output():
     assert protocol.jpeg_size(b"") is None
 
 
+def encoded(image: np.ndarray, params: list[int] | None = None) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, params or [])
+    assert ok
+    return buf.tobytes()
+
+
+def test_frame_problem_takes_what_cameras_cv2_and_pillow_write():
+    """Baseline JPEG as the helper (camera.encode_jpeg), cv2.imencode's options and Pillow write it: all taken."""
+    import io
+
+    from PIL import Image
+
+    from pam_faceid import camera
+
+    colour = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)
+    options = [[], [cv2.IMWRITE_JPEG_QUALITY, 100], [cv2.IMWRITE_JPEG_OPTIMIZE, 1], [cv2.IMWRITE_JPEG_RST_INTERVAL, 1],
+               [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]]
+    frames = [encoded(colour, params) for params in options]
+    frames += [encoded(colour[:, :, 0]), camera.encode_jpeg(np.resize(colour, (1080, 1920, 3))),
+               encoded(np.zeros((protocol.MAX_FRAME_SIDE,) * 2, np.uint8))]
+    for mode in ("RGB", "L"):
+        out = io.BytesIO()
+        Image.fromarray(colour if mode == "RGB" else colour[:, :, 0]).save(out, "JPEG", quality=90,
+                                                                           exif=Image.Exif().tobytes())
+        frames.append(out.getvalue())
+    assert [protocol.frame_problem(data) for data in frames] == [None] * len(frames)
+
+
+def test_frame_problem_takes_every_real_photo(tmp_path):
+    """Every tenth JPEG of ../shared/faces (4,856 files) is a frame the daemon takes; walking each is cheap."""
+    from conftest import require_shared_faces
+
+    root = require_shared_faces()
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[::10]
+    assert len(paths) > 1000
+    refused = {}
+    started = time.monotonic()
+    for path in paths:
+        problem = protocol.frame_problem(path.read_bytes())
+        if problem:
+            refused[str(path)] = problem
+    assert refused == {}
+    assert time.monotonic() - started < 20  # file reads included, on a busy 2-core machine
+
+
+def _patched(data: bytes, marker: int, offset: int, value: int) -> bytes:
+    """``data`` with one byte of the first ``marker`` segment's payload set to ``value``."""
+    at = data.index(bytes([0xFF, marker])) + 4 + offset
+    return data[:at] + bytes([value]) + data[at + 1:]
+
+
+def test_frame_problem_refuses_what_no_camera_sends_in_one_line_without_decoding():
+    from attack_support import crafted_progressive_jpeg
+
+    grey = np.random.default_rng(1).integers(0, 255, (64, 96), np.uint8)
+    colour = cv2.merge([grey] * 3)
+    base = encoded(colour)
+    sos = base.index(b"\xff\xda")
+    cases = {
+        "progressive JPEG (SOF2)": encoded(colour, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+        "arithmetic-coded JPEG (SOF9)": base.replace(b"\xff\xc0", b"\xff\xc9", 1),
+        "lossless JPEG (SOF3)": base.replace(b"\xff\xc0", b"\xff\xc3", 1),
+        "arithmetic coding tables (DAC)": base[:sos] + b"\xff\xcc\x00\x04\x00\x11" + base[sos:],
+        "more than 1 scan(s)": encoded(grey)[:-2] + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00\xff\xd9",
+        "more than 64 marker segments": base[:sos] + b"\xff\xfe\x00\x03x" * 60 + base[sos:],
+        "12-bit samples": _patched(base, 0xC0, 0, 12),
+        "0x64 px": _patched(_patched(base, 0xC0, 3, 0), 0xC0, 4, 0),
+        "65535x65535 px": b"\xff\xd8\xff\xc0\x00\x11\x08\xff\xff\xff\xff\x03" + b"\x00" * 64,
+        "4 colour components": _patched(base, 0xC0, 5, 4),
+        "not a JPEG": encoded(colour)[2:],
+        "stray byte": base[:2] + b"\x00" + base[2:],
+        "no scan (SOS)": base[:sos],
+        "bad length": base[:sos + 4],
+    }
+    for expected, data in cases.items():
+        problem = protocol.frame_problem(data)
+        assert problem is not None and expected in problem and "\n" not in problem, (expected, problem)
+    crafted = crafted_progressive_jpeg()
+    assert len(crafted) < protocol.DEFAULT_MAX_MESSAGE_BYTES
+    started = time.perf_counter()
+    assert "progressive" in protocol.frame_problem(crafted)
+    baseline_soup = base[:-2] + b"\xff\xda\x00\x0c\x03\x01\x00\x02\x11\x03\x11\x00\x3f\x00" * 130_000 + base[-2:]
+    assert "more than 3 scan(s)" in protocol.frame_problem(baseline_soup)
+    rst_soup = base[:sos + 14] + b"\xff\xd0" * 500_000 + base[sos + 14:]  # restarts inside the data: libjpeg's own
+    assert protocol.frame_problem(rst_soup) is None
+    assert time.perf_counter() - started < 0.5  # the walks, not a decode: microseconds, plus 1 MB of regex scan
+
+
 def test_client_helpers_report_a_missing_daemon(tmp_path):
     started = time.monotonic()
     with pytest.raises(protocol.DaemonError, match="not running"):

@@ -4,7 +4,9 @@ When ``snapshots.enabled`` is on, the daemon keeps the frames of the last
 ``snapshots.keep`` attempts under ``<state_dir>/snapshots/<attempt>/`` (layout
 agreed in /work/notes/requests.md): this copies them, with each attempt's
 verdict, to a folder an admin can look at. Useful to see why a login failed
-(too dark, face cut off, someone else).
+(too dark, face cut off, someone else). The copies are root's (folders 0700,
+files 0600 from their creation); an --out that is a symlink or belongs to
+another user is refused, since that user could read the faces.
 
 Exit codes: 0 written; 1 snapshots off or none recorded; 2 bad output folder;
 4 not root.
@@ -14,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
+from pam_faceid import snapshots
 from pam_faceid.cli import EXIT_FAILURE, EXIT_USAGE, CommandError
 from pam_faceid.cli import _common as common
 
@@ -36,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         formatter_class=common.formatter(),
     )
     parser.add_argument("--out", metavar="DIR", default="faceid-snapshots",
-                        help="folder to write into (default ./faceid-snapshots)")
+                        help="folder to write into (default ./faceid-snapshots); made 0700 when new, refused when it "
+                             "is a symlink or another user's")
     parser.set_defaults(run=run)
     return parser
 
@@ -45,23 +48,21 @@ def run(args: argparse.Namespace) -> int:
     """Copy each kept attempt's frames and print one line per attempt."""
     common.require_root("reading snapshots (they are root's)")
     cfg = common.load_cfg(args)
-    source = Path(cfg.daemon.state_dir) / "snapshots"
-    attempts = sorted(p for p in source.iterdir() if p.is_dir()) if source.is_dir() else []
+    attempts = snapshots.attempts(cfg.daemon.state_dir)
     if not attempts:
         why = "snapshots.enabled is off: turn it on with 'sudo faceid config snapshots.enabled true'" \
-            if not cfg.snapshots.enabled else f"no attempt recorded yet in {source}"
+            if not cfg.snapshots.enabled else f"no attempt recorded yet in {Path(cfg.daemon.state_dir) / 'snapshots'}"
         raise CommandError(why, EXIT_FAILURE)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CommandError(f"{out}: exists and is not a folder", EXIT_USAGE)
-    out.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for attempt in attempts:
-        target = out / attempt.name
-        shutil.copytree(attempt, target, dirs_exist_ok=True)
+    try:
+        written = snapshots.export(attempts, args.out)
+    except snapshots.SnapshotError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    except OSError as exc:
+        raise CommandError(f"{args.out}: cannot be written ({exc.strerror or exc})", EXIT_USAGE) from None
+    for (target, frames), attempt in zip(written, attempts):
         try:
             info = json.loads((attempt / "attempt.json").read_text())
         except (OSError, ValueError):
             info = {}
-        frames = len([p for p in attempt.iterdir() if p.suffix == ".jpg"])
         print(f"{target}: {frames} frame(s), user {info.get('user', '?')}, verdict {info.get('verdict', '?')}")
     return 0
