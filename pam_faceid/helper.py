@@ -277,6 +277,8 @@ def report_password(env: Mapping[str, str], config_path: str | None) -> int:
         raise Abort(EXIT_CONFIG, "PAM_USER is not set: run me from pam_exec")
     if env.get("PAM_TYPE", "auth") != "auth":
         raise Abort(EXIT_CONFIG, f"--password-used belongs on an auth line, not {env.get('PAM_TYPE')}")
+    if os.geteuid() != 0:
+        raise Abort(EXIT_SKIPPED, "password use is reported from root PAM stacks only (faceidd believes no other)")
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:

@@ -326,6 +326,12 @@ def test_password_used_only_from_root(faceidd):
     assert "password_used user=" not in d.logs()
     assert json.loads(run_as_nobody(hello).stdout) == ["verdict", "password_required"]
 
+    as_locker = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", str(HELPER),
+                                "--config", str(d.config_path), "--password-used"], capture_output=True, text=True,
+                               timeout=10, env={"PAM_USER": "nobody", "PAM_TYPE": "auth"})
+    assert as_locker.returncode == helper.EXIT_SKIPPED, as_locker.stderr  # a locker's stack runs as the user
+    assert "reported from root PAM stacks only" in as_locker.stderr and d.logs().count("password_used") == 2
+
     with protocol.Client(d.socket, 2.0) as client:
         answer = client.request("password_used", {"user": "nobody", "service": "x"}, timeout=2.0)
     assert answer.fields == {"recorded": True, "reason": None}
