@@ -38,10 +38,13 @@ def test_enable_then_disable_keeps_the_password_path(service):
     name, path = service
     done = faceid(None, "pam", "enable", "--service", name)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "enabled: password path proven" in done.stdout
+    assert "enabled: proven: a right password is accepted and a wrong one refused, with the real helper and with " \
+           "stand-ins for it" in done.stdout
     lines = path.read_text().splitlines()
-    assert lines[1] == f"auth\t[success=done default=ignore]\tpam_exec.so quiet stdout seteuid {HELPER}"
-    assert lines[2] == "@include common-auth"
+    assert lines[1] == f"auth\t[success=ok default=1]\tpam_exec.so quiet stdout seteuid {HELPER}"
+    assert lines[2].startswith("auth\t[success=1 default=die]\tpam_permit.so\t#")
+    assert lines[3] == "auth\tsubstack\tcommon-auth"  # one module to skip, whatever common-auth holds
+    assert lines[4] == f"auth\t[default=ignore]\tpam_exec.so quiet seteuid {HELPER} --password-used"
     backups = list(pamconf.BACKUP_DIR.glob(f"{name}.*"))
     assert len(backups) == 1 and backups[0].read_text() == ORIGINAL
     assert name in faceid(None, "pam", "status").stdout
@@ -54,13 +57,16 @@ def test_enable_then_disable_keeps_the_password_path(service):
     assert _no_throwaway_users()
 
 
-def test_a_change_that_opens_the_stack_is_rolled_back(service):
-    """A 'helper' that always says yes would accept any password: the proof sees it and restores the file."""
+def test_a_change_that_opens_the_stack_is_never_written(service):
+    """A 'helper' that always says yes would accept any password: the proof, in a private copy, sees it."""
     name, path = service
+    before = path.stat()
     done = faceid(None, "pam", "enable", "--service", name, "--helper", "/bin/true")
     assert done.returncode == 1
-    assert "a wrong password was accepted" in done.stdout and "restored the backup" in done.stdout
-    assert path.read_text() == ORIGINAL
+    assert "a wrong password was accepted" in done.stdout and "left as it was" in done.stdout
+    after = path.stat()
+    assert path.read_text() == ORIGINAL and (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert not list(pamconf.BACKUP_DIR.glob(f"{name}.*"))
     assert _no_throwaway_users()
 
 
@@ -97,8 +103,9 @@ def test_the_password_used_line_goes_after_the_last_auth_rule_and_comes_out_agai
     sudo = ("#%PAM-1.0\nsession required pam_env.so readenv=1\n@include common-auth\n@include common-account\n"
             "@include common-session-noninteractive\n")
     edited = pamconf.insert_lines(sudo, "/opt/pam_faceid/bin/faceid-helper").splitlines()
-    assert "faceid-helper" in edited[2] and edited[3] == "@include common-auth"
-    assert edited[4] == "auth\toptional\tpam_exec.so quiet seteuid /opt/pam_faceid/bin/faceid-helper --password-used"
+    assert "faceid-helper" in edited[2] and "pam_permit.so" in edited[3] and edited[4] == "auth\tsubstack\tcommon-auth"
+    assert edited[5] == ("auth\t[default=ignore]\tpam_exec.so quiet seteuid /opt/pam_faceid/bin/faceid-helper "
+                         "--password-used")
     assert pamconf.remove_lines("\n".join(edited)) == sudo
     to_end = ("auth [success=2 default=ignore] pam_unix.so nullok\nauth requisite pam_deny.so\n"
               "account required pam_permit.so\n")
