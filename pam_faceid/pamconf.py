@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,6 +182,34 @@ def _success_action(rule: Rule) -> str | int:
     return int(action) if action.isdigit() else action
 
 
+_FAILS = re.compile(r"(^|\s|\[)\w+=(bad|die)\b|^(required|requisite)$")
+
+
+def _flat_auth(name: str, pam_dir: Path, seen: tuple[str, ...] = ()) -> list[Rule]:
+    """The auth rules of service ``name`` with includes and substacks inlined (unreadable files count as none)."""
+    if name in seen or "/" in name:
+        return []
+    try:
+        lines = (pam_dir / name).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    out: list[Rule] = []
+    for rule in _auth_rules(lines):
+        if rule.inlines or rule.control == "substack":
+            out += _flat_auth(rule.module, pam_dir, seen + (name,))
+        else:
+            out.append(rule)
+    return out
+
+
+def _other_requirements(name: str, pam_dir: Path) -> list[str]:
+    """Modules besides the password that the included stack ``name`` requires (its pam_deny/pam_permit aside):
+    a face match skips the whole stack, so it would skip them (a token, pam_nologin, pam_faillock)."""
+    skip = _PASSWORD_MODULES + ("pam_deny.so", "pam_permit.so")
+    return [rule.module_name for rule in _flat_auth(name, pam_dir)
+            if rule.module_name not in skip and _FAILS.search(rule.control.strip("[]"))]
+
+
 def _as_substack(line: str, rule: Rule) -> str:
     """``@include X`` / ``auth include X`` as ``auth substack X``: one module for the jump of the skip line."""
     if rule.type == "@include":
@@ -190,7 +217,7 @@ def _as_substack(line: str, rule: Rule) -> str:
     return re.sub(r"\binclude\b", "substack", line, count=1)
 
 
-def face_lines(rule: Rule, line: str, helper: str) -> tuple[list[str], str | None]:
+def face_lines(rule: Rule, line: str, helper: str, pam_dir: Path = PAM_DIR) -> tuple[list[str], str | None]:
     """The lines to put before the password rule, and its replacement (None: kept).
 
     A face match takes the route a right password takes, and only that one:
@@ -203,6 +230,10 @@ def face_lines(rule: Rule, line: str, helper: str) -> tuple[list[str], str | Non
     file holds or will hold.
     """
     if rule.inlines or rule.control == "substack":
+        others = _other_requirements(rule.module, pam_dir)
+        if others:
+            raise PamConfError(f"the included {rule.module} also requires {', '.join(others)}, which a face match "
+                               f"would skip with it: enable face auth in {rule.module} itself, or use pam-auth-update")
         replacement = _as_substack(line, rule) if rule.inlines else None
         return [face_line(helper, "[success=ok default=1]"), skip_line(line if replacement else None)], replacement
     action = _success_action(rule)
@@ -216,7 +247,7 @@ def face_lines(rule: Rule, line: str, helper: str) -> tuple[list[str], str | Non
                        "add the face line by hand")
 
 
-def insert_line(text: str, helper: str) -> str:
+def insert_line(text: str, helper: str, pam_dir: Path = PAM_DIR) -> str:
     """``text`` with the face line(s) before the first password rule; jumps over that point are lengthened."""
     lines = text.splitlines()
     auth = _auth_rules(lines)
@@ -225,7 +256,7 @@ def insert_line(text: str, helper: str) -> str:
         raise PamConfError("no password line (pam_unix, @include common-auth, include …) to put face auth "
                            "before; add the line by hand")
     rule = auth[rank]
-    new_lines, replacement = face_lines(rule, lines[rule.index], helper)
+    new_lines, replacement = face_lines(rule, lines[rule.index], helper, pam_dir)
     if replacement is not None:
         lines[rule.index] = replacement
     return _insert_rules(lines, rule.index, rank, new_lines)
@@ -240,9 +271,9 @@ def insert_password_line(text: str, helper: str) -> str:
     return _insert_rules(lines, auth[-1].index + 1, len(auth), [password_line(helper)])
 
 
-def insert_lines(text: str, helper: str) -> str:
+def insert_lines(text: str, helper: str, pam_dir: Path = PAM_DIR) -> str:
     """Both: face auth standing in for the password module, the password-used report after the last auth rule."""
-    return insert_password_line(insert_line(text, helper), helper)
+    return insert_password_line(insert_line(text, helper, pam_dir), helper)
 
 
 def _shift_jumps(lines: list[str], auth: list[Rule], rank: int, delta: int, check_inlined: bool) -> None:
