@@ -161,6 +161,29 @@ def test_an_included_stack_that_requires_more_than_the_password_is_refused(servi
     assert path.read_text() == text
 
 
+def test_what_changes_when_an_include_becomes_a_substack(pam_files, temp_user):
+    """Real libpam: a substack shares the include's verdict, but `done` and `die` inside it end only the substack.
+
+    So a failure inside stays a failure whatever the service runs after it, and a service that relied on
+    `sufficient` inside an included file to skip its own later deny refuses the right password after the
+    change: the proof sees that and `faceid pam enable` keeps the include.
+    """
+    debian = pam_files("auth [success=1 default=ignore] pam_unix.so\nauth requisite pam_deny.so\n"
+                       "auth required pam_permit.so\n", "faceid-auth")
+    sufficient = pam_files("auth sufficient pam_unix.so\n", "faceid-auth")
+    stacks = {}
+    for child, after in ((debian, "auth optional pam_permit.so\n"), (sufficient, "auth required pam_deny.so\n")):
+        for spelling in (f"@include {child}\n", f"auth substack {child}\n"):
+            stacks[(child, spelling.split()[0])] = pam_files(spelling + after + "account required pam_permit.so\n")
+    keys = [(key, right) for key in stacks for right in (True, False)]
+    verdicts = dict(zip(keys, logins([(stacks[key], temp_user, temp_user.password if right else "wrong")
+                                      for key, right in keys])))
+    for spelling in ("@include", "auth"):
+        assert verdicts[((debian, spelling), True)] and not verdicts[((debian, spelling), False)]
+        assert not verdicts[((sufficient, spelling), False)]
+    assert verdicts[((sufficient, "@include"), True)] and not verdicts[((sufficient, "auth"), True)]
+
+
 # ---------------------------------------------------------------- every service here, in a private namespace
 
 CHECK = """
