@@ -258,6 +258,9 @@ def insert_line(text: str, helper: str, pam_dir: Path = PAM_DIR) -> str:
     rule = auth[rank]
     new_lines, replacement = face_lines(rule, lines[rule.index], helper, pam_dir)
     if replacement is not None:
+        if _jumped_into(auth, rank, rank):
+            raise PamConfError(f"a rule jumps over {lines[rule.index].strip()!r}, which counts as many modules as "
+                               "the included file holds: add the face line by hand")
         lines[rule.index] = replacement
     return _insert_rules(lines, rule.index, rank, new_lines)
 
@@ -300,6 +303,12 @@ def _shift_jumps(lines: list[str], auth: list[Rule], rank: int, delta: int, chec
         lines[rule.index] = head + bracket + re.sub(r"([\w-]+)=(\d+)", shift, inner) + close + rest
 
 
+def _jumped_into(auth: list[Rule], before: int, rank: int) -> bool:
+    """Does one of the first ``before`` auth rules jump into or past the ``rank``-th one (not just onto it)?"""
+    return any(n + int(jump) >= rank for n, rule in enumerate(auth[:before]) if rule.control.startswith("[")
+               for jump in re.findall(r"[\w-]+=(\d+)", rule.control))
+
+
 def _insert_rules(lines: list[str], target: int, rank: int, new_lines: list[str]) -> str:
     """``lines`` with ``new_lines`` inserted at line index ``target``, where the ``rank``-th auth rule was."""
     _shift_jumps(lines, _auth_rules(lines), rank, len(new_lines), check_inlined=True)
@@ -337,7 +346,8 @@ def remove_lines(text: str, helpers: tuple[str, ...] = ()) -> str:
             drop.insert(0, rank + 1)
             was = _was(lines[nxt.index])
             wrapped = auth[rank + 2] if rank + 2 < len(auth) else None
-            if was is not None and wrapped is not None and wrapped.control == "substack":
+            if was is not None and wrapped is not None and wrapped.control == "substack" \
+                    and not _jumped_into(auth, rank, rank + 2):  # a jump written for the substack stays right
                 original = parse_rules([was])
                 if original and original[0].inlines and original[0].module == wrapped.module:
                     lines[wrapped.index] = was

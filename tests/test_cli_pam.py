@@ -90,6 +90,13 @@ def test_jumps_over_the_new_line_are_kept_right():
     assert edited.splitlines()[0].startswith("auth [success=3 default=ignore]")
     assert "delay=2000000" in edited and "faceid-helper" in edited.splitlines()[2]
     assert pamconf.remove_lines(edited) == text
+    into_include = "auth [success=1 default=ignore] pam_succeed_if.so uid < 1000\n@include common-auth\n"
+    with pytest.raises(pamconf.PamConfError, match="counts as many modules as the included file holds"):
+        pamconf.insert_line(into_include, "/h/faceid-helper")
+    admin = "auth [success=3 default=ignore] pam_succeed_if.so uid < 1000\n" + \
+        pamconf.insert_line("@include common-auth\nauth required pam_permit.so\n", "/h/faceid-helper")
+    assert pamconf.remove_lines(admin).splitlines()[:2] == [  # a jump written over the substack keeps it
+        "auth [success=1 default=ignore] pam_succeed_if.so uid < 1000", "auth\tsubstack\tcommon-auth"]
 
 
 def test_user_mistakes(service):
