@@ -355,13 +355,13 @@ def remove_lines(text: str, helpers: tuple[str, ...] = ()) -> str:
             _drop_rule(lines, n)
 
 
-def with_programs(text: str, face: str, report: str) -> str:
+def with_programs(text: str, face: str, report: str, helpers: tuple[str, ...] = ()) -> str:
     """``text`` with the program of our face lines replaced by ``face`` and of our report lines by ``report``
     (the proof's stand-ins); other lines as they are."""
     lines = text.splitlines()
     for rule in parse_rules(lines):
-        if is_ours(rule):
-            program, args = rule.program()
+        if is_ours(rule, helpers):
+            _, args = rule.program()
             options = rule.args[:len(rule.args) - len(args) - 1]
             stand_in = report if is_report(rule) else face
             lines[rule.index] = f"{rule.type}\t{rule.control}\t{rule.module} {' '.join(options)} {stand_in}"
@@ -425,7 +425,7 @@ def edit_service(service: str, enable: bool, helper: str, backup_dir: Path = BAC
             return Change(service, "unchanged", "face auth already on")
         with pamproof.private_copy() as copy:
             before = (service,) if enable and not was_on else ()
-            detail = pamproof.prove(copy, [service], before=before, writes={service: new})
+            detail = pamproof.prove(copy, [service], before=before, writes={service: new}, helpers=helpers)
     except PamConfError as exc:
         raise PamConfError(f"{path}: {exc}; left as it was") from None
     if path.read_text() != text:

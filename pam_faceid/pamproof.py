@@ -141,13 +141,14 @@ def private_copy(folders: tuple[Path, ...] = (PAM_DIR,)) -> Iterator[PrivateCopy
 
 
 def prove(copy: PrivateCopy, after: list[str], before: tuple[str, ...] = (), writes: dict[str, str] | None = None,
-          command: list[str] | None = None) -> str:
+          command: list[str] | None = None, helpers: tuple[str, ...] = ()) -> str:
     """In ``copy``: ``before`` must work as they are; then ``writes`` and ``command`` are applied there, and
-    ``after`` (service names) must work, with the real helper and with stand-ins. Raises PamConfError."""
+    ``after`` (service names) must work, with the real helper (faceid-helper or one of ``helpers``) and with
+    stand-ins for it. Raises PamConfError."""
     with ThrowawayUser() as user:
         spec = {"mounts": [[str(c), str(t)] for c, t in copy.mounts], "user": user.name, "uid": user.uid,
                 "password": user.password, "before": list(before), "writes": writes or {}, "command": command,
-                "after": after}
+                "after": after, "helpers": list(helpers)}
         argv = ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-I", "-m",
                 "pam_faceid.pamproof"]
         try:
@@ -196,7 +197,7 @@ def _prove_services(names: list[str], spec: dict, stand_ins: bool) -> Proof:
         checks.append((name, ""))
         text = (PAM_DIR / name).read_text()
         for face, report in STAND_INS if stand_ins else ():
-            variant = pamconf.with_programs(text, face, report)
+            variant = pamconf.with_programs(text, face, report, tuple(spec["helpers"]))
             if variant == text:
                 break
             alias = f"faceid-proof-{secrets.token_hex(5)}"
