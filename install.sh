@@ -279,12 +279,13 @@ Auth-Type: Primary
 Auth:
 	[success=end default=ignore]	pam_exec.so quiet stdout seteuid $PREFIX/bin/faceid-helper"
     # Runs after the primary block, i.e. once a password (or the face) was accepted; faceidd tells the two apart.
+    # [default=ignore]: its result never counts, so it cannot turn a failed password into success.
     write_pam_profile "$PAM_PASSWORD_PROFILE" "Name: Face unlock: note password logins (pam_faceid)
 Default: no
 Priority: 0
 Auth-Type: Additional
 Auth:
-	optional	pam_exec.so quiet seteuid $PREFIX/bin/faceid-helper --password-used"
+	[default=ignore]	pam_exec.so quiet seteuid $PREFIX/bin/faceid-helper --password-used"
 }
 
 install_units() {

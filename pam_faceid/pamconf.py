@@ -1,63 +1,54 @@
-"""Turn face auth on and off in PAM without ever locking anyone out.
+"""Turn face auth on and off in PAM without ever locking anyone out or letting anyone in.
 
 Two ways, as Debian intends: when ``pam-auth-update`` and our profile
 (/usr/share/pam-configs/faceid, installed by install.sh) exist, the profile is
 enabled or disabled and pam-auth-update rewrites common-auth; otherwise the
-named /etc/pam.d service files are edited, the helper line placed before the
-first password line, after a timestamped backup.
+named /etc/pam.d service files are edited, after a timestamped backup.
 
-Each way also adds a second helper line after the password module,
-``auth optional pam_exec.so quiet seteuid <helper> --password-used``: it runs
-only once the stack accepted the password, and tells the daemon so, for
-``auth.require_password_after`` (with pam-auth-update it is the separate
-``faceid-password`` profile, an "Additional" auth block).
+A face match stands in for the password module only: it takes the route a
+right password takes (see face_lines), so every module after the password
+still runs. A second line after the last auth rule,
+``auth [default=ignore] pam_exec.so quiet seteuid <helper> --password-used``,
+tells the daemon that the password was used (``auth.require_password_after``);
+its result is ignored, so it can never turn a failure into success (with
+pam-auth-update it is the separate ``faceid-password`` profile).
 
-Either way the change is kept only after it is proven that the password path
-still works: a throwaway local user gets a random password, and the real PAM
-stack (python-pam, in a child process whose real uid is that user, as when
-the user runs sudo) must accept that password and refuse a wrong one. We
-know no real password, so this is what can be proven: the stack parses,
-reaches pam_unix, and face auth did not turn into "anything goes". If the
-proof fails the backup is restored. The throwaway user is always deleted.
+Our lines are found by what they run (pam_exec with faceid-helper as the
+program), never by a comment. No change reaches /etc/pam.d before it is
+proven in a private copy (pamproof): the live files are replaced only then,
+each atomically.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import re
-import secrets
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-PAM_DIR = Path("/etc/pam.d")
+from pam_faceid import pamproof
+from pam_faceid.pamproof import PamConfError
+
+PAM_DIR = pamproof.PAM_DIR
+VAR_LIB_PAM = Path("/var/lib/pam")
 PROFILE = Path("/usr/share/pam-configs/faceid")
 PROFILE_NAME = "faceid"
 PASSWORD_PROFILE = Path("/usr/share/pam-configs/faceid-password")
 PASSWORD_PROFILE_NAME = "faceid-password"
 PASSWORD_FLAG = "--password-used"
+REPORT_CONTROL = "[default=ignore]"
+SKIP_CONTROL = "[success=1 default=die]"
+SKIP_NOTE = "face matched: skip the password module below"
 BACKUP_DIR = Path("/var/backups/pam_faceid")
 HELPER_NAME = "faceid-helper"
 DEFAULT_SERVICES = ("sudo", "sudo-i", "login", "gdm-password", "lightdm", "sddm", "kde", "polkit-1",
                     "gnome-screensaver", "cinnamon-screensaver", "mate-screensaver", "xfce4-screensaver",
                     "xscreensaver", "i3lock", "swaylock", "hyprlock")
 """Services 'faceid pam enable' edits when none are named and pam-auth-update is not used (those present)."""
-CHECK_TIMEOUT = 60.0
-
-_CHECK_CHILD = """
-import sys, pam
-service, user, password = sys.argv[1], sys.argv[2], sys.stdin.read()
-handle = pam.pam()
-ok = handle.authenticate(user, password, service=service, resetcreds=False)
-print(f"{int(bool(ok))} {handle.code} {handle.reason}")
-"""
-
-
-class PamConfError(Exception):
-    """A PAM change could not be made or proven; the message says what is left as it was."""
 
 
 def helper_path() -> str:
@@ -65,23 +56,99 @@ def helper_path() -> str:
     return str(Path(sys.executable).parent / HELPER_NAME)
 
 
-def helper_line(helper: str) -> str:
-    """The PAM line for a service file: on match PAM is done; on anything else it asks for the password."""
-    return f"auth\t[success=done default=ignore]\tpam_exec.so quiet stdout seteuid {helper}"
+def face_line(helper: str, control: str) -> str:
+    """The face line: pam_exec runs the helper; ``control`` makes a match take the password module's route."""
+    return f"auth\t{control}\tpam_exec.so quiet stdout seteuid {helper}"
 
 
 def password_line(helper: str) -> str:
-    """The PAM line after the password module: it reports a password login to the daemon, never fails PAM."""
-    return f"auth\toptional\tpam_exec.so quiet seteuid {helper} {PASSWORD_FLAG}"
+    """The line after the last auth rule: it reports a password login; ``[default=ignore]``: its result never counts."""
+    return f"auth\t{REPORT_CONTROL}\tpam_exec.so quiet seteuid {helper} {PASSWORD_FLAG}"
 
 
-def is_helper_line(line: str) -> bool:
-    body = line.strip()
-    return bool(body) and not body.startswith("#") and HELPER_NAME in body and "pam_exec" in body
+def skip_line(was: str | None = None) -> str:
+    """After a ``[success=ok default=1]`` face line: a match also skips the password module (pam_permit never fails)."""
+    note = f"; it was {json.dumps(was)}" if was is not None else ""
+    return f"auth\t{SKIP_CONTROL}\tpam_permit.so\t# {SKIP_NOTE}{note}"
 
 
-def enabled_in(text: str) -> bool:
-    return any(is_helper_line(line) for line in text.splitlines())
+@dataclass(frozen=True)
+class Rule:
+    """One PAM configuration line without its comment: ``type control module args``, or ``@include file``."""
+
+    index: int
+    type: str
+    control: str
+    module: str
+    args: tuple[str, ...]
+
+    @property
+    def is_auth(self) -> bool:
+        return self.type.lstrip("-") == "auth" or (self.type == "@include" and "auth" in self.module)
+
+    @property
+    def inlines(self) -> bool:
+        """Its file's rules are inlined, each counting in jumps (a substack counts as one module)."""
+        return self.type == "@include" or self.control == "include"
+
+    @property
+    def module_name(self) -> str:
+        return os.path.basename(self.module)
+
+    def program(self) -> tuple[str | None, tuple[str, ...]]:
+        """For a pam_exec rule: the program it runs and that program's arguments; else (None, ())."""
+        if self.module_name != "pam_exec.so":
+            return None, ()
+        for n, arg in enumerate(self.args):
+            if arg not in _PAM_EXEC_FLAGS and not arg.startswith(_PAM_EXEC_OPTIONS):
+                return arg, self.args[n + 1:]
+        return None, ()
+
+
+_PAM_EXEC_FLAGS = ("debug", "expose_authtok", "seteuid", "quiet", "quiet_log", "stdout")
+_PAM_EXEC_OPTIONS = ("log=", "type=")
+
+
+def parse_rules(lines: list[str]) -> list[Rule]:
+    """Every rule of ``lines``, comments dropped (no continuation lines: none in the files we edit)."""
+    out = []
+    for index, line in enumerate(lines):
+        body = line.split("#", 1)[0].strip()
+        if not body:
+            continue
+        if body.startswith("@include"):
+            tokens = body.split()
+            out.append(Rule(index, "@include", "", tokens[1] if len(tokens) > 1 else "", ()))
+            continue
+        match = re.match(r"(\S+)\s+(\[[^\]]*\]|\S+)\s*(.*)$", body)
+        if match is None:
+            out.append(Rule(index, body, "", "", ()))
+            continue
+        tokens = match.group(3).split()
+        out.append(Rule(index, match.group(1), match.group(2), tokens[0] if tokens else "", tuple(tokens[1:])))
+    return out
+
+
+def _auth_rules(lines: list[str]) -> list[Rule]:
+    return [rule for rule in parse_rules(lines) if rule.is_auth]
+
+
+def is_ours(rule: Rule, helpers: tuple[str, ...] = ()) -> bool:
+    """Ours by module and program (pam_exec running faceid-helper, or one of ``helpers``), never by a comment."""
+    program, _ = rule.program()
+    return program is not None and (os.path.basename(program) == HELPER_NAME or program in helpers)
+
+
+def is_report(rule: Rule) -> bool:
+    return PASSWORD_FLAG in rule.program()[1]
+
+
+def _is_skip(rule: Rule) -> bool:
+    return rule.module_name == "pam_permit.so" and rule.control == SKIP_CONTROL and not rule.args
+
+
+def enabled_in(text: str, helpers: tuple[str, ...] = ()) -> bool:
+    return any(is_ours(rule, helpers) for rule in parse_rules(text.splitlines()))
 
 
 def services_with_face_auth(pam_dir: Path = PAM_DIR) -> list[str]:
@@ -98,126 +165,214 @@ def services_with_face_auth(pam_dir: Path = PAM_DIR) -> list[str]:
 _PASSWORD_MODULES = ("pam_unix.so", "pam_unix2.so", "pam_sss.so", "pam_ldap.so", "pam_krb5.so", "pam_winbind.so")
 
 
-def _is_password_line(tokens: list[str]) -> bool:
-    """The first line that asks for the password: pam_unix and friends, or an included auth stack."""
-    if not tokens:
+def _is_password_rule(rule: Rule) -> bool:
+    """The first rule that asks for the password: pam_unix and friends, or an included auth stack."""
+    if not rule.is_auth:
         return False
-    if tokens[0] == "@include":
-        return len(tokens) > 1 and "auth" in tokens[1]
-    if tokens[0].lstrip("-") != "auth" or len(tokens) < 3:
-        return False
-    control, module = tokens[1], tokens[2]
-    if control.startswith("["):
-        rest = " ".join(tokens[1:])
-        module = rest[rest.index("]") + 1:].split()[0] if "]" in rest else module
-    if control in ("include", "substack"):
-        return True
-    return any(module.endswith(name) for name in _PASSWORD_MODULES)
+    return rule.type == "@include" or rule.control in ("include", "substack") or rule.module_name in _PASSWORD_MODULES
 
 
-def _rules(lines: list[str]) -> list[tuple[int, list[str]]]:
-    """(line index, tokens) of every non-comment, non-blank line (no continuation lines in our edits)."""
-    out = []
-    for index, line in enumerate(lines):
-        body = line.split("#", 1)[0].strip()
-        if body:
-            out.append((index, body.split()))
+def _success_action(rule: Rule) -> str | int:
+    """What libpam does when ``rule`` succeeds: 'ok', 'done', a jump, or another action word."""
+    simple = {"required": "ok", "requisite": "ok", "optional": "ok", "sufficient": "done"}
+    if rule.control in simple:
+        return simple[rule.control]
+    pairs = dict(pair.split("=", 1) for pair in rule.control.strip("[]").split() if "=" in pair)
+    action = pairs.get("success", pairs.get("default", "bad"))
+    return int(action) if action.isdigit() else action
+
+
+_FAILS = re.compile(r"(^|\s|\[)\w+=(bad|die)\b|^(required|requisite)$")
+
+
+def _flat_auth(name: str, pam_dir: Path, seen: tuple[str, ...] = ()) -> list[Rule]:
+    """The auth rules of service ``name`` with includes and substacks inlined (unreadable files count as none)."""
+    if name in seen or "/" in name:
+        return []
+    try:
+        lines = (pam_dir / name).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    out: list[Rule] = []
+    for rule in _auth_rules(lines):
+        if rule.inlines or rule.control == "substack":
+            out += _flat_auth(rule.module, pam_dir, seen + (name,))
+        else:
+            out.append(rule)
     return out
 
 
-def _auth_rules(lines: list[str]) -> list[tuple[int, list[str]]]:
-    return [(i, t) for i, t in _rules(lines) if t[0].lstrip("-") == "auth" or (t[0] == "@include" and "auth" in t[1])]
+def _other_requirements(name: str, pam_dir: Path) -> list[str]:
+    """Modules besides the password that the included stack ``name`` requires (its pam_deny/pam_permit aside):
+    a face match skips the whole stack, so it would skip them (a token, pam_nologin, pam_faillock)."""
+    skip = _PASSWORD_MODULES + ("pam_deny.so", "pam_permit.so")
+    return [rule.module_name for rule in _flat_auth(name, pam_dir)
+            if rule.module_name not in skip and _FAILS.search(rule.control.strip("[]"))]
 
 
-def insert_line(text: str, helper: str) -> str:
-    """``text`` with the helper line before the first password line; jumps over that point are lengthened.
+def _as_substack(line: str, rule: Rule) -> str:
+    """``@include X`` / ``auth include X`` as ``auth substack X``: one module for the jump of the skip line."""
+    if rule.type == "@include":
+        return f"auth\tsubstack\t{rule.module}"
+    return re.sub(r"\binclude\b", "substack", line, count=1)
 
-    A ``[... default=N]`` rule earlier in the auth stack whose jump crosses the
-    new line would otherwise land one rule short; an ``@include`` inside such a
-    jump makes the count unknowable, so that is refused.
+
+def face_lines(rule: Rule, line: str, helper: str, pam_dir: Path = PAM_DIR) -> tuple[list[str], str | None]:
+    """The lines to put before the password rule, and its replacement (None: kept).
+
+    A face match takes the route a right password takes, and only that one:
+    a password rule that jumps N on success gets a face line jumping N+1; one
+    that ends the stack on success (sufficient) a face line that does too;
+    one that just succeeds (required, requisite, an included stack) a face
+    line whose success counts like the password's and a pam_permit line that
+    then skips exactly the password rule. An included stack is made a
+    substack so that it is exactly one module to skip, whatever the included
+    file holds or will hold.
     """
+    if rule.inlines or rule.control == "substack":
+        others = _other_requirements(rule.module, pam_dir)
+        if others:
+            raise PamConfError(f"the included {rule.module} also requires {', '.join(others)}, which a face match "
+                               f"would skip with it: enable face auth in {rule.module} itself, or use pam-auth-update")
+        replacement = _as_substack(line, rule) if rule.inlines else None
+        return [face_line(helper, "[success=ok default=1]"), skip_line(line if replacement else None)], replacement
+    action = _success_action(rule)
+    if action == "ok":
+        return [face_line(helper, "[success=ok default=1]"), skip_line()], None
+    if action == "done":
+        return [face_line(helper, "[success=done default=ignore]")], None
+    if isinstance(action, int):
+        return [face_line(helper, f"[success={action + 1} default=ignore]")], None
+    raise PamConfError(f"{line.strip()!r}: on success it does {action!r}, not a jump, ok or done: "
+                       "add the face line by hand")
+
+
+def insert_line(text: str, helper: str, pam_dir: Path = PAM_DIR) -> str:
+    """``text`` with the face line(s) before the first password rule; jumps over that point are lengthened."""
     lines = text.splitlines()
-    target = next((i for i, tokens in _rules(lines) if _is_password_line(tokens)), None)
-    if target is None:
+    auth = _auth_rules(lines)
+    rank = next((n for n, rule in enumerate(auth) if _is_password_rule(rule)), None)
+    if rank is None:
         raise PamConfError("no password line (pam_unix, @include common-auth, include …) to put face auth "
                            "before; add the line by hand")
-    position = {i: n for n, (i, _) in enumerate(_auth_rules(lines))}
-    return _insert_rule(lines, target, position[target], helper_line(helper))
+    rule = auth[rank]
+    new_lines, replacement = face_lines(rule, lines[rule.index], helper, pam_dir)
+    if replacement is not None:
+        if _jumped_into(auth, rank, rank):
+            raise PamConfError(f"a rule jumps over {lines[rule.index].strip()!r}, which counts as many modules as "
+                               "the included file holds: add the face line by hand")
+        lines[rule.index] = replacement
+    return _insert_rules(lines, rule.index, rank, new_lines)
 
 
 def insert_password_line(text: str, helper: str) -> str:
-    """``text`` with the password-used line after its last auth rule (reached only once the password passed)."""
+    """``text`` with the password-used line after its last auth rule (reached once the password passed)."""
     lines = text.splitlines()
-    auth_rules = _auth_rules(lines)
-    if not auth_rules:
+    auth = _auth_rules(lines)
+    if not auth:
         raise PamConfError("no auth rule to put the password-used line after; add the line by hand")
-    return _insert_rule(lines, auth_rules[-1][0] + 1, len(auth_rules), password_line(helper))
+    return _insert_rules(lines, auth[-1].index + 1, len(auth), [password_line(helper)])
 
 
-def insert_lines(text: str, helper: str) -> str:
-    """Both lines: face auth before the password, the password-used report after it."""
-    return insert_password_line(insert_line(text, helper), helper)
+def insert_lines(text: str, helper: str, pam_dir: Path = PAM_DIR) -> str:
+    """Both: face auth standing in for the password module, the password-used report after the last auth rule."""
+    return insert_password_line(insert_line(text, helper, pam_dir), helper)
 
 
-def _insert_rule(lines: list[str], target: int, rank: int, new_line: str) -> str:
-    """``lines`` with ``new_line`` inserted at line index ``target``, the ``rank``-th auth rule (0-based).
+def _shift_jumps(lines: list[str], auth: list[Rule], rank: int, delta: int, check_inlined: bool) -> None:
+    """Lengthen (or shorten) by ``delta`` the jumps of rules before ``rank`` that reach it or beyond.
 
-    Jumps of earlier auth rules that reach that rank or beyond are lengthened
-    by one, so they land where they did before (also a jump past the end).
+    With ``check_inlined``, a jump over an included stack is refused: its
+    length in modules depends on another file.
     """
-    auth_rules = _auth_rules(lines)
-    fixed: dict[int, str] = {}
-    for n, (i, tokens) in enumerate(auth_rules):
-        if i >= target or not tokens[1].startswith("[") or tokens[0] == "@include":
+    for n, rule in enumerate(auth[:rank]):
+        if not rule.control.startswith("["):
             continue
-        line = lines[i]
+        line = lines[rule.index]
 
-        def bump(match: re.Match[str]) -> str:
+        def shift(match: re.Match[str], n: int = n, line: str = line) -> str:
             jump = int(match.group(2))
-            if n + jump >= rank:
-                crossed = [auth_rules[k][1] for k in range(n + 1, min(n + jump + 1, len(auth_rules)))]
-                if any(t[0] == "@include" for t in crossed):
-                    raise PamConfError(f"rule {line.strip()!r} jumps over an @include: add the face line by hand")
-                return f"{match.group(1)}={jump + 1}"
-            return match.group(0)
+            if n + jump < rank:
+                return match.group(0)
+            if check_inlined and any(r.inlines for r in auth[n + 1:n + jump + 1]):
+                raise PamConfError(f"rule {line.strip()!r} jumps over an included stack: add the face line by hand")
+            return f"{match.group(1)}={jump + delta}"
 
         head, bracket, tail = line.partition("[")
         inner, close, rest = tail.partition("]")
-        new = head + bracket + re.sub(r"(\w+)=(\d+)", bump, inner) + close + rest
-        if new != line:
-            fixed[i] = new
-    out = [fixed.get(i, line) for i, line in enumerate(lines)]
-    out.insert(target, new_line)
-    return "\n".join(out) + "\n"
+        lines[rule.index] = head + bracket + re.sub(r"([\w-]+)=(\d+)", shift, inner) + close + rest
 
 
-def remove_lines(text: str) -> str:
-    """``text`` without the helper line(s), and jumps that crossed them shortened again."""
+def _jumped_into(auth: list[Rule], before: int, rank: int) -> bool:
+    """Does one of the first ``before`` auth rules jump into or past the ``rank``-th one (not just onto it)?"""
+    return any(n + int(jump) >= rank for n, rule in enumerate(auth[:before]) if rule.control.startswith("[")
+               for jump in re.findall(r"[\w-]+=(\d+)", rule.control))
+
+
+def _insert_rules(lines: list[str], target: int, rank: int, new_lines: list[str]) -> str:
+    """``lines`` with ``new_lines`` inserted at line index ``target``, where the ``rank``-th auth rule was."""
+    _shift_jumps(lines, _auth_rules(lines), rank, len(new_lines), check_inlined=True)
+    lines[target:target] = new_lines
+    return "\n".join(lines) + "\n"
+
+
+def _drop_rule(lines: list[str], rank: int) -> None:
+    auth = _auth_rules(lines)
+    _shift_jumps(lines, auth, rank, -1, check_inlined=False)
+    del lines[auth[rank].index]
+
+
+def _was(line: str) -> str | None:
+    """The original password line a skip line notes (it was an include made a substack), if any."""
+    _, _, note = line.partition(f"# {SKIP_NOTE}; it was ")
+    try:
+        was = json.loads(note) if note else None
+    except ValueError:
+        return None
+    return was if isinstance(was, str) and "\n" not in was else None
+
+
+def remove_lines(text: str, helpers: tuple[str, ...] = ()) -> str:
+    """``text`` without our lines, jumps that crossed them shortened, a substack made of an include put back."""
     lines = text.splitlines()
     while True:
-        index = next((i for i, line in enumerate(lines) if is_helper_line(line)), None)
-        if index is None:
+        auth = _auth_rules(lines)
+        rank = next((n for n, rule in enumerate(auth) if is_ours(rule, helpers)), None)
+        if rank is None:
             return "\n".join(lines) + "\n"
-        auth_rules = [i for i, t in _rules(lines)
-                      if t[0].lstrip("-") == "auth" or (t[0] == "@include" and "auth" in t[1])]
-        at = auth_rules.index(index)
-        for n, i in enumerate(auth_rules[:at]):
-            def shrink(match: re.Match[str], n: int = n) -> str:
-                jump = int(match.group(2))
-                return f"{match.group(1)}={jump - 1}" if n + jump >= at else match.group(0)
+        drop = [rank]
+        nxt = auth[rank + 1] if rank + 1 < len(auth) else None
+        if nxt is not None and not is_report(auth[rank]) and _is_skip(nxt):
+            drop.insert(0, rank + 1)
+            was = _was(lines[nxt.index])
+            wrapped = auth[rank + 2] if rank + 2 < len(auth) else None
+            if was is not None and wrapped is not None and wrapped.control == "substack" \
+                    and not _jumped_into(auth, rank, rank + 2):  # a jump written for the substack stays right
+                original = parse_rules([was])
+                if original and original[0].inlines and original[0].module == wrapped.module:
+                    lines[wrapped.index] = was
+        for n in drop:
+            _drop_rule(lines, n)
 
-            if "[" in lines[i]:
-                head, bracket, tail = lines[i].partition("[")
-                inner, close, rest = tail.partition("]")
-                lines[i] = head + bracket + re.sub(r"(\w+)=(\d+)", shrink, inner) + close + rest
-        del lines[index]
+
+def with_programs(text: str, face: str, report: str, helpers: tuple[str, ...] = ()) -> str:
+    """``text`` with the program of our face lines replaced by ``face`` and of our report lines by ``report``
+    (the proof's stand-ins); other lines as they are."""
+    lines = text.splitlines()
+    for rule in parse_rules(lines):
+        if is_ours(rule, helpers):
+            _, args = rule.program()
+            options = rule.args[:len(rule.args) - len(args) - 1]
+            stand_in = report if is_report(rule) else face
+            lines[rule.index] = f"{rule.type}\t{rule.control}\t{rule.module} {' '.join(options)} {stand_in}"
+    return "\n".join(lines) + "\n"
 
 
-def _write_like(path: Path, text: str) -> None:
-    """Replace ``path`` atomically, keeping its owner and mode."""
-    st = path.stat()
+def _write_like(path: Path, text: str | bytes, like: Path | None = None) -> None:
+    """Replace ``path`` atomically, keeping its owner and mode (or those of ``like``)."""
+    st = (like or path).stat()
     tmp = path.with_name(f".{path.name}.faceid-tmp")
-    with open(tmp, "w") as fh:
+    with open(tmp, "wb" if isinstance(text, bytes) else "w") as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
@@ -233,69 +388,6 @@ def backup(path: Path, backup_dir: Path = BACKUP_DIR) -> Path:
     copy = backup_dir / f"{path.name}.{stamp}"
     shutil.copy2(path, copy)
     return copy
-
-
-# ---------------------------------------------------------------- the proof
-
-
-@dataclass
-class Proof:
-    ok: bool
-    detail: str
-
-
-class ThrowawayUser:
-    """A local user with a random password and no login shell, deleted on exit (also on errors)."""
-
-    def __enter__(self) -> "ThrowawayUser":
-        self.name = f"fidchk{secrets.token_hex(5)}"
-        self.password = secrets.token_urlsafe(24)
-        run = subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "-c", "pam_faceid PAM check", self.name],
-                             capture_output=True, text=True)
-        if run.returncode:
-            raise PamConfError(f"cannot create a throwaway user to prove the password path: {run.stderr.strip()}")
-        try:
-            run = subprocess.run(["chpasswd"], input=f"{self.name}:{self.password}\n", capture_output=True, text=True)
-            if run.returncode:
-                raise PamConfError(f"cannot set the throwaway user's password: {run.stderr.strip()}")
-            import pwd
-
-            self.uid = pwd.getpwnam(self.name).pw_uid
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        subprocess.run(["userdel", "-f", self.name], capture_output=True)
-
-
-def _authenticate_as(service: str, user: ThrowawayUser, password: str) -> tuple[bool, str]:
-    """python-pam in a child whose real uid is the user (euid root, like setuid sudo), so pam_rootok is no shortcut."""
-    uid = user.uid
-    try:
-        done = subprocess.run([sys.executable, "-c", _CHECK_CHILD, service, user.name], input=password,
-                              capture_output=True, text=True, timeout=CHECK_TIMEOUT,
-                              preexec_fn=lambda: os.setresuid(uid, 0, 0), env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-    except subprocess.TimeoutExpired:
-        return False, f"PAM did not answer within {CHECK_TIMEOUT:.0f} s"
-    last = (done.stdout.strip().splitlines() or [""])[-1]
-    if done.returncode or not last[:1].isdigit():
-        return False, f"PAM check crashed: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
-    flag, _, reason = last.partition(" ")
-    return flag == "1", reason
-
-
-def prove_password_path(service: str) -> Proof:
-    """Does ``service`` accept a right password and refuse a wrong one, for a fresh local user?"""
-    with ThrowawayUser() as user:
-        ok, reason = _authenticate_as(service, user, user.password)
-        if not ok:
-            return Proof(False, f"the right password was refused ({reason})")
-        ok, reason = _authenticate_as(service, user, user.password + "x")
-        if ok:
-            return Proof(False, "a wrong password was accepted: the stack no longer checks passwords")
-    return Proof(True, "a right password is accepted and a wrong one refused")
 
 
 # ---------------------------------------------------------------- changes
@@ -318,69 +410,59 @@ def _service_path(service: str) -> Path:
     return path
 
 
-def edit_service(service: str, enable: bool, helper: str, backup_dir: Path = BACKUP_DIR,
-                 prove: bool = True) -> Change:
-    """Add or remove the helper line in one service file; keep it only if the password path is proven."""
+def edit_service(service: str, enable: bool, helper: str, backup_dir: Path = BACKUP_DIR) -> Change:
+    """Add or remove our lines in one service file; the new text is proven in a private copy before it is written."""
     path = _service_path(service)
     text = path.read_text()
-    if enable == enabled_in(text):
-        return Change(service, "unchanged", "face auth already " + ("on" if enable else "off"))
-    new = insert_lines(text, helper) if enable else remove_lines(text)
-    if prove:
-        before = prove_password_path(service)
-        if not before.ok:
-            raise PamConfError(f"{path}: the password path does not work even before the change ({before.detail}); "
-                               "not touching it")
+    helpers = (helper,)
+    was_on = enabled_in(text, helpers)
+    if not enable and not was_on:
+        return Change(service, "unchanged", "face auth already off")
+    try:
+        # Enabling again brings lines of an older version (or another helper path) up to date.
+        new = insert_lines(remove_lines(text, helpers), helper) if enable else remove_lines(text, helpers)
+        if new == text:
+            return Change(service, "unchanged", "face auth already on")
+        with pamproof.private_copy() as copy:
+            before = (service,) if enable and not was_on else ()
+            detail = pamproof.prove(copy, [service], before=before, writes={service: new}, helpers=helpers)
+    except PamConfError as exc:
+        raise PamConfError(f"{path}: {exc}; left as it was") from None
+    if path.read_text() != text:
+        raise PamConfError(f"{path} changed while the change was proven; left as it was: try again")
     saved = backup(path, backup_dir)
     _write_like(path, new)
-    if prove:
-        try:
-            after = prove_password_path(service)
-        except BaseException:
-            _write_like(path, saved.read_text())
-            raise
-        if not after.ok:
-            _write_like(path, saved.read_text())
-            raise PamConfError(f"{path}: after the change {after.detail}; restored the backup {saved}")
-    return Change(service, "enabled" if enable else "disabled",
-                  "password path proven" if prove else "not proven (--no-check)", saved)
+    action = "disabled" if not enable else "updated" if was_on else "enabled"
+    return Change(service, action, detail, saved)
 
 
 def pam_auth_update_available() -> bool:
     return shutil.which("pam-auth-update") is not None and PROFILE.is_file()
 
 
-def _common_files() -> list[Path]:
-    return sorted(p for p in PAM_DIR.glob("common-*") if p.is_file())
-
-
-def toggle_profile(enable: bool, backup_dir: Path = BACKUP_DIR, prove: bool = True) -> Change:
-    """pam-auth-update --enable/--disable faceid and faceid-password, proven through a service including common-auth."""
-    saved = {p: backup(p, backup_dir) for p in _common_files()}
+def toggle_profile(enable: bool, backup_dir: Path = BACKUP_DIR) -> Change:
+    """pam-auth-update --enable/--disable faceid and faceid-password, run and proven in a private copy of
+    /etc/pam.d and /var/lib/pam; the files it changed there then replace the live ones."""
     flag = "--enable" if enable else "--disable"
     names = [PROFILE_NAME] + ([PASSWORD_PROFILE_NAME] if PASSWORD_PROFILE.is_file() else [])
-    run = subprocess.run(["pam-auth-update", "--package", flag, *names], capture_output=True, text=True,
-                         env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    if run.returncode:
-        raise PamConfError(f"pam-auth-update {flag} {' '.join(names)} failed: "
-                           f"{run.stderr.strip() or run.stdout.strip()}")
-    common_auth = PAM_DIR / "common-auth"
-    state = enabled_in(common_auth.read_text()) if common_auth.exists() else False
-    if state != enable:
-        raise PamConfError(f"pam-auth-update ran but {common_auth} {'lacks' if enable else 'still has'} the face line "
-                           "(local edits? run pam-auth-update by hand)")
-    if prove:
-        check = PAM_DIR / f"faceid-check-{secrets.token_hex(4)}"
-        check.write_text("@include common-auth\n")
+    command = ["pam-auth-update", "--package", flag, *names]
+    with pamproof.private_copy((PAM_DIR, VAR_LIB_PAM)) as copy:
         try:
-            proof = prove_password_path(check.name)
-        finally:
-            check.unlink(missing_ok=True)
-        if not proof.ok:
-            subprocess.run(["pam-auth-update", "--package", "--enable" if not enable else "--disable", *names],
-                           capture_output=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-            for path, copy in saved.items():
-                _write_like(path, copy.read_text())
-            raise PamConfError(f"after pam-auth-update {proof.detail}; restored the common-* files")
-    return Change("common-auth", "enabled" if enable else "disabled",
-                  f"via pam-auth-update; {'password path proven' if prove else 'not proven'}", None)
+            detail = pamproof.prove(copy, ["common-auth"], before=("common-auth",) if enable else (),
+                                    command=command)
+        except PamConfError as exc:
+            raise PamConfError(f"{exc}; the common-* files are as they were") from None
+        common_auth = copy.copy_of(PAM_DIR / "common-auth")
+        if enabled_in(common_auth.read_text() if common_auth.is_file() else "") != enable:
+            raise PamConfError(f"pam-auth-update ran but common-auth {'lacks' if enable else 'still has'} the face "
+                               "line (local edits? run pam-auth-update by hand); the common-* files are as they were")
+        changed = copy.changed(lambda live: live.parent == VAR_LIB_PAM or live.name.startswith("common-"))
+        moved = [str(live) for live in changed if not copy.unchanged_since(live)]
+        if moved:
+            raise PamConfError(f"{', '.join(moved)} changed while the change was proven; the common-* files are as "
+                               "they were: try again")
+        for live, content in changed.items():
+            if live.exists():
+                backup(live, backup_dir)
+            _write_like(live, content, like=copy.copy_of(live))
+    return Change("common-auth", "enabled" if enable else "disabled", f"via pam-auth-update; {detail}", None)

@@ -35,7 +35,7 @@ Default: no
 Priority: 0
 Auth-Type: Additional
 Auth:
-\toptional\tpam_exec.so quiet seteuid {prefix}/bin/faceid-helper --password-used
+\t[default=ignore]\tpam_exec.so quiet seteuid {prefix}/bin/faceid-helper --password-used
 """
 
 MINIMAL_UNITS = {

@@ -361,7 +361,7 @@ AUTH_UPDATE_STACK = ("auth [success=2 default=ignore] pam_exec.so quiet stdout s
                      "auth [success=1 default=ignore] pam_unix.so nullok\n"
                      "auth requisite pam_deny.so\n"
                      "auth required pam_permit.so\n"
-                     "auth optional pam_exec.so quiet seteuid {helper} --password-used\n"
+                     "auth [default=ignore] pam_exec.so quiet seteuid {helper} --password-used\n"
                      "account required pam_permit.so\n")
 """common-auth as pam-auth-update writes it with both profiles: a face match also reaches the password-used line."""
 

@@ -3,8 +3,9 @@
 The work is in pam_faceid.pamconf: pam-auth-update's profile when it is
 installed and no service is named, otherwise an edit of the named (or the
 usual: sudo, login, greeters, lockers) /etc/pam.d files with a backup. Each
-change is kept only after a throwaway user's password is proven to still be
-accepted, and a wrong one refused; otherwise the backup is restored.
+change is first made in a private copy of /etc/pam.d and proven there (a
+throwaway user's password accepted, a wrong one refused, with the real helper
+and with stand-ins for it); only a proven change is written.
 
 Exit codes: 0 every change made and proven (or nothing to change); 1 a
 change failed or was rolled back (the others are kept, each line says);
@@ -34,8 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="enable: put the face helper before the password in PAM; disable: take it out; status: show "
                     "where it is on. Without --service, pam-auth-update's 'faceid' profile is used when installed "
                     "(it covers every service that includes common-auth), else the usual services present in "
-                    "/etc/pam.d are edited. Every change is proven with a throwaway user's password through the "
-                    "real PAM stack and rolled back if the password path broke.",
+                    "/etc/pam.d are edited. A face match stands in for the password module only. Every change is "
+                    "first proven in a private copy of /etc/pam.d (a throwaway user's password accepted and a wrong "
+                    "one refused, whatever faceidd answers); nothing is written if the proof fails.",
         epilog=EXAMPLE,
         formatter_class=common.formatter(),
     )
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         changes.append((service, lambda s=service: pamconf.edit_service(s, enable, helper)))
     failed = 0
     for name, apply in changes:
-        print(f"{name}: proving the password path and {args.action[:-1]}ing face auth…", flush=True)
+        print(f"{name}: proving the change in a private copy of {pamconf.PAM_DIR}…", flush=True)
         try:
             change = apply()  # type: ignore[operator]
         except pamconf.PamConfError as exc:
