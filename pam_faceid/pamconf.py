@@ -48,7 +48,9 @@ DEFAULT_SERVICES = ("sudo", "sudo-i", "login", "gdm-password", "lightdm", "sddm"
 CHECK_TIMEOUT = 60.0
 
 _CHECK_CHILD = """
-import sys, pam
+import ctypes, sys
+ctypes.CDLL = ctypes.PyDLL  # keep the GIL in libpam: pam_python (the face line) runs Python in this process
+import pam
 service, user, password = sys.argv[1], sys.argv[2], sys.stdin.read()
 handle = pam.pam()
 ok = handle.authenticate(user, password, service=service, resetcreds=False)
@@ -75,9 +77,42 @@ def password_line(helper: str) -> str:
     return f"auth\toptional\tpam_exec.so quiet seteuid {helper} {PASSWORD_FLAG}"
 
 
+PROMPT_MODULE = Path(__file__).with_name("pam_prompt.py")
+"""The pam_python module (face or password, whichever comes first); root-owned 0644 inside the installed package."""
+PAM_PYTHON_SO = ("/lib/security/pam_python.so", "/usr/lib/x86_64-linux-gnu/security/pam_python.so",
+                 "/usr/lib/security/pam_python.so")
+PROMPT_STARTS = ("race", "enter")
+
+
+def pam_python_available() -> bool:
+    """True when Debian's libpam-python module is installed (install.sh installs it)."""
+    return any(os.path.isfile(path) for path in PAM_PYTHON_SO)
+
+
+def prompt_line(helper: str, start: str = "race", config: str | None = None, module: Path = PROMPT_MODULE) -> str:
+    """The pam_python line: face and typed password race (``start=enter``: face only after an empty Enter).
+
+    ``abort=die``: Ctrl-C at the module's prompt ends the stack instead of
+    falling to the password module's own prompt.
+    """
+    from pam_faceid.pam_prompt import unsafe_path
+
+    if start not in PROMPT_STARTS:
+        raise PamConfError(f"--start {start}: use one of {', '.join(PROMPT_STARTS)}")
+    why = unsafe_path(str(module))
+    if why:  # pam_python runs any script it is given, even one others can write
+        raise PamConfError(f"{module}: {why}; not putting it in PAM")
+    words = [f"helper={helper}"] + ([f"config={config}"] if config else []) + ([f"start={start}"] if start != "race"
+                                                                               else [])
+    if any(any(c.isspace() for c in word) for word in [str(module), *words]):
+        raise PamConfError("a path with white space cannot go on a PAM line")
+    return f"auth\t[success=done abort=die default=ignore]\tpam_python.so {module} {' '.join(words)}"
+
+
 def is_helper_line(line: str) -> bool:
     body = line.strip()
-    return bool(body) and not body.startswith("#") and HELPER_NAME in body and "pam_exec" in body
+    return (bool(body) and not body.startswith("#") and HELPER_NAME in body
+            and ("pam_exec" in body or "pam_python" in body))
 
 
 def enabled_in(text: str) -> bool:
@@ -129,7 +164,7 @@ def _auth_rules(lines: list[str]) -> list[tuple[int, list[str]]]:
     return [(i, t) for i, t in _rules(lines) if t[0].lstrip("-") == "auth" or (t[0] == "@include" and "auth" in t[1])]
 
 
-def insert_line(text: str, helper: str) -> str:
+def insert_line(text: str, helper: str, face_line: str | None = None) -> str:
     """``text`` with the helper line before the first password line; jumps over that point are lengthened.
 
     A ``[... default=N]`` rule earlier in the auth stack whose jump crosses the
@@ -142,7 +177,7 @@ def insert_line(text: str, helper: str) -> str:
         raise PamConfError("no password line (pam_unix, @include common-auth, include …) to put face auth "
                            "before; add the line by hand")
     position = {i: n for n, (i, _) in enumerate(_auth_rules(lines))}
-    return _insert_rule(lines, target, position[target], helper_line(helper))
+    return _insert_rule(lines, target, position[target], face_line or helper_line(helper))
 
 
 def insert_password_line(text: str, helper: str) -> str:
@@ -154,9 +189,9 @@ def insert_password_line(text: str, helper: str) -> str:
     return _insert_rule(lines, auth_rules[-1][0] + 1, len(auth_rules), password_line(helper))
 
 
-def insert_lines(text: str, helper: str) -> str:
-    """Both lines: face auth before the password, the password-used report after it."""
-    return insert_password_line(insert_line(text, helper), helper)
+def insert_lines(text: str, helper: str, face_line: str | None = None) -> str:
+    """Both lines: face auth (``face_line``, default the pam_exec line) before the password, the report after it."""
+    return insert_password_line(insert_line(text, helper, face_line), helper)
 
 
 def _insert_rule(lines: list[str], target: int, rank: int, new_line: str) -> str:
@@ -319,13 +354,13 @@ def _service_path(service: str) -> Path:
 
 
 def edit_service(service: str, enable: bool, helper: str, backup_dir: Path = BACKUP_DIR,
-                 prove: bool = True) -> Change:
+                 prove: bool = True, face_line: str | None = None) -> Change:
     """Add or remove the helper line in one service file; keep it only if the password path is proven."""
     path = _service_path(service)
     text = path.read_text()
     if enable == enabled_in(text):
         return Change(service, "unchanged", "face auth already " + ("on" if enable else "off"))
-    new = insert_lines(text, helper) if enable else remove_lines(text)
+    new = insert_lines(text, helper, face_line) if enable else remove_lines(text)
     if prove:
         before = prove_password_path(service)
         if not before.ok:

@@ -36,7 +36,7 @@ def _no_throwaway_users() -> bool:
 
 def test_enable_then_disable_keeps_the_password_path(service):
     name, path = service
-    done = faceid(None, "pam", "enable", "--service", name)
+    done = faceid(None, "pam", "enable", "--service", name, "--start", "exec")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "enabled: password path proven" in done.stdout
     lines = path.read_text().splitlines()

@@ -22,6 +22,7 @@ from pam_faceid.cli import _common as common
 EXAMPLE = """examples:
   sudo faceid pam enable                    # pam-auth-update profile, or the usual services
   sudo faceid pam enable --service sudo gdm-password
+  sudo faceid pam enable --service sudo su --start enter   # face only after Enter on an empty prompt
   sudo faceid pam disable
   faceid pam status"""
 
@@ -43,6 +44,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--service", nargs="+", metavar="S", help="PAM service names (files in /etc/pam.d)")
     parser.add_argument("--helper", metavar="PATH",
                         help="helper program for the PAM line (default: this installation's faceid-helper)")
+    parser.add_argument("--start", choices=("race", "enter", "exec"),
+                        help="race: the face check runs while the password can be typed (pam_python; the default "
+                             "for named services when libpam-python is installed); enter: the face check starts "
+                             "only after Enter on an empty prompt; exec: the pam_exec line (face first, then the "
+                             "password prompt)")
     parser.set_defaults(run=run)
     return parser
 
@@ -56,6 +62,21 @@ def _status() -> int:
         state = "enabled" if "common-auth" in services else "installed, not enabled"
         print(f"pam-auth-update profile {pamconf.PROFILE}: {state}")
     return 0
+
+
+def _face_line(args: argparse.Namespace, helper: str) -> str | None:
+    """The pam_python line for --start race/enter (race by default when libpam-python is there); None: pam_exec."""
+    from pam_faceid import pamconf
+
+    start = args.start or ("race" if pamconf.pam_python_available() else "exec")
+    if start == "exec":
+        return None
+    if not pamconf.pam_python_available():
+        raise CommandError(f"--start {start} needs libpam-python (apt-get install libpam-python)", EXIT_USAGE)
+    try:
+        return pamconf.prompt_line(helper, start, getattr(args, "config", None))
+    except pamconf.PamConfError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,9 +94,10 @@ def run(args: argparse.Namespace) -> int:
         if "/" in service or not (pamconf.PAM_DIR / service).is_file():
             raise CommandError(f"no PAM service {service!r}: {pamconf.PAM_DIR / service} does not exist", EXIT_USAGE)
     changes: list[tuple[str, object]] = []
+    face_line = _face_line(args, helper) if enable else None
     if args.service:
         services = list(args.service)
-    elif enable and pamconf.pam_auth_update_available():
+    elif enable and pamconf.pam_auth_update_available() and not args.start:
         changes.append(("common-auth", lambda: pamconf.toggle_profile(True)))
         services = []
     elif enable:
@@ -92,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             print("face auth is not on in any PAM service: nothing to do")
             return 0
     for service in services:
-        changes.append((service, lambda s=service: pamconf.edit_service(s, enable, helper)))
+        changes.append((service, lambda s=service: pamconf.edit_service(s, enable, helper, face_line=face_line)))
     failed = 0
     for name, apply in changes:
         print(f"{name}: proving the password path and {args.action[:-1]}ing face auth…", flush=True)

@@ -1,0 +1,195 @@
+"""Face or password, whichever comes first: real sudo in a pseudo-terminal against the stack 'faceid pam enable' writes.
+
+Each sudo runs in a private mount namespace (``unshare -m``) where a copy of
+/etc/pam.d and a sudoers file naming the throwaway user are bind-mounted, so
+the real files, shared with everyone on this machine, are never touched.
+'faceid pam enable --service sudo' edits the copy there (proving the password
+path as always); then pexpect drives ``sudo`` as the throwaway user, whose
+password the test sets, with a real faceidd and an image-folder camera.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cli_support import FACEID
+from conftest import session_frames, write_frames
+from faceidd_util import HELPER, PYTHON, daemon_dir, enrol, faceidd, require_model  # noqa: F401
+
+from pam_faceid import helper, pam_prompt, pamconf
+
+pexpect = pytest.importorskip("pexpect", reason="pexpect not installed (./install.sh --dev)")
+
+SUDO = "/usr/bin/sudo"
+MARK = "SHELL-REACHED"
+SCRIPT = f"{SUDO} /bin/echo {MARK}; echo rc=$?; stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?echo'"
+"""What the user's shell runs: sudo, its exit status, then whether the terminal echoes again."""
+
+
+def require_tools() -> None:
+    missing = [what for what, ok in (("sudo", os.access(SUDO, os.X_OK)), ("libpam-python", pamconf.pam_python_available()),
+                                      ("unshare", shutil.which("unshare") is not None)) if not ok]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (apt-get install sudo libpam-python util-linux)")
+
+
+@pytest.fixture
+def sudo_user():
+    """A throwaway user with a password the test knows; removed afterwards."""
+    require_tools()
+    name, password = f"fidp{secrets.token_hex(4)}", f"pw-{secrets.token_hex(6)}"
+    subprocess.run(["useradd", "-M", "-s", "/bin/sh", name], check=True, capture_output=True)
+    try:
+        subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True, capture_output=True)
+        yield name, password
+    finally:
+        subprocess.run(["userdel", "-f", name], capture_output=True)
+
+
+class Namespace:
+    """A copy of /etc/pam.d and a sudoers file, bind-mounted over the real ones in each command's own namespace."""
+
+    def __init__(self, base: Path, user: str):
+        self.pam_dir = base / "pam.d"
+        shutil.copytree("/etc/pam.d", self.pam_dir, symlinks=True)
+        self.sudoers = base / "sudoers"
+        self.sudoers.write_text(f"Defaults lecture=never, timestamp_timeout=0, !use_pty\n{user} ALL=(ALL) ALL\n")
+        os.chmod(self.sudoers, 0o440)
+
+    def command(self, *argv: str) -> list[str]:
+        mounts = 'mount --bind "$1" /etc/pam.d && mount --bind "$2" /etc/sudoers && shift 2 && exec "$@"'
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", mounts, "sh", str(self.pam_dir),
+                str(self.sudoers), *argv]
+
+    def enable(self, config: Path, *extra: str) -> str:
+        done = subprocess.run(self.command(FACEID, "--config", str(config), "pam", "enable", "--service", "sudo",
+                                           *extra), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return (self.pam_dir / "sudo").read_text()
+
+    def sudo(self, user: str) -> "pexpect.spawn":
+        argv = self.command("setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "/bin/sh", "-c", SCRIPT)
+        return pexpect.spawn(argv[0], argv[1:], env={"PATH": "/usr/bin:/bin", "TERM": "dumb"}, timeout=20,
+                             encoding="utf-8", codec_errors="replace")
+
+
+def helpers_running(config: Path) -> list[int]:
+    """Pids of faceid-helper processes started with ``config``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"faceid-helper" in part for part in cmdline) and str(config).encode() in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def finish(child: "pexpect.spawn") -> tuple[int, str]:
+    """sudo's exit status and the echo setting the shell found afterwards ("echo" or "-echo")."""
+    child.expect(r"rc=(\d+)")
+    rc = int(child.match.group(1))
+    child.expect(r"(-?echo)\r?\n")
+    echo = child.match.group(1)
+    child.expect(pexpect.EOF)
+    return rc, echo
+
+
+@pytest.fixture
+def setup(faceidd, sudo_user, person_images):
+    """(namespace, faceidd, user, password, genuine folder, stranger folder): the user enrolled from real images."""
+    require_model()
+    from conftest import OTHER_PERSON, PERSON
+
+    user, password = sudo_user
+    genuine = person_images(PERSON)
+    d = faceidd({"liveness": {"mode": "off"}, "auth": {"timeout": 4.0}})
+    enrol(d.state_dir, user, genuine[:4])
+    d.start()
+    ns = Namespace(d.base, user)
+    matching = write_frames(session_frames(genuine[:4]), d.base / "genuine")
+    stranger = write_frames([f for _ in range(3) for f in session_frames(person_images(OTHER_PERSON)[:30], 1)],
+                            d.base / "stranger")
+    return ns, d, user, password, matching, stranger
+
+
+def _no_secret_anywhere(password: str, d, child_output: str) -> None:
+    assert password not in child_output
+    for path in d.base.rglob("*"):
+        if path.is_file() and path.suffix != ".jpg":
+            assert password.encode() not in path.read_bytes(), path
+
+
+def test_sudo_face_or_password_whichever_comes_first(setup):
+    ns, d, user, password, matching, stranger = setup
+    stack = ns.enable(d.config_path)
+    assert pamconf.prompt_line(str(HELPER), "race", str(d.config_path)) in stack
+
+    # (a) the enrolled face: success, nothing typed
+    d.rewrite_config({"camera": {"device": str(matching)}})
+    child = ns.sudo(user)
+    child.expect_exact(pam_prompt.PROMPT)
+    child.expect_exact(MARK)
+    rc, echo = finish(child)
+    assert (rc, echo) == (0, "echo"), child.before
+    assert f"auth user={user} service=sudo" in d.logs() and "verdict=match" in d.logs()
+
+    # (b) a stranger in view, the password typed 0.2 s after the prompt: in at once, the camera stopped
+    d.rewrite_config({"camera": {"device": str(stranger)}})
+    child = ns.sudo(user)
+    child.expect_exact(pam_prompt.PROMPT)
+    time.sleep(0.2)
+    child.send(password)
+    assert helpers_running(d.config_path), "the face check ended before the password: nothing raced"
+    sent = time.monotonic()
+    child.send("\r")
+    child.expect_exact(MARK)
+    enter_to_shell = time.monotonic() - sent
+    seen = child.before
+    rc, echo = finish(child)
+    assert (rc, echo) == (0, "echo"), seen
+    assert enter_to_shell < 0.5, f"Enter to shell took {enter_to_shell:.3f} s"
+    assert not helpers_running(d.config_path)
+    d.wait_log("client went away")
+    _no_secret_anywhere(password, d, seen)
+
+    # (c) a wrong password: refused, the camera stopped at Enter; Ctrl-C at sudo's retry ends it
+    child = ns.sudo(user)
+    child.expect_exact(pam_prompt.PROMPT)
+    child.send("wrong-" + password)
+    assert helpers_running(d.config_path)
+    child.send("\r")
+    deadline = time.monotonic() + 0.3
+    while helpers_running(d.config_path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not helpers_running(d.config_path), "the face check outlived Enter"
+    child.expect_exact("Sorry, try again.", timeout=10)
+    child.expect_exact(pam_prompt.PROMPT)
+    child.send("\x03")
+    rc, echo = finish(child)
+    assert rc != 0 and echo == "echo"
+    assert "wrong-" not in child.before
+    _no_secret_anywhere(password, d, child.before or "")
+
+
+def test_sudo_intent_mode_looks_only_after_enter(setup):
+    ns, d, user, password, matching, _ = setup
+    d.rewrite_config({"camera": {"device": str(matching)}})
+    stack = ns.enable(d.config_path, "--start", "enter")
+    assert pamconf.prompt_line(str(HELPER), "enter", str(d.config_path)) in stack
+    child = ns.sudo(user)
+    child.expect_exact(pam_prompt.PROMPT_ENTER)
+    time.sleep(1.5)
+    assert not helpers_running(d.config_path) and f"auth user={user}" not in d.logs()
+    child.send("\r")
+    child.expect_exact(MARK)
+    rc, echo = finish(child)
+    assert (rc, echo) == (0, "echo")
+    assert f"auth user={user} service=sudo" in d.logs() and "verdict=match" in d.logs()
