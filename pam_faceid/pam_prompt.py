@@ -49,6 +49,8 @@ PASSWORD_TIMEOUT = 300.0
 """Seconds the prompt waits for a key once no face check runs (sudo's passwd_timeout is 5 minutes)."""
 FIRST_LINE_WAIT = 0.25
 """Seconds the race waits for the helper's "Looking for your face…" line, to show it above the prompt."""
+LAST_LINE_WAIT = 0.05
+"""Seconds to wait for the helper's exit after a line, so the verdict line and the result come together."""
 STOP_GRACE = 0.2
 """Seconds a stopped face child has to die of SIGTERM before SIGKILL."""
 SIGKILL, SIGTERM = 9, 15
@@ -299,8 +301,11 @@ def terminal_auth(pamh, fd: int, opts: dict[str, str], env: dict[str, str]) -> i
             idle_since = time.monotonic()
             while True:
                 if face is not None:
-                    code = face.poll()
                     lines = "".join(f"{line}\n" for line in face.lines())
+                    if lines:  # the verdict line comes just before the exit: no prompt drawn between them
+                        select.select(face.fds()[-1:], [], [], LAST_LINE_WAIT)
+                    code = face.poll()
+                    lines += "".join(f"{line}\n" for line in face.lines())
                     if code == 0:
                         prompt.write(f"\n{lines}")
                         log(pamh, "face recognised at the prompt")

@@ -10,6 +10,7 @@ password the test sets, with a real faceidd and an image-folder camera.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 from cli_support import FACEID
 from conftest import session_frames, write_frames
-from faceidd_util import HELPER, PYTHON, daemon_dir, enrol, faceidd, require_model  # noqa: F401
+from faceidd_util import HELPER, PYTHON, daemon_dir, enrol, faceidd, pam_files, require_model  # noqa: F401
 
 from pam_faceid import helper, pam_prompt, pamconf
 
@@ -193,3 +194,100 @@ def test_sudo_intent_mode_looks_only_after_enter(setup):
     rc, echo = finish(child)
     assert (rc, echo) == (0, "echo")
     assert f"auth user={user} service=sudo" in d.logs() and "verdict=match" in d.logs()
+
+
+# ---------------------------------------------------------------- no terminal: a greeter's conversation
+
+GREETER = """
+import ctypes, json, sys
+ctypes.CDLL = ctypes.PyDLL  # python-pam's CDLL drops the GIL, and pam_python runs Python in this very process
+import pam
+import pam.__internals as internals
+seen = []
+original = internals.my_conv
+def recording(n, messages, *rest):
+    seen.extend([messages[i].contents.msg_style, messages[i].contents.msg.decode()] for i in range(n))
+    return original(n, messages, *rest)
+internals.my_conv = recording
+service, user, password = sys.argv[1:4]
+handle = pam.pam()
+ok = handle.authenticate(user, password, service=service, resetcreds=False)
+print(json.dumps([bool(ok), seen]))
+"""
+TEXT_INFO, ERROR_MSG, ECHO_OFF = 4, 3, 1
+
+
+def greeter(service: str, user: str, password: str, as_user: str | None = None) -> tuple[bool, list[list]]:
+    """A PAM application with no terminal answering as a greeter does: the password for a prompt, lines shown."""
+    command = [str(PYTHON), "-c", GREETER, service, user, password]
+    if as_user:
+        command = ["setpriv", f"--reuid={as_user}", f"--regid={as_user}", "--init-groups", *command]
+    done = subprocess.run(command, env={"PATH": "/usr/bin:/bin", "DISPLAY": ":99"}, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    ok, seen = json.loads(done.stdout)
+    return ok, seen
+
+
+def stack(pam_files, helper_path: str, config: Path, start: str = "race") -> str:
+    """A service as 'faceid pam enable' edits one (the text functions it uses), around common-auth."""
+    text = pamconf.insert_lines("@include common-auth\naccount required pam_permit.so\n", helper_path,
+                                pamconf.prompt_line(helper_path, start, str(config)))
+    return pam_files(text, "faceid-prompt")
+
+
+def test_greeter_gets_the_face_first_then_the_password_prompt(setup, pam_files):
+    _, d, user, password, matching, stranger = setup
+    service = stack(pam_files, str(HELPER), d.config_path)
+    d.rewrite_config({"camera": {"device": str(matching)}})
+    ok, seen = greeter(service, user, "not-the-password")
+    assert ok and seen == [[TEXT_INFO, helper.NOTICE_LOOKING], [TEXT_INFO, helper.NOTICE_MATCH]], seen
+
+    d.rewrite_config({"camera": {"device": str(stranger)}})
+    ok, seen = greeter(service, user, password)
+    assert ok, seen
+    assert seen[:2] == [[TEXT_INFO, helper.NOTICE_LOOKING], [ERROR_MSG, pam_prompt.NO_MATCH_NOTICE]]
+    assert [style for style, _ in seen[2:]] == [ECHO_OFF]  # then pam_unix's own prompt
+    ok, _ = greeter(service, user, "not-the-password")
+    assert not ok
+    assert pam_prompt.NO_MATCH_NOTICE == helper.NOTICE_NO_MATCH
+
+
+def test_greeter_intent_mode_asks_first_and_looks_only_after_an_empty_answer(setup, pam_files):
+    _, d, user, password, matching, _ = setup
+    service = stack(pam_files, str(HELPER), d.config_path, "enter")
+    d.rewrite_config({"camera": {"device": str(matching)}})
+    ok, seen = greeter(service, user, password)
+    assert ok and seen == [[ECHO_OFF, pam_prompt.PROMPT_ENTER]], seen  # pam_unix took that answer: no 2nd prompt
+    assert f"auth user={user}" not in d.logs()
+    ok, seen = greeter(service, user, "")
+    assert ok and seen[0] == [ECHO_OFF, pam_prompt.PROMPT_ENTER] and seen[-1] == [TEXT_INFO, helper.NOTICE_MATCH]
+
+
+def test_root_never_runs_a_helper_another_user_could_change(daemon_dir, sudo_user, pam_files):
+    """A 'helper' owned by someone else that says yes to everything is not run: the password decides."""
+    user, password = sudo_user
+    fake = daemon_dir / "yes-helper"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    os.chmod(fake, 0o755)
+    service = stack(pam_files, str(fake), daemon_dir / "none.yaml")
+    ok, _ = greeter(service, user, "not-the-password")
+    assert ok, "control: a root-owned yes-helper is obeyed, so the refusal below is the owner check"
+    os.chown(fake, 65534, 65534)
+    ok, seen = greeter(service, user, "not-the-password")
+    assert not ok and [style for style, _ in seen] == [ECHO_OFF]
+    ok, _ = greeter(service, user, password)
+    assert ok
+
+
+def test_enable_refuses_a_module_others_can_write(tmp_path):
+    module = tmp_path / "pam_prompt.py"
+    module.write_text("")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(module, 0o646)
+    with pytest.raises(pamconf.PamConfError, match="writable by group or others"):
+        pamconf.prompt_line(str(HELPER), module=module)
+    os.chmod(module, 0o644)
+    os.chown(module, 65534, 65534)
+    with pytest.raises(pamconf.PamConfError, match="owned by uid 65534"):
+        pamconf.prompt_line(str(HELPER), module=module)
