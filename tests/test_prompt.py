@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import secrets
 import shutil
 import subprocess
@@ -291,3 +292,89 @@ def test_enable_refuses_a_module_others_can_write(tmp_path):
     os.chown(module, 65534, 65534)
     with pytest.raises(pamconf.PamConfError, match="owned by uid 65534"):
         pamconf.prompt_line(str(HELPER), module=module)
+
+
+# ---------------------------------------------------------------- a real screen locker as the user
+
+@pytest.fixture
+def xvfb():
+    """DISPLAY of a fresh Xvfb (stopped afterwards); skips when Xvfb, i3lock or xdotool is missing."""
+    missing = [tool for tool in ("Xvfb", "i3lock", "xdotool") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (apt-get install xvfb i3lock xdotool)")
+    number = next(n for n in range(140, 240) if not os.path.exists(f"/tmp/.X11-unix/X{n}")
+                  and not os.path.exists(f"/tmp/.X{n}-lock"))
+    server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "640x480x24", "-nolisten", "tcp"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(f"/tmp/.X11-unix/X{number}"):
+        assert server.poll() is None and time.monotonic() < deadline, "Xvfb did not start"
+        time.sleep(0.05)
+    try:
+        yield f":{number}"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+class Locker:
+    """i3lock run as the user in the namespace (no terminal), fed keys with xdotool."""
+
+    def __init__(self, ns: Namespace, user: str, display: str):
+        self.display = display
+        argv = ns.command("setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "i3lock", "-n",
+                          "-c", "203040")
+        self.proc = subprocess.Popen(argv, env={"PATH": "/usr/bin:/bin", "DISPLAY": display},
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+        time.sleep(1.0)  # i3lock maps its window and grabs the keyboard
+        assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else ""
+
+    def keys(self, text: str) -> None:
+        env = {"PATH": "/usr/bin:/bin", "DISPLAY": self.display}
+        if text:
+            subprocess.run(["xdotool", "type", "--delay", "30", text], env=env, check=True, timeout=30)
+        subprocess.run(["xdotool", "key", "Return"], env=env, check=True, timeout=10)
+
+    def unlocked_within(self, seconds: float) -> bool:
+        try:
+            return self.proc.wait(seconds) == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            self.proc.wait(10)
+
+
+def test_i3lock_unlocks_by_face_or_password_and_not_by_a_wrong_one(setup, xvfb):
+    ns, d, user, password, matching, stranger = setup
+    d.rewrite_config({"auth": {"timeout": 2.0}})
+    done = subprocess.run(ns.command(FACEID, "--config", str(d.config_path), "pam", "enable", "--service", "i3lock"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert pamconf.prompt_line(str(HELPER), "race", str(d.config_path)) in (ns.pam_dir / "i3lock").read_text()
+
+    d.rewrite_config({"camera": {"device": str(matching)}})
+    locker = Locker(ns, user, xvfb)
+    try:
+        locker.keys("")  # an empty Enter: i3lock asks PAM, the face answers
+        assert locker.unlocked_within(15), d.logs()
+    finally:
+        locker.close()
+    uid = pwd.getpwnam(user).pw_uid
+    assert f"auth user={user} service=i3lock" in d.logs() and f"uid={uid} verdict=match" in d.logs()
+
+    d.rewrite_config({"camera": {"device": str(stranger)}})
+    locker = Locker(ns, user, xvfb)
+    try:
+        locker.keys("wrong-" + password)
+        assert not locker.unlocked_within(10), "a wrong password with a stranger in view unlocked the screen"
+        locker.keys(password)
+        assert locker.unlocked_within(15), d.logs()
+    finally:
+        locker.close()
+    sessions = [line for line in d.logs().splitlines() if f"auth user={user} service=i3lock" in line]
+    assert len(sessions) == 3 and "verdict=match" in sessions[0], sessions
+    assert not any("verdict=match" in line for line in sessions[1:]), sessions  # the password unlocked it
