@@ -75,8 +75,8 @@ class Namespace:
         assert done.returncode == 0, done.stdout + done.stderr
         return (self.pam_dir / "sudo").read_text()
 
-    def sudo(self, user: str) -> "pexpect.spawn":
-        argv = self.command("setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "/bin/sh", "-c", SCRIPT)
+    def sudo(self, user: str, script: str = SCRIPT) -> "pexpect.spawn":
+        argv = self.command("setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "/bin/sh", "-c", script)
         return pexpect.spawn(argv[0], argv[1:], env={"PATH": "/usr/bin:/bin", "TERM": "dumb"}, timeout=20,
                              encoding="utf-8", codec_errors="replace")
 
@@ -195,6 +195,27 @@ def test_sudo_intent_mode_looks_only_after_enter(setup):
     rc, echo = finish(child)
     assert (rc, echo) == (0, "echo")
     assert f"auth user={user} service=sudo" in d.logs() and "verdict=match" in d.logs()
+
+
+def test_sudo_ctrl_d_cancels_and_sudo_s_reads_its_stdin(setup):
+    """Ctrl-D on an empty prompt ends sudo with echo back on; 'sudo -S' (stdin a pipe) is left its own prompt."""
+    ns, d, user, password, _, stranger = setup
+    ns.enable(d.config_path)
+    d.rewrite_config({"camera": {"device": str(stranger)}})
+    child = ns.sudo(user)
+    child.expect_exact(pam_prompt.PROMPT)
+    child.send("\x04")
+    rc, echo = finish(child)
+    assert rc != 0 and echo == "echo"
+    assert not helpers_running(d.config_path)
+
+    piped = SCRIPT.replace(f"{SUDO} ", f"echo {password} | {SUDO} -S ")
+    child = ns.sudo(user, piped)
+    child.expect_exact(MARK, timeout=30)
+    assert pam_prompt.PROMPT not in child.before  # the module did not take the terminal
+    rc, echo = finish(child)
+    assert (rc, echo) == (0, "echo")
+    assert f"auth user={user} service=sudo" in d.logs()  # the face was tried first, through the conversation
 
 
 # ---------------------------------------------------------------- no terminal: a greeter's conversation
