@@ -57,6 +57,8 @@ SIGKILL, SIGTERM = 9, 15
 """Numbers, not the signal module: importing it installs a SIGINT handler inside su or sudo."""
 CHILD_ENV = ("PAM_USER", "PAM_RUSER", "PAM_SERVICE", "PAM_TTY", "PAM_RHOST")
 CTRL_C, CTRL_D, CTRL_U, BACKSPACE, DELETE = 0x03, 0x04, 0x15, 0x08, 0x7F
+MAX_TYPED = 4096
+"""Bytes of a typed password kept; keys past it are dropped (PAM's own limit, PAM_MAX_RESP_SIZE, is 512)."""
 
 
 class Abort(Exception):
@@ -115,6 +117,18 @@ def unsafe_path(path: str) -> str | None:
         part = os.path.dirname(part)
 
 
+def ready(fds: list[int], timeout: float | None) -> list[int]:
+    """The fds of ``fds`` readable (or hung up) within ``timeout`` seconds (None: no limit); poll, not
+    select, since a greeter's fds may be numbered past select's 1024."""
+    if not fds:
+        time.sleep(timeout or 0)
+        return []
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, _ in poller.poll(None if timeout is None else max(0, int(timeout * 1000)))]
+
+
 # ---------------------------------------------------------------- the face child
 
 class FaceCheck:
@@ -141,7 +155,7 @@ class FaceCheck:
 
     def lines(self) -> list[str]:
         """Whole lines the helper printed since the last call (non-blocking)."""
-        while self.out >= 0 and not self.eof and select.select([self.out], [], [], 0)[0]:
+        while self.out >= 0 and not self.eof and ready([self.out], 0):
             chunk = os.read(self.out, 4096)
             self.eof = not chunk
             self.buffer += chunk
@@ -150,7 +164,7 @@ class FaceCheck:
 
     def poll(self) -> int | None:
         """The exit code once the child ended (a signal or a lost child: 128+), else None."""
-        if self.code is None and select.select([self.pidfd], [], [], 0)[0]:
+        if self.code is None and ready([self.pidfd], 0):
             self.code = self._reap()
         return self.code
 
@@ -171,7 +185,7 @@ class FaceCheck:
                     os.killpg(self.pid, signum)
                 except ProcessLookupError:
                     pass
-                if select.select([self.pidfd], [], [], STOP_GRACE)[0]:
+                if ready([self.pidfd], STOP_GRACE):
                     break
             self.code = self._reap()
         self.close()
@@ -189,6 +203,7 @@ def _exec_child(argv: list[str], env: dict[str, str], out: int) -> None:
     """In the forked child: a clean process as pam_exec's seteuid makes it, then exec the helper."""
     try:
         os.setsid()
+        os.chdir("/")
         null = os.open(os.devnull, os.O_RDWR)
         os.dup2(null, 0)
         os.dup2(out, 1)
@@ -295,7 +310,7 @@ def terminal_auth(pamh, fd: int, opts: dict[str, str], env: dict[str, str]) -> i
         try:
             if opts["start"] == "race":
                 face = FaceCheck(opts["helper"], opts.get("config"), env)
-                select.select(face.fds(), [], [], FIRST_LINE_WAIT)  # keys typed meanwhile wait unechoed
+                ready(face.fds(), FIRST_LINE_WAIT)  # keys typed meanwhile wait unechoed
                 prompt.write("".join(f"{line}\n" for line in face.lines()))
             prompt.write(prompt_text)
             idle_since = time.monotonic()
@@ -303,7 +318,7 @@ def terminal_auth(pamh, fd: int, opts: dict[str, str], env: dict[str, str]) -> i
                 if face is not None:
                     lines = "".join(f"{line}\n" for line in face.lines())
                     if lines:  # the verdict line comes just before the exit: no prompt drawn between them
-                        select.select(face.fds()[-1:], [], [], LAST_LINE_WAIT)
+                        ready(face.fds()[-1:], LAST_LINE_WAIT)
                     code = face.poll()
                     lines += "".join(f"{line}\n" for line in face.lines())
                     if code == 0:
@@ -321,8 +336,7 @@ def terminal_auth(pamh, fd: int, opts: dict[str, str], env: dict[str, str]) -> i
                 if left is not None and left <= 0:
                     prompt.write("\n")
                     raise Abort(f"no password typed within {timeout:.0f} s")
-                ready = select.select([fd] + (face.fds() if face is not None else []), [], [], left)[0]
-                if fd not in ready:
+                if fd not in ready([fd] + (face.fds() if face is not None else []), left):
                     continue
                 key = os.read(fd, 1)
                 idle_since = time.monotonic()
@@ -347,7 +361,7 @@ def terminal_auth(pamh, fd: int, opts: dict[str, str], env: dict[str, str]) -> i
                 elif byte == CTRL_U:
                     typed[:] = bytes(len(typed))
                     del typed[:]
-                elif byte >= 0x20 or byte == 0x09:
+                elif (byte >= 0x20 or byte == 0x09) and len(typed) < MAX_TYPED:
                     typed += key
         finally:
             typed[:] = bytes(len(typed))
@@ -380,7 +394,7 @@ def conversation_auth(pamh, opts: dict[str, str], env: dict[str, str]) -> int:
     face = FaceCheck(opts["helper"], opts.get("config"), env)
     try:
         while face.poll() is None:
-            select.select(face.fds(), [], [], 1.0)
+            ready(face.fds(), 1.0)
             for line in face.lines():
                 say(pamh, line)
         for line in face.lines():
