@@ -69,14 +69,17 @@ class Namespace:
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c", mounts, "sh", str(self.pam_dir),
                 str(self.sudoers), *argv]
 
-    def enable(self, config: Path, *extra: str) -> str:
-        done = subprocess.run(self.command(FACEID, "--config", str(config), "pam", "enable", "--service", "sudo",
+    def enable(self, config: Path, *extra: str, service: str = "sudo", action: str = "enable") -> str:
+        """'faceid pam enable' (or ``action``) for ``service`` in the copy; the service file it leaves."""
+        done = subprocess.run(self.command(FACEID, "--config", str(config), "pam", action, "--service", service,
                                            *extra), capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
-        return (self.pam_dir / "sudo").read_text()
+        return (self.pam_dir / service).read_text()
 
-    def sudo(self, user: str, script: str = SCRIPT) -> "pexpect.spawn":
-        argv = self.command("setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "/bin/sh", "-c", script)
+    def sudo(self, user: str, script: str = SCRIPT, group: str | None = None) -> "pexpect.spawn":
+        """``script`` (by default: sudo, then its status and the echo setting) as ``user`` in a pty."""
+        argv = self.command("setpriv", f"--reuid={user}", f"--regid={group or user}", "--init-groups", "/bin/sh", "-c",
+                            script)
         return pexpect.spawn(argv[0], argv[1:], env={"PATH": "/usr/bin:/bin", "TERM": "dumb"}, timeout=20,
                              encoding="utf-8", codec_errors="replace")
 
@@ -195,6 +198,7 @@ def test_sudo_intent_mode_looks_only_after_enter(setup):
     rc, echo = finish(child)
     assert (rc, echo) == (0, "echo")
     assert f"auth user={user} service=sudo" in d.logs() and "verdict=match" in d.logs()
+    assert ns.enable(d.config_path, action="disable") == Path("/etc/pam.d/sudo").read_text()
 
 
 def test_sudo_ctrl_d_cancels_and_sudo_s_reads_its_stdin(setup):
@@ -216,6 +220,26 @@ def test_sudo_ctrl_d_cancels_and_sudo_s_reads_its_stdin(setup):
     rc, echo = finish(child)
     assert (rc, echo) == (0, "echo")
     assert f"auth user={user} service=sudo" in d.logs()  # the face was tried first, through the conversation
+
+
+def test_su_takes_the_password_typed_while_a_stranger_is_in_view(setup):
+    """su (util-linux) from another user: the same race, the password to pam_unix, echo back on."""
+    ns, d, user, password, _, stranger = setup
+    ns.enable(d.config_path, service="su")
+    d.rewrite_config({"camera": {"device": str(stranger)}})
+    script = SCRIPT.replace(f"{SUDO} /bin/echo {MARK}", f"su {user} -c '/bin/echo {MARK}'")
+    child = ns.sudo("nobody", script, "nogroup")
+    child.expect_exact(pam_prompt.PROMPT)
+    time.sleep(0.2)
+    child.send(password)
+    assert helpers_running(d.config_path)
+    sent = time.monotonic()
+    child.send("\r")
+    child.expect_exact(MARK)
+    assert time.monotonic() - sent < 0.5
+    rc, echo = finish(child)
+    assert (rc, echo) == (0, "echo")
+    assert password not in child.before
 
 
 # ---------------------------------------------------------------- no terminal: a greeter's conversation
