@@ -263,13 +263,15 @@ print(json.dumps([bool(ok), seen]))
 TEXT_INFO, ERROR_MSG, ECHO_OFF = 4, 3, 1
 
 
-def greeter(service: str, user: str, password: str, as_user: str | None = None) -> tuple[bool, list[list]]:
-    """A PAM application with no terminal answering as a greeter does: the password for a prompt, lines shown."""
+def greeter(service: str, user: str, password: str, real_uid: int | None = None) -> tuple[bool, list[list]]:
+    """A PAM application with no terminal answering as a greeter does: the password for a prompt, lines shown.
+
+    ``real_uid``: run it with that real uid and effective uid root, as setuid sudo runs.
+    """
     command = [str(PYTHON), "-c", GREETER, service, user, password]
-    if as_user:
-        command = ["setpriv", f"--reuid={as_user}", f"--regid={as_user}", "--init-groups", *command]
+    setuid = None if real_uid is None else (lambda: os.setresuid(real_uid, 0, 0))
     done = subprocess.run(command, env={"PATH": "/usr/bin:/bin", "DISPLAY": ":99"}, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, preexec_fn=setuid)
     assert done.returncode == 0, done.stderr
     ok, seen = json.loads(done.stdout)
     return ok, seen
@@ -324,6 +326,30 @@ def test_root_never_runs_a_helper_another_user_could_change(daemon_dir, sudo_use
     assert not ok and [style for style, _ in seen] == [ECHO_OFF]
     ok, _ = greeter(service, user, password)
     assert ok
+
+
+def test_the_face_child_gets_what_pam_exec_would_give_and_no_password(daemon_dir, sudo_user, pam_files):
+    """PAM_* items and PAM_TYPE in its environment, stdin /dev/null, its own session, all ids the effective ones.
+
+    The application runs as setuid sudo does (real uid the user, effective uid root); the child, like
+    pam_exec's with ``seteuid``, runs with root as its real uid too.
+    """
+    user, password = sudo_user
+    dump = daemon_dir / "seen.txt"
+    fake = daemon_dir / "dump-helper"
+    fake.write_text("#!/bin/sh\ncase $* in *--password-used*) exit 0;; esac  # that line runs it too\n"
+                    f"{{ env; id -u; id -ru; readlink /proc/$$/fd/0; cut -d' ' -f6 /proc/$$/stat; echo $$; }} "
+                    f">{dump}\nexit 1\n")
+    os.chmod(fake, 0o755)
+    service = stack(pam_files, str(fake), daemon_dir / "none.yaml")
+    ok, _ = greeter(service, user, password, real_uid=pwd.getpwnam(user).pw_uid)
+    assert ok
+    *env, euid, ruid, stdin, sid, pid = dump.read_text().split("\n")[:-1]
+    names = {line.partition("=")[0]: line.partition("=")[2] for line in env}
+    assert {k: v for k, v in names.items() if k.startswith("PAM_")} == {
+        "PAM_USER": user, "PAM_SERVICE": service, "PAM_TTY": ":99", "PAM_TYPE": "auth"}
+    assert password not in dump.read_text()
+    assert (euid, ruid, stdin) == ("0", "0", "/dev/null") and sid.strip() == pid
 
 
 def test_enable_refuses_a_module_others_can_write(tmp_path):
