@@ -28,8 +28,9 @@ through the conversation.
 
 Every failure (no helper, a bad helper owner, any Python error) returns
 PAM_IGNORE or lets pam_python return PAM_SERVICE_ERR, both ignored by the
-line: the password prompt follows. The password is never logged, never
-passed to the helper, and its buffer is zeroed after use.
+line: the password prompt follows. The password is never logged and never
+passed to the helper; the bytes typed are zeroed after use (the copy handed
+to PAM as PAM_AUTHTOK is a Python string, which cannot be wiped).
 """
 
 from __future__ import annotations

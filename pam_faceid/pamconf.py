@@ -6,6 +6,9 @@ enabled or disabled and pam-auth-update rewrites common-auth; otherwise the
 named /etc/pam.d service files are edited, the helper line placed before the
 first password line, after a timestamped backup.
 
+The face line is the pam_exec line (helper_line) or, with libpam-python, the
+pam_python line (prompt_line: face or a typed password, whichever comes first).
+
 Each way also adds a second helper line after the password module,
 ``auth optional pam_exec.so quiet seteuid <helper> --password-used``: it runs
 only once the stack accepted the password, and tells the daemon so, for

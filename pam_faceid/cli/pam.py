@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="helper program for the PAM line (default: this installation's faceid-helper)")
     parser.add_argument("--start", choices=("race", "enter", "exec"),
                         help="race: the face check runs while the password can be typed (pam_python; the default "
-                             "for named services when libpam-python is installed); enter: the face check starts "
+                             "when libpam-python is installed, except through the pam-auth-update profile); enter: the face check starts "
                              "only after Enter on an empty prompt; exec: the pam_exec line (face first, then the "
                              "password prompt)")
     parser.set_defaults(run=run)
