@@ -223,7 +223,8 @@ def sudo_only(model: Path, person: str, stranger: str, enrol_count: int, attempt
     base = short_tmp()
     try:
         vectors, embedder, _used = embed_images(person_images(person)[:enrol_count], model)
-        socket_path, state_dir, config = str(base / "run" / "faceidd.sock"), base / "state", base / "etc" / "config.yaml"
+        socket_path, state_dir = str(base / "run" / "faceidd.sock"), base / "state"
+        config = base / "etc" / "config.yaml"
         values = daemon_config(base, model, socket_path, state_dir)
         strangers = camera_folder(base / "cam" / "stranger", person_images(stranger) * 10)
         write_config(config, _sudo_race.stranger_config(values, strangers))
@@ -291,7 +292,8 @@ def _print_race(result: dict) -> None:
     for stack in result.get("password_race", {}).get("stacks", {}).values():
         print(f"{stack['label']:<55} start to prompt p50 {stack['prompt_ms']['p50']:7.1f} ms  "
               f"Enter to shell p50 {stack['enter_to_shell_ms']['p50']:6.1f} ms, p95 "
-              f"{stack['enter_to_shell_ms']['p95']:6.1f} ms  start to shell p50 {stack['start_to_shell_ms']['p50']:7.1f} ms")
+              f"{stack['enter_to_shell_ms']['p95']:6.1f} ms  "
+              f"start to shell p50 {stack['start_to_shell_ms']['p50']:7.1f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,10 @@
 
 Loaded by Debian's libpam-python, one line before the password module::
 
-    auth [success=done abort=die default=ignore] pam_python.so <this file> helper=<faceid-helper> [config=FILE] [start=enter]
+    auth [success=done abort=die default=ignore] pam_python.so <this file> helper=<faceid-helper> \
+        [config=FILE] [start=enter] [timeout=SECONDS]
+
+(one line in the file; ``faceid pam enable --start race|enter`` writes it).
 
 pam_exec cannot do this: its child has no terminal and no conversation.
 This module owns both. It starts faceid-helper as the face child (so every

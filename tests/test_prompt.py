@@ -35,8 +35,9 @@ SCRIPT = f"{SUDO} /bin/echo {MARK}; echo rc=$?; stty -a | tr ' ;' '\\n\\n' | gre
 
 
 def require_tools() -> None:
-    missing = [what for what, ok in (("sudo", os.access(SUDO, os.X_OK)), ("libpam-python", pamconf.pam_python_available()),
-                                      ("unshare", shutil.which("unshare") is not None)) if not ok]
+    needs = (("sudo", os.access(SUDO, os.X_OK)), ("libpam-python", pamconf.pam_python_available()),
+             ("unshare", shutil.which("unshare") is not None))
+    missing = [what for what, ok in needs if not ok]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed (apt-get install sudo libpam-python util-linux)")
 

@@ -46,9 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="helper program for the PAM line (default: this installation's faceid-helper)")
     parser.add_argument("--start", choices=("race", "enter", "exec"),
                         help="race: the face check runs while the password can be typed (pam_python; the default "
-                             "when libpam-python is installed, except through the pam-auth-update profile); enter: the face check starts "
-                             "only after Enter on an empty prompt; exec: the pam_exec line (face first, then the "
-                             "password prompt)")
+                             "when libpam-python is installed, except through the pam-auth-update profile); enter: "
+                             "the face check starts only after Enter on an empty prompt; exec: the pam_exec line "
+                             "(face first, then the password prompt)")
     parser.set_defaults(run=run)
     return parser
 
@@ -74,7 +74,8 @@ def _face_line(args: argparse.Namespace, helper: str) -> str | None:
     if not pamconf.pam_python_available():
         raise CommandError(f"--start {start} needs libpam-python (apt-get install libpam-python)", EXIT_USAGE)
     try:
-        return pamconf.prompt_line(helper, start, getattr(args, "config", None))
+        config = getattr(args, "config", None)
+        return pamconf.prompt_line(helper, start, os.path.abspath(config) if config else None)
     except pamconf.PamConfError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
 
