@@ -21,6 +21,8 @@
 #   /usr/local/sbin/faceid-helper    -> /opt/pam_faceid/bin/faceid-helper (the PAM helper)
 #   /usr/share/pam-configs/faceid    pam-auth-update profile, installed but NOT enabled ('faceid pam enable' does that)
 #   /usr/share/pam-configs/faceid-password  its companion: reports password logins (auth.require_password_after)
+#   .../site-packages/pam_faceid/pam_prompt.py  the pam_python module 'faceid pam enable --service S' puts in PAM
+#                                    (checked: root-owned, writable by root only; libpam-python is installed)
 # Every run is idempotent: what is already in place is reused and said so.
 set -euo pipefail
 umask 022
@@ -28,8 +30,11 @@ umask 022
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON=/usr/bin/python3
 TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
-DEV_APT=(python3-venv python3-dev libpam-modules libpam-runtime libpam0g systemd)
-SYSTEM_APT=(python3-venv libpam-modules libpam-runtime)
+# libpam-python loads pam_faceid/pam_prompt.py (face or password, whichever comes first); the rest of DEV_APT
+# is what tests/test_prompt.py drives: real sudo, a screen locker under Xvfb, xdotool for its keys.
+DEV_APT=(python3-venv python3-dev libpam-modules libpam-runtime libpam0g systemd libpam-python sudo pamtester xvfb
+         i3lock xdotool)
+SYSTEM_APT=(python3-venv libpam-modules libpam-runtime libpam-python)
 
 MODE=system
 PURGE=0
@@ -258,6 +263,22 @@ install_links() {
     done
 }
 
+# pam_python runs whatever script a PAM line names, as root, even one others can write: make sure ours is safe.
+check_prompt_module() {
+    local module why
+    [[ -z $ROOT ]] && ((EUID == 0)) || return 0
+    module="$("$PREFIX/bin/python" -I -c 'from pam_faceid import pamconf; print(pamconf.PROMPT_MODULE)')"
+    if why="$("$PREFIX/bin/python" -I -c 'import sys
+from pam_faceid.pam_prompt import unsafe_path
+why = unsafe_path(sys.argv[1])
+print(why or "")
+sys.exit(bool(why))' "$module")"; then
+        step "PAM module $module: root-owned, writable by root only"
+    else
+        die "PAM module $module: $why (pam_python would run it as root); fix its owner and mode and re-run"
+    fi
+}
+
 write_pam_profile() {
     local path=$1 content=$2
     if [[ -f $path && $(<"$path") == "$content" ]]; then
@@ -363,6 +384,7 @@ system_install() {
     fi
     install -d -m 0700 "${OWN[@]}" "$STATE"
     chmod 0700 "$STATE"
+    check_prompt_module
     install_links
     install_pam_profile
     install_units

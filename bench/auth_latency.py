@@ -28,6 +28,10 @@ matching logins of (a) and (b), interleaved: the camera shows enrolment
 photos, as a camera shows the face it enrolled, so the verdict comes after
 auth.min_matching_frames frames. Howdy is left out there: its compare step
 refuses a distance of exactly 0 (``0 < match``), which an enrolment photo gives.
+
+A last phase (bench/_sudo_race.py) times real sudo in a pty with a stranger
+in view and the password typed 0.2 s after the prompt: today's pam_exec
+stack beside the pam_python race (``faceid pam enable --start race``).
 """
 
 from __future__ import annotations
@@ -42,7 +46,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _howdy_attempt as howdy  # noqa: E402
+import _sudo_race  # noqa: E402
+
+try:
+    import _howdy_attempt as howdy  # dlib: the bench extra
+except ImportError as exc:
+    howdy = None
+    HOWDY_MISSING = str(exc)
 from _common import (BENCH, BENCH_POLICY, CLEAN_ENV, DEFAULT_OUT, PYTHON, Faceidd, camera_folder,  # noqa: E402
                      cleanup_on_sigterm, daemon_config, default_model, embed_images, enrol, machine, pam_service,
                      person_images, require_faces, require_model, save_json, short_tmp, summary, temp_user,
@@ -119,9 +129,12 @@ SESSION_LINE = re.compile(r"auth user=(\S+) .* verdict=(\S+) score=(\S+) frames=
 
 
 def run(model: Path, person: str, attempts: int, warmup: int, frames: int, enrol_count: int,
-        threshold: float | None, match_attempts: int) -> dict:
+        threshold: float | None, match_attempts: int, sudo_attempts: int = 0, stranger: str = "Hugo_Chavez") -> dict:
     from pam_faceid.config import load_config
 
+    if howdy is None:
+        raise SystemExit(f"auth_latency: Howdy's path needs dlib ({HOWDY_MISSING}): pip install '.[bench]', "
+                         "or time only the sudo runs with --sudo-only")
     require_faces()
     require_model(model)
     images = person_images(person)
@@ -177,6 +190,11 @@ def run(model: Path, person: str, attempts: int, warmup: int, frames: int, enrol
                             samples[name].append(sample)
                         print(f"\rmatching login {i + 1 - warmup}/{match_attempts}" if i >= warmup
                               else f"\rwarm-up {i + 1}", end="", file=sys.stderr, flush=True)
+                    race = None
+                    if sudo_attempts:
+                        strangers = camera_folder(base / "cam" / "stranger", person_images(stranger) * 10)
+                        write_config(config, _sudo_race.stranger_config(values, strangers))
+                        race = _sudo_race.run(base, user, config, sudo_attempts, warmup)
                 finally:
                     client.close()
                     print(file=sys.stderr)
@@ -187,12 +205,36 @@ def run(model: Path, person: str, attempts: int, warmup: int, frames: int, enrol
                            "score": None if score == "-" else float(score), "daemon_ms": int(ms)})
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    return report(samples, warmup, {
+    result = report(samples, warmup, {
         "model": str(model), "threshold": threshold if threshold is not None else embedder.threshold,
         "person": person, "enrol_photos": len(used), "howdy_enrol_photos": howdy_enrolled,
         "frames_per_attempt": frames, "attempts": attempts, "warmup": warmup, "match_attempts": match_attempts,
         "min_matching_frames": min_matching, "howdy_certainty": howdy.CERTAINTY,
         "liveness": BENCH_POLICY["liveness"]["mode"]})
+    if race is not None:
+        result["password_race"] = {**race, "stranger": stranger}
+    return result
+
+
+def sudo_only(model: Path, person: str, stranger: str, enrol_count: int, attempts: int, warmup: int) -> dict:
+    """Only the sudo phase (no dlib needed): the user enrolled from ``person``, ``stranger`` in view."""
+    require_faces()
+    require_model(model)
+    base = short_tmp()
+    try:
+        vectors, embedder, _used = embed_images(person_images(person)[:enrol_count], model)
+        socket_path, state_dir = str(base / "run" / "faceidd.sock"), base / "state"
+        config = base / "etc" / "config.yaml"
+        values = daemon_config(base, model, socket_path, state_dir)
+        strangers = camera_folder(base / "cam" / "stranger", person_images(stranger) * 10)
+        write_config(config, _sudo_race.stranger_config(values, strangers))
+        with temp_user() as user:
+            enrol(state_dir, user, vectors, embedder)
+            with Faceidd(base, config, socket_path, state_dir, unit_environment()):
+                race = _sudo_race.run(base, user, config, attempts, warmup)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return {"machine": machine(), "password_race": {**race, "stranger": stranger, "person": person}}
 
 
 def path_summary(name: str, kept: list[dict]) -> dict:
@@ -246,6 +288,14 @@ def report(samples: dict[str, list[dict]], warmup: int, setup: dict) -> dict:
             "goals": GOALS, "goals_met": goals}
 
 
+def _print_race(result: dict) -> None:
+    for stack in result.get("password_race", {}).get("stacks", {}).values():
+        print(f"{stack['label']:<55} start to prompt p50 {stack['prompt_ms']['p50']:7.1f} ms  "
+              f"Enter to shell p50 {stack['enter_to_shell_ms']['p50']:6.1f} ms, p95 "
+              f"{stack['enter_to_shell_ms']['p95']:6.1f} ms  "
+              f"start to shell p50 {stack['start_to_shell_ms']['p50']:7.1f} ms")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=default_model(), help="model folder (default: bundled)")
@@ -257,11 +307,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, help="override the model's threshold (for a smoke model only)")
     parser.add_argument("--match-attempts", type=int, default=50,
                         help="timed matching logins per path, camera showing enrolment photos (default 50)")
+    parser.add_argument("--sudo-attempts", type=int, default=10,
+                        help="timed sudo runs per stack, stranger in view, password typed (default 10; 0: skip)")
+    parser.add_argument("--sudo-only", action="store_true", help="only the sudo runs (no dlib needed)")
+    parser.add_argument("--stranger", default="Hugo_Chavez", help="dev/lfw identity in view for those runs")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "auth_latency.json", help="result JSON")
     args = parser.parse_args(argv)
     cleanup_on_sigterm()
+    if args.sudo_only:
+        result = sudo_only(args.model, args.person, args.stranger, args.enrol, args.sudo_attempts, args.warmup)
+        save_json(args.out, result)
+        _print_race(result)
+        return 0
     result = run(args.model, args.person, args.attempts, args.warmup, args.frames, args.enrol, args.threshold,
-                 args.match_attempts)
+                 args.match_attempts, args.sudo_attempts, args.stranger)
     save_json(args.out, result)
     for name, path in result["paths"].items():
         ms, cam = path["ms"], path["camera_open_ms"]
@@ -272,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         ms = path["ms"]
         print(f"{path['label']:<50} p50 {ms['p50']:7.1f} ms  p95 {ms['p95']:7.1f} ms  "
               f"match {100 * path['match_rate']:.0f} %  frames p50 {path['frames']['p50']}")
+    _print_race(result)
     r = result["ratios"]
     print(f"per-attempt / pam_faceid: {r['per_attempt_over_daemon_p50']:.1f}x (p50)   "
           f"Howdy / pam_faceid: {r['howdy_over_daemon_p50']:.1f}x (p50)   goals met: {result['goals_met']}")

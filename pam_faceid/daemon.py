@@ -204,6 +204,19 @@ class Decision:
         return {"frames": self.frames, "faces": self.faces, "matches": self.matches, "reason": self.last_reason}
 
 
+def verdict_fields(verdict: Verdict, uid: int) -> dict[str, Any]:
+    """The verdict as sent to a peer of ``uid``: no similarity score for a non-root one.
+
+    A process running as the user could otherwise climb the score with a
+    printed face, frame by frame, against that user's own templates; the
+    root helper and the admin CLI keep it (the audit log always has it).
+    """
+    fields = verdict.fields()
+    if uid != 0:
+        fields["score"] = None
+    return fields
+
+
 # ---------------------------------------------------------------- model and state
 
 def model_id_of(embedder: Any) -> str:
@@ -908,7 +921,7 @@ class Daemon:
                  "liveness=%s%s", user, service or "-", tty or "-", rhost or "-", pid, uid, verdict.result,
                  "-" if verdict.score is None else f"{verdict.score:.3f}", verdict.frames, ms,
                  verdict.liveness or "-", f" reason={verdict.reason!r}" if verdict.reason else "")
-        self._send(conn, "verdict", verdict.fields())
+        self._send(conn, "verdict", verdict_fields(verdict, uid))
         if frames_taken and kept:
             info = {"user": user, "service": service, "tty": tty, "rhost": rhost, "pid": pid, "uid": uid,
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ms": round(ms), **verdict.fields(),

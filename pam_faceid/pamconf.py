@@ -13,8 +13,11 @@ tells the daemon that the password was used (``auth.require_password_after``);
 its result is ignored, so it can never turn a failure into success (with
 pam-auth-update it is the separate ``faceid-password`` profile).
 
-Our lines are found by what they run (pam_exec with faceid-helper as the
-program), never by a comment. No change reaches /etc/pam.d before it is
+The face line is pam_exec's (the helper, then the password prompt) or, with
+libpam-python, the pam_python prompt module's (face or a typed password,
+whichever comes first; see pam_prompt). Our lines are found by what they run
+(pam_exec or the prompt module with faceid-helper as the program), never by
+a comment. No change reaches /etc/pam.d before it is
 proven in a private copy (pamproof): the live files are replaced only then,
 each atomically.
 """
@@ -56,9 +59,49 @@ def helper_path() -> str:
     return str(Path(sys.executable).parent / HELPER_NAME)
 
 
-def face_line(helper: str, control: str) -> str:
-    """The face line: pam_exec runs the helper; ``control`` makes a match take the password module's route."""
-    return f"auth\t{control}\tpam_exec.so quiet stdout seteuid {helper}"
+PROMPT_MODULE = Path(__file__).with_name("pam_prompt.py")
+"""The pam_python module (face or password, whichever comes first); root-owned 0644 inside the installed package."""
+PAM_PYTHON_SO = ("/lib/security/pam_python.so", "/usr/lib/x86_64-linux-gnu/security/pam_python.so",
+                 "/usr/lib/security/pam_python.so")
+STARTS = ("race", "enter", "exec")
+"""How the face line starts: race a typed password (pam_python), look only after Enter (pam_python), or pam_exec."""
+
+
+def pam_python_available() -> bool:
+    """True when Debian's libpam-python module is installed (install.sh installs it)."""
+    return any(os.path.isfile(path) for path in PAM_PYTHON_SO)
+
+
+@dataclass(frozen=True)
+class FaceStart:
+    """Which face line to write: ``start`` from STARTS, and for pam_python the config the module passes on."""
+
+    start: str = "exec"
+    config: str | None = None
+    module: Path = PROMPT_MODULE
+
+
+def face_line(helper: str, control: str, how: FaceStart = FaceStart()) -> str:
+    """The face line; ``control`` makes a match take the password module's route.
+
+    pam_exec runs the helper; pam_python runs the prompt module, which races
+    the helper against a typed password (``abort=die``: Ctrl-C at its prompt
+    ends the stack instead of falling through to the password module's own).
+    """
+    if how.start == "exec":
+        return f"auth\t{control}\tpam_exec.so quiet stdout seteuid {helper}"
+    from pam_faceid.pam_prompt import unsafe_path
+
+    if how.start not in STARTS:
+        raise PamConfError(f"--start {how.start}: use one of {', '.join(STARTS)}")
+    why = unsafe_path(str(how.module))
+    if why:  # pam_python runs any script it is given, even one others can write
+        raise PamConfError(f"{how.module}: {why}; not putting it in PAM")
+    words = [f"helper={helper}"] + ([f"config={how.config}"] if how.config else []) + \
+        ([f"start={how.start}"] if how.start != "race" else [])
+    if any(any(c.isspace() for c in word) for word in [str(how.module), *words]):
+        raise PamConfError("a path with white space cannot go on a PAM line")
+    return f"auth\t[abort=die {control.strip('[]')}]\tpam_python.so {how.module} {' '.join(words)}"
 
 
 def password_line(helper: str) -> str:
@@ -96,7 +139,10 @@ class Rule:
         return os.path.basename(self.module)
 
     def program(self) -> tuple[str | None, tuple[str, ...]]:
-        """For a pam_exec rule: the program it runs and that program's arguments; else (None, ())."""
+        """For a pam_exec rule: the program it runs and that program's arguments; for our pam_python module: its
+        ``helper=``; else (None, ())."""
+        if self.module_name == "pam_python.so" and self.args and os.path.basename(self.args[0]) == PROMPT_MODULE.name:
+            return next((arg[len("helper="):] for arg in self.args[1:] if arg.startswith("helper=")), None), ()
         if self.module_name != "pam_exec.so":
             return None, ()
         for n, arg in enumerate(self.args):
@@ -217,7 +263,8 @@ def _as_substack(line: str, rule: Rule) -> str:
     return re.sub(r"\binclude\b", "substack", line, count=1)
 
 
-def face_lines(rule: Rule, line: str, helper: str, pam_dir: Path = PAM_DIR) -> tuple[list[str], str | None]:
+def face_lines(rule: Rule, line: str, helper: str, pam_dir: Path = PAM_DIR,
+               how: FaceStart = FaceStart()) -> tuple[list[str], str | None]:
     """The lines to put before the password rule, and its replacement (None: kept).
 
     A face match takes the route a right password takes, and only that one:
@@ -235,19 +282,19 @@ def face_lines(rule: Rule, line: str, helper: str, pam_dir: Path = PAM_DIR) -> t
             raise PamConfError(f"the included {rule.module} also requires {', '.join(others)}, which a face match "
                                f"would skip with it: enable face auth in {rule.module} itself, or use pam-auth-update")
         replacement = _as_substack(line, rule) if rule.inlines else None
-        return [face_line(helper, "[success=ok default=1]"), skip_line(line if replacement else None)], replacement
+        return [face_line(helper, "[success=ok default=1]", how), skip_line(line if replacement else None)], replacement
     action = _success_action(rule)
     if action == "ok":
-        return [face_line(helper, "[success=ok default=1]"), skip_line()], None
+        return [face_line(helper, "[success=ok default=1]", how), skip_line()], None
     if action == "done":
-        return [face_line(helper, "[success=done default=ignore]")], None
+        return [face_line(helper, "[success=done default=ignore]", how)], None
     if isinstance(action, int):
-        return [face_line(helper, f"[success={action + 1} default=ignore]")], None
+        return [face_line(helper, f"[success={action + 1} default=ignore]", how)], None
     raise PamConfError(f"{line.strip()!r}: on success it does {action!r}, not a jump, ok or done: "
                        "add the face line by hand")
 
 
-def insert_line(text: str, helper: str, pam_dir: Path = PAM_DIR) -> str:
+def insert_line(text: str, helper: str, pam_dir: Path = PAM_DIR, how: FaceStart = FaceStart()) -> str:
     """``text`` with the face line(s) before the first password rule; jumps over that point are lengthened."""
     lines = text.splitlines()
     auth = _auth_rules(lines)
@@ -256,7 +303,7 @@ def insert_line(text: str, helper: str, pam_dir: Path = PAM_DIR) -> str:
         raise PamConfError("no password line (pam_unix, @include common-auth, include …) to put face auth "
                            "before; add the line by hand")
     rule = auth[rank]
-    new_lines, replacement = face_lines(rule, lines[rule.index], helper, pam_dir)
+    new_lines, replacement = face_lines(rule, lines[rule.index], helper, pam_dir, how)
     if replacement is not None:
         if _jumped_into(auth, rank, rank):
             raise PamConfError(f"a rule jumps over {lines[rule.index].strip()!r}, which counts as many modules as "
@@ -274,9 +321,9 @@ def insert_password_line(text: str, helper: str) -> str:
     return _insert_rules(lines, auth[-1].index + 1, len(auth), [password_line(helper)])
 
 
-def insert_lines(text: str, helper: str, pam_dir: Path = PAM_DIR) -> str:
+def insert_lines(text: str, helper: str, pam_dir: Path = PAM_DIR, how: FaceStart = FaceStart()) -> str:
     """Both: face auth standing in for the password module, the password-used report after the last auth rule."""
-    return insert_password_line(insert_line(text, helper, pam_dir), helper)
+    return insert_password_line(insert_line(text, helper, pam_dir, how), helper)
 
 
 def _shift_jumps(lines: list[str], auth: list[Rule], rank: int, delta: int, check_inlined: bool) -> None:
@@ -360,7 +407,10 @@ def with_programs(text: str, face: str, report: str, helpers: tuple[str, ...] = 
     (the proof's stand-ins); other lines as they are."""
     lines = text.splitlines()
     for rule in parse_rules(lines):
-        if is_ours(rule, helpers):
+        if is_ours(rule, helpers) and rule.module_name == "pam_python.so":
+            args = [f"helper={face}" if arg.startswith("helper=") else arg for arg in rule.args]
+            lines[rule.index] = f"{rule.type}\t{rule.control}\t{rule.module} {' '.join(args)}"
+        elif is_ours(rule, helpers):
             _, args = rule.program()
             options = rule.args[:len(rule.args) - len(args) - 1]
             stand_in = report if is_report(rule) else face
@@ -410,7 +460,8 @@ def _service_path(service: str) -> Path:
     return path
 
 
-def edit_service(service: str, enable: bool, helper: str, backup_dir: Path = BACKUP_DIR) -> Change:
+def edit_service(service: str, enable: bool, helper: str, backup_dir: Path = BACKUP_DIR,
+                 how: FaceStart = FaceStart()) -> Change:
     """Add or remove our lines in one service file; the new text is proven in a private copy before it is written."""
     path = _service_path(service)
     text = path.read_text()
@@ -420,7 +471,7 @@ def edit_service(service: str, enable: bool, helper: str, backup_dir: Path = BAC
         return Change(service, "unchanged", "face auth already off")
     try:
         # Enabling again brings lines of an older version (or another helper path) up to date.
-        new = insert_lines(remove_lines(text, helpers), helper) if enable else remove_lines(text, helpers)
+        new = insert_lines(remove_lines(text, helpers), helper, how=how) if enable else remove_lines(text, helpers)
         if new == text:
             return Change(service, "unchanged", "face auth already on")
         with pamproof.private_copy() as copy:

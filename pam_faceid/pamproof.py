@@ -46,6 +46,8 @@ STAND_INS = (("/bin/false", "/bin/true"), ("/bin/false", "/bin/false"))
 _CHECK_CHILD = """
 import os, sys
 os.setresuid(int(sys.argv[3]), 0, 0)
+import ctypes
+ctypes.CDLL = ctypes.PyDLL  # keep the GIL in libpam: a pam_python face line runs Python in this process
 import pam
 service, user, password = sys.argv[1], sys.argv[2], sys.stdin.read()
 handle = pam.pam()

@@ -72,7 +72,8 @@ Messages (daemon -> client)
              ``locked_out``: too many failed attempts (lockout.*);
              ``password_required``: the password was not used within
              auth.require_password_after hours. ``score`` is the
-             best similarity seen (null if no face), ``frames`` the number of
+             best similarity seen (null if no face, and always null for a
+             non-root client: only root sees scores), ``frames`` the number of
              frames processed, ``reason`` a short text or null.
 ``password_used`` {"recorded", "reason"}: whether the password use was
              recorded (a bool) and, when not, why.

@@ -46,7 +46,7 @@ def _no_throwaway_users(timeout: float = 30) -> bool:
 
 def test_enable_then_disable_keeps_the_password_path(service):
     name, path = service
-    done = faceid(None, "pam", "enable", "--service", name)
+    done = faceid(None, "pam", "enable", "--service", name, "--start", "exec")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "enabled: proven: a right password is accepted and a wrong one refused, with the real helper and with " \
            "stand-ins for it" in done.stdout
@@ -58,7 +58,7 @@ def test_enable_then_disable_keeps_the_password_path(service):
     backups = list(pamconf.BACKUP_DIR.glob(f"{name}.*"))
     assert len(backups) == 1 and backups[0].read_text() == ORIGINAL
     assert name in faceid(None, "pam", "status").stdout
-    again = faceid(None, "pam", "enable", "--service", name)
+    again = faceid(None, "pam", "enable", "--service", name, "--start", "exec")
     assert again.returncode == 0 and "unchanged" in again.stdout
 
     done = faceid(None, "pam", "disable", "--service", name)
@@ -156,7 +156,7 @@ def test_lines_of_the_old_version_are_recognised_and_brought_up_to_date(service)
     assert pamconf.remove_lines(old) == ORIGINAL
     path.write_text(old)
     assert name in faceid(None, "pam", "status").stdout
-    done = faceid(None, "pam", "enable", "--service", name)
+    done = faceid(None, "pam", "enable", "--service", name, "--start", "exec")
     assert done.returncode == 0 and f"{name}: updated" in done.stdout, done.stdout + done.stderr
     assert path.read_text() == pamconf.insert_lines(ORIGINAL, HELPER)
     done = faceid(None, "pam", "disable", "--service", name)
@@ -300,7 +300,7 @@ def test_a_face_match_stands_in_for_the_password_and_never_for_the_token(service
     path.write_text(text)
     write_helper, helper = stand_in_helper
     write_helper("exit 1")
-    done = faceid(None, "pam", "enable", "--service", name, "--helper", str(helper))
+    done = faceid(None, "pam", "enable", "--service", name, "--helper", str(helper), "--start", "exec")
     assert done.returncode == 0, done.stdout + done.stderr
     write_helper("exit 0")  # the face matches, every time
     token.unlink()
@@ -333,7 +333,8 @@ def test_every_service_here_a_sufficient_stack_and_a_second_factor(tmp_path, dae
     write_helper, helper = stand_in_helper
     write_helper(f'exec {HELPER} --config {d.config_path} "$@"')
 
-    done = copies.run(FACEID, "pam", "enable", "--service", *names, "--helper", str(helper))  # faceidd down
+    done = copies.run(FACEID, "pam", "enable", "--service", *names, "--helper", str(helper),
+                      "--start", "exec")  # faceidd down
     enabled = [name for name in names if f"{name}: enabled" in done.stdout]
     refused = [name for name in names if f"{name}: FAILED" in done.stdout]
     assert sorted(enabled + refused) == sorted(names), done.stdout + done.stderr

@@ -494,3 +494,39 @@ def test_snapshots_keep_the_last_attempts_frames(model_daemon):
     files = [p for a in attempts for p in a.iterdir()]
     assert {stat.S_IMODE(p.stat().st_mode) for p in attempts} == {0o700}
     assert len(files) == 7 and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o600}
+
+
+NOBODY_SESSION = """
+import json, pathlib, sys
+from pam_faceid import protocol
+messages = []
+with protocol.Client(sys.argv[1]) as client:
+    messages.append(client.request("hello", protocol.hello_fields("nobody", "test"), timeout=5).fields)
+    for path in sorted(pathlib.Path(sys.argv[2]).iterdir()):
+        reply = client.request("frame", payload=path.read_bytes(), timeout=10)
+        messages.append({"type": reply.type, **reply.fields})
+        if reply.type == "verdict":
+            break
+print(json.dumps(messages))
+"""
+
+
+def test_a_non_root_client_gets_no_score(model_daemon):
+    """nobody asking about itself learns the verdict, never the similarity it could climb; root still sees it."""
+    d = model_daemon
+    enrol(d.state_dir, "nobody", d.genuine[:4])
+    d.signal(signal.SIGHUP)
+    d.wait_log("reloaded")
+    folder = d.base / "frames"
+    folder.mkdir(mode=0o755)
+    for i, frame in enumerate(session_frames(d.genuine[:4])):
+        (folder / f"{i:03d}.jpg").write_bytes(jpeg(frame))
+        os.chmod(folder / f"{i:03d}.jpg", 0o644)
+    proc = run_as_nobody(f"import sys; sys.argv = ['-', {d.socket!r}, {str(folder)!r}]\n{NOBODY_SESSION}", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    messages = json.loads(proc.stdout)
+    assert messages[-1]["type"] == "verdict" and messages[-1]["result"] == "match", messages
+    assert all(m.get("score") is None for m in messages), messages
+    _, verdict = run_session(d.socket, "nobody", [p.read_bytes() for p in sorted(folder.iterdir())])
+    assert verdict.get("result") == "match" and isinstance(verdict.get("score"), float)
+    assert "user=nobody" in d.logs() and "uid=65534 verdict=match score=0." in d.logs()

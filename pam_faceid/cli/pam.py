@@ -23,6 +23,7 @@ from pam_faceid.cli import _common as common
 EXAMPLE = """examples:
   sudo faceid pam enable                    # pam-auth-update profile, or the usual services
   sudo faceid pam enable --service sudo gdm-password
+  sudo faceid pam enable --service sudo su --start enter   # face only after Enter on an empty prompt
   sudo faceid pam disable
   faceid pam status"""
 
@@ -45,6 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--service", nargs="+", metavar="S", help="PAM service names (files in /etc/pam.d)")
     parser.add_argument("--helper", metavar="PATH",
                         help="helper program for the PAM line (default: this installation's faceid-helper)")
+    parser.add_argument("--start", choices=("race", "enter", "exec"),
+                        help="race: the face check runs while the password can be typed (pam_python; the default "
+                             "when libpam-python is installed, except through the pam-auth-update profile); enter: "
+                             "the face check starts only after Enter on an empty prompt; exec: the pam_exec line "
+                             "(face first, then the password prompt)")
     parser.set_defaults(run=run)
     return parser
 
@@ -58,6 +64,17 @@ def _status() -> int:
         state = "enabled" if "common-auth" in services else "installed, not enabled"
         print(f"pam-auth-update profile {pamconf.PROFILE}: {state}")
     return 0
+
+
+def _face_start(args: argparse.Namespace) -> "pamconf.FaceStart":
+    """--start race/enter need libpam-python; without --start, race where it is installed, else pam_exec."""
+    from pam_faceid import pamconf
+
+    start = args.start or ("race" if pamconf.pam_python_available() else "exec")
+    if start != "exec" and not pamconf.pam_python_available():
+        raise CommandError(f"--start {start} needs libpam-python (apt-get install libpam-python)", EXIT_USAGE)
+    config = getattr(args, "config", None)
+    return pamconf.FaceStart(start, os.path.abspath(config) if config else None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,9 +92,10 @@ def run(args: argparse.Namespace) -> int:
         if "/" in service or not (pamconf.PAM_DIR / service).is_file():
             raise CommandError(f"no PAM service {service!r}: {pamconf.PAM_DIR / service} does not exist", EXIT_USAGE)
     changes: list[tuple[str, object]] = []
+    how = _face_start(args) if enable else None
     if args.service:
         services = list(args.service)
-    elif enable and pamconf.pam_auth_update_available():
+    elif enable and pamconf.pam_auth_update_available() and not args.start:
         changes.append(("common-auth", lambda: pamconf.toggle_profile(True)))
         services = []
     elif enable:
@@ -94,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             print("face auth is not on in any PAM service: nothing to do")
             return 0
     for service in services:
-        changes.append((service, lambda s=service: pamconf.edit_service(s, enable, helper)))
+        changes.append((service, lambda s=service: pamconf.edit_service(s, enable, helper, how=how or pamconf.FaceStart())))
     failed = 0
     for name, apply in changes:
         print(f"{name}: proving the change in a private copy of {pamconf.PAM_DIR}…", flush=True)
