@@ -1,8 +1,11 @@
 """faceid-helper: the program pam_exec runs; looks at the camera and asks faceidd whether it sees the user.
 
-Use it in a PAM service before the password module::
+``faceid pam enable`` puts it in a PAM service before the password module, with
+the control that makes a match take the password module's route (pamconf)::
 
-    auth [success=done default=ignore] pam_exec.so quiet stdout seteuid /opt/pam_faceid/bin/faceid-helper
+    auth [success=2 default=ignore] pam_exec.so quiet stdout seteuid /opt/pam_faceid/bin/faceid-helper
+
+or the pam_python prompt module (pam_prompt) runs it as its face child.
 
 An optional ``--config FILE`` after the path selects another config (else
 $FACEID_CONFIG, else /etc/pam_faceid/config.yaml). pam_exec passes the
@@ -10,7 +13,7 @@ request in PAM_USER, PAM_SERVICE, PAM_RHOST, PAM_TTY (no PATH, no HOME).
 
 With ``--password-used``, on a line after the password module::
 
-    auth optional pam_exec.so quiet seteuid /opt/pam_faceid/bin/faceid-helper --password-used
+    auth [default=ignore] pam_exec.so quiet seteuid /opt/pam_faceid/bin/faceid-helper --password-used
 
 it only tells the daemon that the password authenticated PAM_USER (for
 ``auth.require_password_after``); it looks at no camera and prints nothing.

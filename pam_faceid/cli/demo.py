@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from pam_faceid import pamconf
 from pam_faceid.cli import EXIT_FAILURE, CommandError
 from pam_faceid.cli import _common as common
 
@@ -293,9 +294,8 @@ def _run_steps(steps: Steps, work: Path, model_path: str, sample: np.ndarray, ot
     with steps.step(f"writing PAM service /etc/pam.d/{service}: faceid-helper, then pam_unix") as note:
         helper = " ".join(_program("faceid-helper"))
         cleanup.append((f"removed {service_path}", lambda: service_path.unlink(missing_ok=True)))  # before writing
-        service_path.write_text(
-            f"auth [success=done default=ignore] pam_exec.so quiet stdout seteuid {helper} --config {config}\n"
-            "auth required pam_unix.so\naccount required pam_permit.so\n")
+        service_path.write_text(pamconf.insert_line("auth required pam_unix.so\naccount required pam_permit.so\n",
+                                                    f"{helper} --config {config}"))  # the lines 'faceid pam' writes
         note["result"] = "written"
 
     with steps.step(f"logging in as {user} with the sample person in front of the camera, no password given "
