@@ -38,13 +38,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pam_faceid import protocol, snapshots
+from pam_faceid import journal, protocol, snapshots
 from pam_faceid.config import Config, ConfigError, load_config
 from pam_faceid.lockout import COUNTED_RESULTS, LockoutStore
 from pam_faceid.store import Enrolment, Store, StoreError, validate_user
 from pam_faceid.userhead import UserHead, load_head
 
 log = logging.getLogger("faceidd")
+audit = logging.getLogger(journal.AUDIT_LOGGER)
 
 SESSION_MARGIN = 3.0
 """Seconds a session may run past auth.timeout (camera start, the last frames) before it is cut."""
@@ -818,8 +819,8 @@ class Daemon:
         own = user_name(uid)
         if own is not None and own == user:
             return None
-        log.warning("refused hello for user=%r from pid=%d uid=%d (%s): may only ask about itself",
-                    user, pid, uid, own or "no passwd entry")
+        audit.warning("refused hello for user=%r from pid=%d uid=%d (%s): may only ask about itself",
+                      user, pid, uid, own or "no passwd entry")
         return Verdict("refused", reason="a non-root client may only ask about its own user")
 
     def before_session(self, user: str, state: State) -> Verdict | None:
@@ -849,9 +850,9 @@ class Daemon:
                 until = store.record_failure(user, time.time(), int(lock.max_failures), float(lock.window),
                                              float(lock.duration))
                 if until is not None:
-                    log.warning("lockout user=%s: %d failed face attempts within %d s: face auth refused until %s",
-                                user, lock.max_failures, lock.window,
-                                time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(until)))
+                    audit.warning("lockout user=%s: %d failed face attempts within %d s: face auth refused until %s",
+                                  user, lock.max_failures, lock.window,
+                                  time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(until)))
         except StoreError as exc:
             log.error("lockout state of user=%s not updated: %s", user, exc)
 
@@ -894,13 +895,13 @@ class Daemon:
         if not self._valid_fields(conn, pid, uid, msg.type, user, {"service": service}):
             return
         if uid != 0:
-            log.warning("refused password_used for user=%r from pid=%d uid=%d (%s): password use is reported by "
-                        "root only", user, pid, uid, user_name(uid) or "no passwd entry")
+            audit.warning("refused password_used for user=%r from pid=%d uid=%d (%s): password use is reported by "
+                          "root only", user, pid, uid, user_name(uid) or "no passwd entry")
             self._send(conn, "error", {"code": "refused", "message": "password_used is accepted from root only"})
             return
         recorded, reason = self.password_use(user, state)
-        log.info("password_used user=%s service=%s pid=%d uid=%d recorded=%s%s", user, service or "-", pid, uid,
-                 "yes" if recorded else "no", f" reason={reason!r}" if reason else "")
+        audit.info("password_used user=%s service=%s pid=%d uid=%d recorded=%s%s", user, service or "-", pid, uid,
+                   "yes" if recorded else "no", f" reason={reason!r}" if reason else "")
         self._send(conn, "password_used", {"recorded": recorded, "reason": reason})
 
     def _session(self, conn: socket.socket, hello: protocol.Message, pid: int, uid: int, state: State) -> None:
@@ -917,10 +918,10 @@ class Daemon:
         with self.counter_lock:
             self.sessions_served += 1
         ms = (time.monotonic() - t0) * 1000
-        log.info("auth user=%s service=%s tty=%s rhost=%s pid=%d uid=%d verdict=%s score=%s frames=%d ms=%.0f "
-                 "liveness=%s%s", user, service or "-", tty or "-", rhost or "-", pid, uid, verdict.result,
-                 "-" if verdict.score is None else f"{verdict.score:.3f}", verdict.frames, ms,
-                 verdict.liveness or "-", f" reason={verdict.reason!r}" if verdict.reason else "")
+        audit.info("auth user=%s service=%s tty=%s rhost=%s pid=%d uid=%d verdict=%s score=%s frames=%d ms=%.0f "
+                   "liveness=%s%s", user, service or "-", tty or "-", rhost or "-", pid, uid, verdict.result,
+                   "-" if verdict.score is None else f"{verdict.score:.3f}", verdict.frames, ms,
+                   verdict.liveness or "-", f" reason={verdict.reason!r}" if verdict.reason else "")
         self._send(conn, "verdict", verdict_fields(verdict, uid))
         if frames_taken and kept:
             info = {"user": user, "service": service, "tty": tty, "rhost": rhost, "pid": pid, "uid": uid,
@@ -1016,7 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Before cv2 is first imported: OpenCV never decodes an image larger than a frame may be.
     os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(protocol.MAX_FRAME_SIDE ** 2))
-    logging.basicConfig(level=logging.INFO, format="faceidd: %(levelname)s %(message)s", stream=sys.stderr)
+    journal.setup("faceidd")
     overrides = {k: v for k, v in (("socket", args.socket), ("state_dir", args.state_dir)) if v}
     try:
         daemon = Daemon(args.config, overrides)

@@ -122,7 +122,7 @@ def test_bad_config_exits_with_one_line(faceidd):
     d.rewrite_config({"auth": {"timeout": "soon"}})
     proc = subprocess.run(d.command(), capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin"})
     assert proc.returncode == 2
-    errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("<3>")]
     assert len(errors) == 1 and "auth.timeout" in errors[0] and str(d.config_path) in errors[0]
 
 
