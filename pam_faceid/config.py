@@ -566,44 +566,65 @@ def _unknown_key(name: str, path: str | None) -> ConfigError:
     return ConfigError(f"{prefix}{name}: unknown key{_suggest(name, list(KEYS))} (see 'faceid config' for all keys)")
 
 
+def _round_trip() -> Any:
+    """ruamel.yaml's round-trip editor, writing new values as ``format_value`` does.
+
+    Imported here, not at the top: only ``faceid config`` edits the file, and
+    the PAM helper, which imports this module, must not pay for ruamel.
+    Floats keep their dot (``1.0e-05``: YAML 1.1 readers take ``1e-05`` for
+    text) and text a YAML 1.1 reader would take for a boolean (``off``) is
+    quoted, as in the generated file.
+    """
+    from ruamel.yaml import YAML
+
+    editor = YAML()  # round-trip: comments, order, quotes and flow style are kept
+    editor.preserve_quotes = True
+    editor.width = 1 << 16  # never fold a long line the admin wrote
+
+    def float_node(representer: Any, value: float) -> Any:
+        return representer.represent_scalar("tag:yaml.org,2002:float", format_value(value))
+
+    def str_node(representer: Any, value: str) -> Any:
+        style = None if format_value(value) == value else '"'
+        return representer.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    editor.representer.add_representer(float, float_node)
+    editor.representer.add_representer(str, str_node)
+    return editor
+
+
 def _edit_text(text: str, key: Key, value: Any) -> str | None:
-    """Change one key in the YAML text, keeping comments and layout; None if the layout is unusual."""
+    """Change one key in the YAML text, keeping comments and layout; None if the document is no mapping."""
+    import io
+
+    from ruamel.yaml.comments import CommentedMap
+    from ruamel.yaml.error import YAMLError
+    from ruamel.yaml.util import load_yaml_guess_indent
+
+    if yaml.load(text, Loader=_Loader) is None:  # noqa: S506 - nothing to edit, perhaps only comments: append
+        sep = "" if text.endswith("\n") or not text else "\n"
+        return text + sep + f"{key.section}:\n  {key.field}: {format_value(value)}\n"
+    editor = _round_trip()
     try:
-        root = yaml.compose(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except yaml.YAMLError:
+        _, indent, _ = load_yaml_guess_indent(text)
+        editor.indent(mapping=indent or 2)
+        root = editor.load(text)
+    except YAMLError:
         return None
-    new = format_value(value)
-    if root is None:
-        return text + ("" if text.endswith("\n") or not text else "\n") + f"{key.section}:\n  {key.field}: {new}\n"
-    if not isinstance(root, yaml.MappingNode) or root.flow_style:
+    if not isinstance(root, CommentedMap):
         return None
-    for sec_node, body in root.value:
-        if sec_node.value != key.section:
-            continue
-        empty_mapping = isinstance(body, yaml.MappingNode) and not body.value
-        if empty_mapping or (isinstance(body, yaml.ScalarNode) and body.tag.endswith(":null")):
-            if body.end_mark.index > body.start_mark.index:  # an explicit "~", "null" or "{}": replace it
-                head = text[:body.start_mark.index].rstrip(" ")
-                return head + f"\n  {key.field}: {new}" + text[body.end_mark.index:]
-            line_end = text.find("\n", sec_node.end_mark.index)
-            line_end = len(text) if line_end < 0 else line_end
-            return text[:line_end] + f"\n  {key.field}: {new}" + text[line_end:]
-        if not isinstance(body, yaml.MappingNode) or body.flow_style or not body.value:
-            return None
-        for field_node, value_node in body.value:
-            if field_node.value == key.field:
-                if not isinstance(value_node, yaml.ScalarNode):
-                    return None
-                start, end = value_node.start_mark.index, value_node.end_mark.index
-                return text[:start] + new + text[end:]
-        last_value = body.value[-1][1]
-        indent = " " * body.value[0][0].start_mark.column
-        line_end = text.find("\n", last_value.end_mark.index)
-        if line_end < 0:
-            return text + f"\n{indent}{key.field}: {new}\n"
-        return text[:line_end] + f"\n{indent}{key.field}: {new}" + text[line_end:]
-    sep = "" if text.endswith("\n") or not text else "\n"
-    return text + sep + f"{key.section}:\n  {key.field}: {new}\n"
+    body = root.get(key.section)
+    if body is None:  # absent, or "section:" / "section: ~" with every key commented out
+        root[key.section] = CommentedMap([(key.field, value)])
+    elif isinstance(body, CommentedMap):
+        if not body:
+            body.fa.set_block_style()  # "section: {}" becomes a block like the others
+        body[key.field] = value
+    else:
+        return None
+    out = io.StringIO()
+    editor.dump(root, out)
+    return out.getvalue()
 
 
 def _write_atomic(path: str, text: str) -> None:

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pam_faceid import config as C
 from pam_faceid.config import ConfigError, load_config, set_value
@@ -319,13 +320,26 @@ def test_set_value_adds_keys_and_sections(folder: Path) -> None:
     set_value(str(path), "snapshots.keep", "9")
     set_value(str(path), "enroll.frames", "7")
     set_value(str(path), "lockout.window", "60")
-    assert "enroll:\n  frames: 7  # none yet\nlockout:\n  window: 60\n" in path.read_text()
+    assert path.read_text() == ("auth:\n  timeout: 3.0\n  enabled: false\nsnapshots:\n  keep: 9\n"
+                                "enroll:     # none yet\n  frames: 7\nlockout:\n  window: 60\n")
     set_value(str(path), "model.path", "/opt/model dir")
     set_value(str(path), "logging.level", "debug")
     cfg = load_config(str(path))
     assert (cfg.auth.timeout, cfg.auth.enabled, cfg.snapshots.keep) == (3.0, False, 9)
     assert (cfg.enroll.frames, cfg.lockout.window) == (7, 60)
     assert cfg.model.path == "/opt/model dir" and cfg.logging.level == "debug"
+
+
+def test_set_value_keeps_the_files_indentation_and_writes_values_every_reader_reads_alike(folder: Path) -> None:
+    """ruamel.yaml keeps the layout; values are written as the generated file writes them."""
+    path = write(folder, "# four spaces here\nauth:\n    timeout: 3.0    # quick\nliveness:\n    mode: basic\n")
+    set_value(str(path), "liveness.mode", "off")
+    set_value(str(path), "auth.threshold", "1e-5")
+    set_value(str(path), "model.path", "")
+    assert path.read_text() == ('# four spaces here\nauth:\n    timeout: 3.0    # quick\n    threshold: 1.0e-05\n'
+                                'liveness:\n    mode: "off"\nmodel:\n    path: ""\n')
+    assert yaml.safe_load(path.read_text())["liveness"]["mode"] == "off"  # a YAML 1.1 reader too
+    assert load_config(str(path)).auth.threshold == 1e-5
 
 
 def test_set_value_creates_documented_file(folder: Path) -> None:
@@ -396,7 +410,7 @@ def test_concurrent_sets_lose_nothing(folder: Path) -> None:
 
 
 def test_import_stays_light() -> None:
-    code = ("import sys, pam_faceid.config; heavy = {'numpy', 'torch', 'cv2', 'onnxruntime'};"
+    code = ("import sys, pam_faceid.config; heavy = {'numpy', 'torch', 'cv2', 'onnxruntime', 'ruamel'};"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
