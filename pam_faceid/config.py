@@ -88,7 +88,7 @@ SECTIONS: dict[str, str] = {
     "liveness": "Checks against photos and screens held up to the camera.",
     "snapshots": "Frames kept from recent attempts, written out by `faceid snapshot`.",
     "enroll": "Defaults for `faceid enroll`.",
-    "logging": "Log verbosity of the daemon and the PAM helper (stderr, journald).",
+    "logging": "Log verbosity of faceidd (stderr, the journal); the PAM helper always logs one line per attempt.",
 }
 
 SCHEMA: list[Key] = [
@@ -110,7 +110,8 @@ SCHEMA: list[Key] = [
         doc="cosine similarity needed to match; auto uses the model's shipped threshold"),
     Key("auth.min_matching_frames", int, 2, min=1, max=60,
         doc="frames that must match before the user is accepted"),
-    Key("auth.detection_notice", bool, True, doc="print 'Attempting face detection' while looking"),
+    Key("auth.detection_notice", bool, True,
+        doc="show 'Looking for your face…', then 'Face recognised.' or 'Face not recognised: enter your password.'"),
     Key("auth.abort_if_ssh", bool, True, doc="skip face authentication in SSH sessions"),
     Key("auth.abort_if_lid_closed", bool, True, doc="skip face authentication when the laptop lid is closed"),
     Key("auth.require_password_after", float, 0.0, min=0, max=8760,
@@ -140,7 +141,7 @@ SCHEMA: list[Key] = [
     Key("enroll.keep_images", bool, False, doc="also store the raw enrolment images, not only the embeddings"),
     Key("enroll.frames", int, 5, min=1, max=50, doc="good frames captured per enrolment"),
     Key("logging.level", str, "info", choices=("debug", "info", "warning", "error"),
-        doc="lowest level of messages logged"),
+        doc="lowest level of faceidd's messages logged; its audit lines are logged at any level"),
 ]
 
 KEYS: dict[str, Key] = {k.name: k for k in SCHEMA}

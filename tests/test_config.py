@@ -109,6 +109,13 @@ def test_readme_reference_matches_schema() -> None:
         assert f"| `{key.name}` |" in table
 
 
+def test_documented_notices_are_the_ones_the_helper_prints() -> None:
+    from pam_faceid import helper
+
+    doc = C.KEYS["auth.detection_notice"].doc
+    assert all(f"'{text}'" in doc for text in (helper.NOTICE_LOOKING, helper.NOTICE_MATCH, helper.NOTICE_NO_MATCH))
+
+
 def test_module_prints_generated_documents() -> None:
     for what, expected in (("yaml", C.render_yaml()), ("markdown", C.render_markdown())):
         out = subprocess.run([sys.executable, "-m", "pam_faceid.config", what], capture_output=True, text=True,
