@@ -8,9 +8,11 @@ import subprocess
 import syslog
 from pathlib import Path
 
+import pytest
 from faceidd_util import daemon_dir, faceidd  # noqa: F401
 
 from pam_faceid import protocol
+from pam_faceid.cli import CommandError, demo
 
 # In a private mount namespace: /dev becomes a tmpfs holding binds of the real nodes, plus /dev/log bound to
 # the test's datagram socket, so faceidd's syslog lines reach the test and nobody else's /dev changes.
@@ -101,3 +103,13 @@ def test_under_the_journal_audit_lines_are_filed_once(faceidd, tmp_path):
     logged = d.logs()
     assert "<6>ready: " in logged and "<6>stopped" in logged
     assert "auth user=" not in logged, logged
+
+
+def test_faceid_demo_quotes_faceidds_last_line_without_the_prefix(faceidd):
+    d = faceidd()
+    d.rewrite_config({"auth": {"timeout": "soon"}})
+    with open(d.log_path, "wb") as log:
+        proc = subprocess.Popen(d.command(), stdout=log, stderr=subprocess.STDOUT, env={"PATH": "/usr/bin"})
+        proc.wait(30)
+    with pytest.raises(CommandError, match=r"^faceidd exited with 2: /\S+config.yaml: auth.timeout = soon: "):
+        demo._wait_ready(proc, d.socket, d.log_path)

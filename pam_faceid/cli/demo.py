@@ -175,7 +175,8 @@ def _wait_ready(proc: subprocess.Popen, socket_path: str, log: Path, timeout: fl
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
-            raise CommandError(f"faceidd exited with {proc.returncode}: {' '.join(tail)}", EXIT_FAILURE)
+            last = re.sub(r"^<\d>", "", " ".join(tail))  # without its sd-daemon priority prefix
+            raise CommandError(f"faceidd exited with {proc.returncode}: {last}", EXIT_FAILURE)
         try:
             return request_status(socket_path, timeout=1.0)
         except DaemonError:
