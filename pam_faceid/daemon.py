@@ -242,16 +242,17 @@ class Engine:
 
     def __init__(self, model_path: str, backend: str, pipeline: Any = None, lock: threading.Lock | None = None):
         from pam_faceid.embedder import Embedder
-        from pam_faceid.faces import ALIGN_SIZE, FacePipeline
+        from pam_faceid.faces import FacePipeline
 
         self.key = (model_path, backend, _model_stamp(model_path))
         self.embedder = Embedder(model_path or None, backend)
-        self.pipeline = pipeline if pipeline is not None else FacePipeline()
+        self.pipeline = pipeline if pipeline is not None else FacePipeline(spec=self.embedder.input)
         self.model_id = model_id_of(self.embedder)
         self.threshold = float(self.embedder.threshold)
         self.lock = lock or threading.Lock()
         # One embedding at load: warms the runtime up and tells the vector size enrolments must have.
-        self.dim = int(self.embedder.embed_one(np.zeros((ALIGN_SIZE, ALIGN_SIZE, 3), np.uint8)).size)
+        size = self.embedder.input.size
+        self.dim = int(self.embedder.embed_one(np.zeros((size, size, 3), np.uint8)).size)
 
     def examine(self, jpeg: bytes, templates: np.ndarray, head: UserHead | None = None,
                 dark_threshold: float = 0.0) -> tuple[float | None, str | None, Any, Any]:
@@ -286,7 +287,7 @@ class Engine:
         with self.lock:
             try:
                 face = self.pipeline.find(frame)
-                crop = align(frame, face)
+                crop = align(frame, face, self.embedder.input)
             except FaceRefused as refused:
                 return None, refused.reason or "no_face", frame, None
             vector = self.embedder.embed_one(crop)

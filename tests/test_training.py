@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pam_faceid.training import augment, triplet_loss_and_miner
+from pam_faceid.model.training import augment, triplet_loss_and_miner
 from tests.conftest import REPO, fill_image_folder
 
 

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     for folder in [*args.roots, *args.unlabeled]:
         if not Path(folder).is_dir():
             raise CommandError(f"{folder}: not a folder", EXIT_USAGE)
-    from pam_faceid.training import TrainConfig, train
+    from pam_faceid.model.training import TrainConfig, train
 
     cfg = TrainConfig(roots=[str(r) for r in args.roots], unlabeled=[str(u) for u in args.unlabeled],
                       out=args.out, epochs=args.epochs, seed=args.seed, teacher=args.teacher, margin=args.margin,

@@ -126,3 +126,34 @@ def folded(model: DlibResNet) -> DlibResNet:
     for owner, name in [(model, "aff")] + [(b, n) for b in model.blocks for n in ("aff1", "aff2")]:
         setattr(owner, name, nn.Identity())
     return model
+
+
+def from_onnx(path) -> DlibResNet:
+    """The folded network back from an exported embedder.onnx (the torch backend; no .pt is shipped).
+
+    Conv nodes come in the module's order; fp16 weights reach them through Cast nodes.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    values = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in graph.initializer}
+    cast = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Cast"}
+
+    def value(name: str) -> np.ndarray:
+        while name in cast:
+            name = cast[name]
+        return values[name]
+
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    matmul = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
+    model = folded(DlibResNet())
+    targets = [model.conv] + [c for b in model.blocks for c in (b.conv1, b.conv2)]
+    if len(convs) != len(targets) or len(matmul) != 1:
+        raise ValueError(f"{path}: {len(convs)} Conv and {len(matmul)} MatMul nodes; not a DlibResNet export")
+    with torch.no_grad():
+        for conv, node in zip(targets, convs):
+            conv.weight.copy_(torch.from_numpy(value(node.input[1])))
+            conv.bias.copy_(torch.from_numpy(value(node.input[2])))
+        model.fc.weight.copy_(torch.from_numpy(value(matmul[0].input[1]).T.copy()))
+    return model.eval()

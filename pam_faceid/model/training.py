@@ -25,9 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pam_faceid import dataset, source_commit
-from pam_faceid.embedder import META_FILE, ONNX_FILE, TORCH_FILE, preprocess
-from pam_faceid.network import EmbeddingNet, export_onnx
+from pam_faceid import source_commit
+from pam_faceid.model import dataset
+from pam_faceid.embedder import META_FILE, ONNX_FILE, default_input, preprocess
+from pam_faceid.model.network import EmbeddingNet, export_onnx
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def recalibrate_batchnorm(net: EmbeddingNet, crops: np.ndarray, batch: int = 128
     net.train()
     with torch.no_grad():
         for i in range(0, len(crops), batch):
-            net(torch.from_numpy(preprocess(crops[i:i + batch])))
+            net(torch.from_numpy(preprocess(crops[i:i + batch], default_input())))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     net.eval()
@@ -186,7 +187,7 @@ def embed_all(net: EmbeddingNet, crops: np.ndarray, batch: int = 256) -> np.ndar
     out = []
     with torch.inference_mode():
         for i in range(0, len(crops), batch):
-            x = torch.from_numpy(preprocess(crops[i:i + batch]))
+            x = torch.from_numpy(preprocess(crops[i:i + batch], default_input()))
             out.append((net(x) + net(torch.flip(x, dims=[3]))).numpy())
     vectors = np.concatenate(out) if out else np.zeros((0, 128), np.float32)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -244,7 +245,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     if len(sampler.ids) < 2:
         raise ValueError("training needs at least 2 identities with 2 or more faces")
 
-    net = EmbeddingNet()
+    net = EmbeddingNet(input_size=default_input().size)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     batch_size = cfg.ids_per_batch * cfg.images_per_id + (cfg.extra_per_batch if use_teacher else 0)
     steps = cfg.steps_per_epoch or max(1, len(train_idx) // batch_size)
@@ -271,7 +272,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             for group in opt.param_groups:
                 group["lr"] = learning_rate(cfg.lr, epoch * steps + step, cfg.epochs * steps)
             idx = sampler.batch()
-            x = augment(torch.from_numpy(preprocess(faces.crops[idx])), gen)
+            x = augment(torch.from_numpy(preprocess(faces.crops[idx], default_input())), gen)
             emb = net(x)
             n_lab = cfg.ids_per_batch * cfg.images_per_id
             lab = torch.from_numpy(labels_train[idx[:n_lab]])
@@ -313,8 +314,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
 
     net.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True))
     net.eval()
-    torch.save(net.state_dict(), out / TORCH_FILE)
-    export_onnx(net, out / ONNX_FILE)
+    torch.save(net.state_dict(), out / "embedder.pt")
+    export_onnx(net, out / ONNX_FILE, default_input().size)
     report = {
         "data": {"roots": cfg.roots, "unlabeled": cfg.unlabeled, "images_scanned": faces.scanned,
                  "faces": len(faces), "identities": len(faces.identities),
@@ -333,7 +334,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     meta = {
         "name": "pam_faceid-base",
         "architecture": "mobilenet_v3_small trunk + flatten head, 128-d, L2-normalised",
-        "input": "112x112 BGR crop aligned to the ArcFace 5-point template (pam_faceid.faces.align)",
+        "input": default_input().to_metadata(),
         "similarity": "cosine",
         "flip": True,
         "threshold": best["threshold_far_1e-3"] if best else 0.5,
