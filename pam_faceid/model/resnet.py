@@ -23,6 +23,13 @@ from pam_faceid.model.dlib_format import DlibNetwork
 LEVELS = ((32, 0, 3), (64, 1, 3), (128, 1, 2), (256, 1, 2), (256, 1, 0))
 
 
+def level_start(top_levels: int) -> int:
+    """Index in DlibResNet.blocks of the first block of the top ``top_levels`` levels."""
+    if not 1 <= top_levels <= len(LEVELS):
+        raise ValueError(f"top levels {top_levels}: 1 to {len(LEVELS)}")
+    return sum(d + p for _, d, p in LEVELS[:len(LEVELS) - top_levels])
+
+
 class Affine(nn.Module):
     """dlib's affine_ layer: a per-channel scale and shift (batch norm frozen at inference)."""
 
