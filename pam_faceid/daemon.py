@@ -404,12 +404,13 @@ def _one_line(exc: BaseException) -> str:
 def _enrolment_problem(enrolment: Enrolment, engine: Engine | None) -> str | None:
     if engine is None:
         return None
-    if enrolment.model_id and engine.model_id and enrolment.model_id != engine.model_id:
-        return (f"enrolled with model {enrolment.model_id!r} but the daemon runs {engine.model_id!r}; "
-                f"enrol again")
+    stale = enrolment.stale_for(engine.model_id)
+    if stale:
+        return stale
     dim = enrolment.matrix().shape[1]
     if dim != engine.dim:
-        return f"templates have {dim} values, the model gives {engine.dim}; enrol again"
+        return (f"re-enrol: templates have {dim} values, model {engine.model_id} gives {engine.dim} "
+                f"(sudo faceid clear {enrolment.user} && sudo faceid enroll {enrolment.user})")
     return None
 
 
@@ -951,7 +952,9 @@ class Daemon:
         entry = state.users.get(user)
         if entry is None:
             if user in state.skipped:
-                return Verdict("error", reason="enrolment unreadable: see the daemon log"), False
+                why = state.skipped[user]
+                return Verdict("error", reason=why if why.startswith("re-enrol") else
+                               "enrolment unreadable: see the daemon log"), False
             return Verdict("not_enrolled"), False
         if entry.engine is None or entry.threshold is None:
             return Verdict("error", reason="model not loaded"), False
