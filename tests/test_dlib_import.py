@@ -168,3 +168,42 @@ def test_convert_names_a_truncated_file_in_one_line(dat, tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0 and "truncated" in done.stderr and str(short) in done.stderr
     assert not (tmp_path / "m" / "model.json").exists()
+
+
+def test_mean_shape_undoes_pose_and_size_and_is_symmetric():
+    """Rotated, scaled, shifted copies of one face's points give back that face, levelled, eye distance 1."""
+    from pam_faceid.model import template
+
+    face = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, 0.6], [-0.4, 1.0], [0.4, 1.0]])
+    copies = []
+    for angle, scale, shift in ((0.3, 40, (100, 80)), (-0.2, 90, (20, 300)), (0.0, 10, (0, 0))):
+        rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        copies.append(face @ rot.T * scale + shift)
+    shape = template.mean_shape(np.array(copies))
+    assert np.allclose(shape, face - face.mean(0), atol=1e-9)
+    placed = template.template_for(shape, 150, 0.4, 0.5)
+    assert abs(placed[1, 0] - placed[0, 0] - 60) < 1e-3 and np.allclose(placed.mean(0), (75, 75), atol=1e-3)
+
+
+def test_separation_is_larger_for_better_separated_scores():
+    from pam_faceid.model import template
+
+    labels = np.repeat(np.arange(20), 3)
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((20, 16))
+    tight = centres[labels] + 0.1 * rng.standard_normal((60, 16))
+    loose = centres[labels] + 1.0 * rng.standard_normal((60, 16))
+    assert template.separation(tight, labels) > template.separation(loose, labels) > 0
+
+
+def test_shipped_template_matches_dlibs_own_chip_geometry():
+    """Fitted with our detector and the network only, the template lands where dlib's chips put the
+    same points: the YuNet points mapped into dlib's 150 px chips (padding 0.25) over 300 train/lfw
+    faces, measured independently (shared/notes/dlib-port-probe.md), within 2 px."""
+    from pam_faceid.embedder import default_input
+
+    dlib_chip = np.array([[43.00, 44.22], [104.12, 43.36], [73.38, 78.30], [48.83, 104.84], [101.55, 104.49]])
+    template = default_input().template
+    assert np.abs(template - dlib_chip).max() < 2.0
+    mirrored = np.c_[150 - template[[1, 0, 2, 4, 3], 0], template[[1, 0, 2, 4, 3], 1]]
+    assert np.allclose(template, mirrored, atol=1e-2)
