@@ -1,6 +1,10 @@
 """Building the face model (offline, torch): never imported by faceidd or the PAM helper.
 
 dlib_format reads dlib's descriptor network file, resnet is that network in
-torch, convert writes the shipped model folder from it (template fit, ONNX
-export, provenance), training fine-tunes it, dataset caches aligned faces.
+torch, template fits the five-point alignment template, convert writes the
+shipped model folder (ONNX export, model.json, provenance), training
+fine-tunes the network (faceid train-base), dataset caches aligned faces.
+Evaluation (pam_faceid.evaluate) and the negative bank (pam_faceid.negatives)
+stay at the package's top level: faceid evaluate, calibrate and retrain use
+them at run time.
 """
