@@ -1,4 +1,4 @@
-"""Building the face model (offline, torch): never imported by faceidd or the PAM helper.
+"""Building the face model (offline, torch): the PAM helper never imports it, faceidd only for model.backend torch.
 
 dlib_format reads dlib's descriptor network file, resnet is that network in
 torch, template fits the five-point alignment template, convert writes the
