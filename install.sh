@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # install.sh: set up pam_faceid for development or install it system-wide.
 #
-#   ./install.sh --dev                    ./.venv with the package editable + training and test tools
+#   ./install.sh --dev                    ./.venv with the package editable + training, test and dlib tools
 #   sudo ./install.sh                     system install (venv in /opt/pam_faceid, config, state, units, PAM profile)
 #   sudo ./install.sh --uninstall         remove the system install; keeps enrolments in /var/lib/pam_faceid
 #   sudo ./install.sh --uninstall --purge also remove /etc/pam_faceid and /var/lib/pam_faceid
@@ -189,12 +189,12 @@ sys.exit(not (version("torch") == sys.argv[1] and version("torchvision") == sys.
         step "pip install ${TORCH_PINS[*]}"
         "${pip[@]}" install "${TORCH_PINS[@]}"
     fi
-    if reason="$(dev_install_is_current "$SRC" train test 2>&1)"; then
-        step "pam_faceid already installed editable with [train,test] requirements satisfied"
+    if reason="$(dev_install_is_current "$SRC" train test bench 2>&1)"; then
+        step "pam_faceid already installed editable with [train,test,bench] requirements satisfied"
     else
-        step "pip install -e '.[train,test]' ($reason)"
+        step "pip install -e '.[train,test,bench]' ($reason)"
         # compat: a plain path in a .pth; the default import finder adds 15 ms to every helper start
-        "${pip[@]}" install "${TORCH_PINS[@]}" --config-settings editable_mode=compat -e "$SRC[train,test]"
+        "${pip[@]}" install "${TORCH_PINS[@]}" --config-settings editable_mode=compat -e "$SRC[train,test,bench]"
     fi
     step "done: faceid is $venv/bin/faceid (not on the PATH)"
     note "try it:          sudo .venv/bin/faceid demo"

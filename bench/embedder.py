@@ -7,7 +7,7 @@ holding the model costs). Then, on one core:
 
 - embedding only: ms per face (median over every face of 3 passes after a
   warm-up pass) and faces per second (median over the passes), on the same
-  photos for all three: our aligned 112x112 crop -> unit vector (flip-sum
+  photos for all three: our aligned crop (the model's size) -> unit vector (flip-sum
   included when the model uses it); dlib: face chip + ResNet from its
   5 landmarks (``compute_face_descriptor``, what Howdy calls per face);
 - end to end per photo: detection + landmarks + alignment + embedding
@@ -90,7 +90,7 @@ class Ours:
         from pam_faceid.faces import FacePipeline
 
         self.embed_image, self.embedder = make_embed(str(model), backend, False)
-        self.pipeline = FacePipeline(policy="centre", min_size=20)
+        self.pipeline = FacePipeline(policy="centre", min_size=20, spec=self.embedder.input)
 
     def prepare(self, image: np.ndarray):
         crop, _reason = self.pipeline.process(image)

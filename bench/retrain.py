@@ -5,7 +5,7 @@ every triplet of 7 owner and 10 other images (anchor and positive: any
 ordered pair of distinct owner images, 42; negative: any of the 10 others;
 420 triplets an epoch), with the triplet loss max(d(A,P) - d(A,N) + alpha, 0)
 on squared distances of unit vectors, alpha = 0.2. It is rebuilt here
-(``SeedNet``): four conv layers and a 128-d head, on our aligned 112x112
+(``SeedNet``): four conv layers and a 128-d head, on our aligned
 crops (better input than the seed had), Adam, epochs until a whole epoch
 has zero loss or MAX_EPOCHS. Its threshold is the only one its data allows:
 just above the most similar owner/other pair among the training images.
@@ -55,7 +55,7 @@ SEED = 0
 
 
 def aligned(paths: list[Path]) -> tuple[np.ndarray, list[Path]]:
-    """Aligned 112x112 crops (faces as `faceid evaluate` finds them) of those photos that have a face."""
+    """Aligned crops (faces as `faceid evaluate` finds them) of those photos that have a face."""
     from pam_faceid.faces import FacePipeline
     from pam_faceid.images import read_image
 
@@ -108,8 +108,9 @@ def seed_training(data: dict, max_epochs: int, threads: int) -> dict:
     import torch.nn.functional as F
     from torch import nn
 
-    from pam_faceid.embedder import preprocess
+    from pam_faceid.embedder import default_input, preprocess
 
+    spec = default_input()
     torch.manual_seed(SEED)
     torch.set_num_threads(threads)
 
@@ -123,13 +124,13 @@ def seed_training(data: dict, max_epochs: int, threads: int) -> dict:
                 nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                 nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                 nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Flatten(), nn.Linear(64 * 7 * 7, 128))
+                nn.Flatten(), nn.Linear(64 * (spec.size // 16) ** 2, 128))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return F.normalize(self.body(x), dim=1)
 
-    owner = torch.from_numpy(preprocess(data["owner_train"]))
-    others = torch.from_numpy(preprocess(data["others_train"]))
+    owner = torch.from_numpy(preprocess(data["owner_train"], spec))
+    others = torch.from_numpy(preprocess(data["others_train"], spec))
     triplets = [(a, p, n) for a in range(len(owner)) for p in range(len(owner)) if a != p for n in range(len(others))]
     net = SeedNet()
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -158,7 +159,7 @@ def seed_training(data: dict, max_epochs: int, threads: int) -> dict:
 
     def embed(crops: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return net(torch.from_numpy(preprocess(crops))).numpy()
+            return net(torch.from_numpy(preprocess(crops, spec))).numpy()
 
     train_owner, train_other = embed(data["owner_train"]), embed(data["others_train"])
     threshold = float((train_other @ train_owner.T).max()) + 1e-6

@@ -118,7 +118,7 @@ SCHEMA: list[Key] = [
         doc="hours after the last password login when face authentication is refused until the password is "
             "used again (as Face ID asks for the passcode after 48 hours); 0 turns this off"),
     Key("model.path", str, "", absolute=True,
-        doc="folder with embedder.onnx, embedder.pt and model.json; empty uses the model bundled with the package"),
+        doc="folder with embedder.onnx and model.json; empty uses the model bundled with the package"),
     Key("model.backend", str, "onnx", choices=("onnx", "torch"),
         doc="runtime for the embedder; torch needs the train extra and starts slower"),
     Key("daemon.socket", str, "/run/pam_faceid/faceidd.sock", nonempty=True, absolute=True,

@@ -262,16 +262,17 @@ class Engine:
 
     def __init__(self, model_path: str, backend: str, pipeline: Any = None, lock: threading.Lock | None = None):
         from pam_faceid.embedder import Embedder
-        from pam_faceid.faces import ALIGN_SIZE, FacePipeline
+        from pam_faceid.faces import FacePipeline
 
         self.key = (model_path, backend, _model_stamp(model_path))
         self.embedder = Embedder(model_path or None, backend)
-        self.pipeline = pipeline if pipeline is not None else FacePipeline()
+        self.pipeline = pipeline if pipeline is not None else FacePipeline(spec=self.embedder.input)
         self.model_id = model_id_of(self.embedder)
         self.threshold = float(self.embedder.threshold)
         self.lock = lock or threading.Lock()
         # One embedding at load: warms the runtime up and tells the vector size enrolments must have.
-        self.dim = int(self.embedder.embed_one(np.zeros((ALIGN_SIZE, ALIGN_SIZE, 3), np.uint8)).size)
+        size = self.embedder.input.size
+        self.dim = int(self.embedder.embed_one(np.zeros((size, size, 3), np.uint8)).size)
 
     def examine(self, jpeg: bytes, templates: np.ndarray, head: UserHead | None = None,
                 dark_threshold: float = 0.0) -> tuple[float | None, str | None, Any, Any]:
@@ -306,7 +307,7 @@ class Engine:
         with self.lock:
             try:
                 face = self.pipeline.find(frame)
-                crop = align(frame, face)
+                crop = align(frame, face, self.embedder.input)
             except FaceRefused as refused:
                 return None, refused.reason or "no_face", frame, None
             vector = self.embedder.embed_one(crop)
@@ -423,12 +424,13 @@ def _one_line(exc: BaseException) -> str:
 def _enrolment_problem(enrolment: Enrolment, engine: Engine | None) -> str | None:
     if engine is None:
         return None
-    if enrolment.model_id and engine.model_id and enrolment.model_id != engine.model_id:
-        return (f"enrolled with model {enrolment.model_id!r} but the daemon runs {engine.model_id!r}; "
-                f"enrol again")
+    stale = enrolment.stale_for(engine.model_id)
+    if stale:
+        return stale
     dim = enrolment.matrix().shape[1]
     if dim != engine.dim:
-        return f"templates have {dim} values, the model gives {engine.dim}; enrol again"
+        return (f"re-enrol: templates have {dim} values, model {engine.model_id} gives {engine.dim} "
+                f"(sudo faceid clear {enrolment.user} && sudo faceid enroll {enrolment.user})")
     return None
 
 
@@ -941,7 +943,9 @@ class Daemon:
         entry = state.users.get(user)
         if entry is None:
             if user in state.skipped:
-                return Verdict("error", reason="enrolment unreadable: see the daemon log"), False
+                why = state.skipped[user]
+                return Verdict("error", reason=why if why.startswith("re-enrol") else
+                               "enrolment unreadable: see the daemon log"), False
             return Verdict("not_enrolled"), False
         if entry.engine is None or entry.threshold is None:
             return Verdict("error", reason="model not loaded"), False

@@ -1,14 +1,19 @@
 """The face embedder at run time: aligned crop in, unit vector out.
 
 The daemon uses the ONNX export through onnxruntime (fast import, small
-memory); ``backend="torch"`` loads the training weights instead, for parity
-checks and debugging. Both share ``preprocess`` with training, so a crop is
-turned into numbers in exactly one way.
+memory); ``backend="torch"`` loads the torch weights instead, for parity
+checks and debugging. The model folder's model.json says what the network
+takes (``InputSpec``: crop size, five-point template, channel order, mean
+and scale); ``faces.align`` makes crops by it and ``preprocess`` turns them
+into numbers by it, for training, enrolment and login alike, so a model
+and its crops cannot drift apart.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -16,7 +21,6 @@ import numpy as np
 
 EMBEDDING_DIM = 128
 ONNX_FILE = "embedder.onnx"
-TORCH_FILE = "embedder.pt"
 META_FILE = "model.json"
 
 
@@ -28,12 +32,59 @@ def default_model_dir() -> Path:
     return Path(str(resources.files("pam_faceid") / "data" / "model"))
 
 
-def preprocess(crops: np.ndarray) -> np.ndarray:
-    """uint8 BGR NHWC crops -> float32 RGB NCHW in [-1, 1], the network's input."""
+@dataclass(frozen=True, eq=False)
+class InputSpec:
+    """What the network takes, from model.json's "input"."""
+
+    size: int  # square crop side in pixels
+    template: np.ndarray  # [5,2] crop pixels: right eye, left eye, nose, right mouth, left mouth (image order)
+    rgb: bool  # channel order the network reads (crops are BGR)
+    mean: np.ndarray  # [3] per channel, in the network's order, subtracted first
+    scale: float  # then multiplied by this
+
+    @classmethod
+    def from_metadata(cls, meta: dict, where: str) -> "InputSpec":
+        spec = meta.get("input")
+        try:
+            if not isinstance(spec, dict):
+                raise ValueError("no \"input\" object (size, template, channels, mean, scale)")
+            size = spec["size"]
+            template = np.asarray(spec["template"], np.float32)
+            mean = np.asarray(spec["mean"], np.float32)
+            scale = spec["scale"]
+            if not isinstance(size, int) or not 32 <= size <= 512:
+                raise ValueError(f"input size {size!r}")
+            if template.shape != (5, 2) or not np.all((template > 0) & (template < size)):
+                raise ValueError("template is not five points inside the crop")
+            if mean.shape != (3,) or not isinstance(scale, (int, float)) or not 0 < scale < 1:
+                raise ValueError("mean must be 3 numbers and scale a number in (0, 1)")
+            if spec["channels"] not in ("RGB", "BGR"):
+                raise ValueError(f"channels {spec['channels']!r}: RGB or BGR")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"model {where}: bad \"input\" in {META_FILE}: {exc}") from exc
+        return cls(size, template, spec["channels"] == "RGB", mean, float(scale))
+
+    def to_metadata(self) -> dict:
+        return {"size": self.size, "template": [[round(float(v), 3) for v in p] for p in self.template],
+                "channels": "RGB" if self.rgb else "BGR", "mean": [round(float(m), 4) for m in self.mean],
+                "scale": self.scale}
+
+
+@lru_cache(maxsize=1)
+def default_input() -> InputSpec:
+    """The bundled model's input: what crops are made by when no model is at hand (detector tests, tools)."""
+    return InputSpec.from_metadata(load_metadata(default_model_dir()), str(default_model_dir()))
+
+
+def preprocess(crops: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 BGR NHWC crops -> float32 NCHW as the network reads them: channel order, (x - mean) * scale."""
     crops = np.asarray(crops)
     if crops.ndim == 3:
         crops = crops[None]
-    x = crops[..., ::-1].astype(np.float32) * (1.0 / 127.5) - 1.0
+    if crops.shape[1:] != (spec.size, spec.size, 3):
+        raise ModelError(f"crops of {crops.shape[1:]} given; the model takes {spec.size}x{spec.size}x3")
+    x = crops[..., ::-1] if spec.rgb else crops
+    x = (x.astype(np.float32) - spec.mean) * np.float32(spec.scale)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
@@ -64,7 +115,7 @@ def load_metadata(model_dir: Path) -> dict:
 
 
 class Embedder:
-    """Loads one model folder (embedder.onnx / embedder.pt + model.json)."""
+    """Loads one model folder (embedder.onnx + model.json); the torch backend rebuilds the network from the ONNX."""
 
     def __init__(self, model_dir: str | Path | None = None, backend: str = "onnx", threads: int = 1):
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
@@ -72,6 +123,7 @@ class Embedder:
         self.metadata = load_metadata(self.model_dir)
         self.threshold = float(self.metadata["threshold"])
         self.flip = bool(self.metadata.get("flip", False))
+        self.input = InputSpec.from_metadata(self.metadata, str(self.model_dir))
         if backend == "onnx":
             self._run = self._load_onnx(threads)
         elif backend == "torch":
@@ -97,10 +149,13 @@ class Embedder:
     def _load_torch(self, threads: int):
         import torch
 
-        from pam_faceid.network import load_weights
+        from pam_faceid.model.resnet import from_onnx
 
         torch.set_num_threads(threads)
-        net = load_weights(self.model_dir / TORCH_FILE)
+        try:
+            net = from_onnx(self.model_dir / ONNX_FILE)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"model {self.model_dir / ONNX_FILE}: torch backend: {exc}") from exc
 
         def run(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
@@ -109,10 +164,10 @@ class Embedder:
         return run
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
-        """[N,112,112,3] uint8 BGR aligned crops -> [N,128] unit vectors."""
-        x = preprocess(crops)
-        if len(x) == 0:
+        """[N,S,S,3] uint8 BGR crops made by faces.align for this model -> [N,128] unit vectors."""
+        if len(crops) == 0:
             return np.zeros((0, EMBEDDING_DIM), np.float32)
+        x = preprocess(crops, self.input)
         out = self._run(x)
         if self.flip:
             out = out + self._run(np.ascontiguousarray(x[..., ::-1]))

@@ -2,8 +2,10 @@
 
 YuNet (vendored, sha256-checked) finds faces with 5 landmarks; one face is
 chosen or refused with a reason; a similarity transform maps the landmarks
-onto the ArcFace 112x112 template. Training, enrolment, evaluation and
-authentication all go through this one module so their crops agree.
+onto the model's five-point template, in a crop of the model's size (both
+from its model.json: ``embedder.InputSpec``). Training, enrolment,
+evaluation and authentication all go through this one module so their
+crops agree.
 """
 
 from __future__ import annotations
@@ -17,23 +19,10 @@ import cv2
 import numpy as np
 
 from pam_faceid.camera import brightness_percent
+from pam_faceid.embedder import InputSpec, default_input
 
-ALIGN_SIZE = 112
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
-
-# ArcFace reference points for a 112x112 crop: eye centres, nose tip, mouth
-# corners, in image order (the subject's right eye is on the image's left).
-TEMPLATE_112 = np.array(
-    [
-        [38.2946, 51.6963],
-        [73.5318, 51.5014],
-        [56.0252, 71.7366],
-        [41.5493, 92.3655],
-        [70.7299, 92.2041],
-    ],
-    dtype=np.float32,
-)
 
 REFUSALS = {
     "no_face": "no face found: look at the camera",
@@ -152,25 +141,28 @@ def select_face(
     return chosen
 
 
-def similarity_matrix(landmarks: np.ndarray, size: int = ALIGN_SIZE) -> np.ndarray:
-    """2x3 similarity transform (rotation, uniform scale, shift) onto the template."""
-    template = TEMPLATE_112 * (size / 112.0)
-    matrix, _ = cv2.estimateAffinePartial2D(
-        np.asarray(landmarks, np.float32), template, method=cv2.LMEDS
-    )
+def similarity_matrix(landmarks: np.ndarray, spec: InputSpec | None = None) -> np.ndarray:
+    """2x3 similarity transform (rotation, uniform scale, shift) of the landmarks onto the model's template."""
+    template = (spec or default_input()).template
+    matrix, _ = cv2.estimateAffinePartial2D(np.asarray(landmarks, np.float32), template, method=cv2.LMEDS)
     if matrix is None:
         raise FaceRefused("no_face")
     return matrix
 
 
-def align(frame: np.ndarray, face: Face | np.ndarray, size: int = ALIGN_SIZE) -> np.ndarray:
-    """The aligned size x size BGR crop every later step uses."""
+def align(frame: np.ndarray, face: Face | np.ndarray, spec: InputSpec | None = None) -> np.ndarray:
+    """The aligned BGR crop the model (default: the bundled one) takes.
+
+    Where the crop reaches past the frame (tight photo crops), the frame is
+    mirrored at its border rather than smeared.
+    """
+    spec = spec or default_input()
     landmarks = face.landmarks if isinstance(face, Face) else face
     if frame.ndim == 2:
         frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
     return cv2.warpAffine(
-        frame, similarity_matrix(landmarks, size), (size, size),
-        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE,
+        frame, similarity_matrix(landmarks, spec), (spec.size, spec.size),
+        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101,
     )
 
 
@@ -178,8 +170,9 @@ class FacePipeline:
     """Frame in, aligned crop (or the reason there is none) out."""
 
     def __init__(self, *, policy: str = "largest", min_size: int = 40, dark_threshold: float = 0.0,
-                 detector: FaceDetector | None = None):
+                 detector: FaceDetector | None = None, spec: InputSpec | None = None):
         self.detector = detector or FaceDetector()
+        self.spec = spec  # None: the bundled model's, read when a crop is first made
         self.policy = policy
         self.min_size = min_size
         self.dark_threshold = dark_threshold
@@ -208,5 +201,5 @@ class FacePipeline:
             face = self.find(frame)
         except FaceRefused as refused:
             return None, refused.reason
-        return align(frame, face), None
+        return align(frame, face, self.spec), None
 

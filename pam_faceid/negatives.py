@@ -87,7 +87,7 @@ def build(folder: Path, embedder: Any, limit: int = DEFAULT_LIMIT,
     from pam_faceid.faces import FacePipeline
     from pam_faceid.images import read_image
 
-    pipeline = FacePipeline(policy="centre", min_size=20)
+    pipeline = FacePipeline(policy="centre", min_size=20, spec=embedder.input)
     files = image_files(folder, limit)
     crops = []
     for index, path in enumerate(files, 1):
@@ -198,7 +198,7 @@ def build_shipped(model_dir: str | os.PathLike[str], roots: Sequence[str | os.Pa
     model_dir = Path(model_dir)
     embedder = Embedder(model_dir, "onnx")
     people = identity_folders(roots, limit)
-    pipeline = FacePipeline(policy="centre", min_size=20)
+    pipeline = FacePipeline(policy="centre", min_size=20, spec=embedder.input)
     crops = []
     for files in tqdm(people, desc="negative bank", unit="person", disable=not progress):
         for path in files[:TRIES_PER_IDENTITY]:

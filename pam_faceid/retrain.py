@@ -143,7 +143,7 @@ def _fit(torch: Any, positives: np.ndarray, negatives: np.ndarray, cfg: RetrainC
          extra_positives: np.ndarray | None) -> tuple[UserHead, list[float]]:
     from tqdm import tqdm
 
-    from pam_faceid.training import triplet_loss_and_miner
+    from pam_faceid.model.training import triplet_loss_and_miner
 
     torch.manual_seed(cfg.seed)
     gen = np.random.default_rng(cfg.seed)
@@ -260,7 +260,7 @@ def augmented_captures(images_dir: str | os.PathLike[str], template_ids: list[st
         path = folder / f"{tid}.jpg"
         if not path.is_file():
             continue
-        pipeline = pipeline or FacePipeline()
+        pipeline = pipeline or FacePipeline(spec=embedder.input)
         image = read_image(path)
         crop = pipeline.process(image)[0] if image is not None else None
         if crop is not None:

@@ -212,6 +212,13 @@ class Enrolment:
         self.templates.append(template)
         return template
 
+    def stale_for(self, model_id: str) -> str | None:
+        """Why model ``model_id`` cannot score these templates (None when it can): two models' vectors do not compare."""
+        if self.templates and self.model_id and model_id and self.model_id != model_id:
+            return (f"re-enrol: templates from model {self.model_id}, the current model is {model_id} "
+                    f"(sudo faceid clear {self.user} && sudo faceid enroll {self.user})")
+        return None
+
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "user": self.user, "model_id": self.model_id,
                 "templates": [t.to_json() for t in self.templates]}
@@ -344,9 +351,9 @@ class Store(UserFiles):
         """
         with self.write_lock():
             enrolment = self.load(user) or Enrolment(user=user, model_id=model_id)
-            if enrolment.templates and model_id and enrolment.model_id and enrolment.model_id != model_id:
-                raise StoreError(f"{self.path(user)}: enrolled with model {enrolment.model_id!r}, not {model_id!r}; "
-                                 f"clear the enrolment and enrol again")
+            stale = enrolment.stale_for(model_id)
+            if stale:
+                raise StoreError(f"{self.path(user)}: {stale}")
             enrolment.model_id = enrolment.model_id or model_id
             for vec in np.atleast_2d(np.asarray(embeddings, np.float32)):
                 enrolment.add(vec, label)

@@ -193,8 +193,8 @@ def embed_images(paths: Sequence[Path]) -> "Any":
     from pam_faceid.faces import FacePipeline
     from pam_faceid.images import read_image
 
-    pipeline = FacePipeline()
     embedder = Embedder(MODEL_DIR)
+    pipeline = FacePipeline(spec=embedder.input)
     crops = []
     for path in paths:
         image = read_image(path)

@@ -136,3 +136,47 @@ def test_unlock_and_snapshot_say_what_is_missing(cli_env, temp_user):
     assert unlock.returncode in (0, 1) and "Traceback" not in unlock.stderr
     snap = faceid(config, "snapshot", "--out", str(config.parent / "snaps"))
     assert snap.returncode == 1 and "snapshots.enabled is off" in snap.stderr
+
+
+OLD_MODEL = "sha256:50c17e4641ebade0"
+"""The id faceidd gave the MobileNet model shipped before dlib's network (sha256 of its embedder.onnx)."""
+
+
+def test_enrolment_and_head_from_the_old_model_are_refused_and_named(cli_env, daemon, temp_user, person_images,
+                                                                      make_image_folder):
+    """Templates (and a per-user head) made by the previous model are never scored by the new one:
+    the daemon skips the user, faceid list and status say who must re-enrol, enrol refuses to mix."""
+    from pam_faceid.protocol import Client, hello_fields, request_reload
+    from pam_faceid.store import Store
+    from pam_faceid.userhead import UserHead, save_head
+
+    config, _camera = cli_env
+    user = temp_user.name
+    state = config.parent / "state"
+    vectors = np.random.default_rng(0).standard_normal((3, 128)).astype(np.float32)
+    Store(state).add_templates(user, vectors / np.linalg.norm(vectors, axis=1, keepdims=True), label="old",
+                               model_id=OLD_MODEL)
+    save_head(state, user, UserHead(np.eye(128, dtype=np.float32), np.zeros(128, np.float32), 0.5, OLD_MODEL))
+    why = f"re-enrol: templates from model {OLD_MODEL}"
+    request_reload(daemon.socket)
+    skipped = daemon.status()["skipped"]
+    assert why in skipped[user] and f"sudo faceid clear {user} && sudo faceid enroll {user}" in skipped[user]
+    with Client(daemon.socket) as client:
+        verdict = client.request("hello", hello_fields(user, "test"))
+    assert verdict.get("result") == "error" and why in verdict.get("reason")
+    assert f"per-user head of {user} ignored" not in daemon.read_log(), "a skipped user's head is not even read"
+
+    listed = faceid(config, "list")
+    assert listed.returncode == 0 and f"{user}: 3 templates: {why}" in listed.stdout
+    assert why in faceid(config, "list", user).stdout
+    status = faceid(config, "status")
+    assert status.returncode == 1
+    assert f"MUST RE-ENROL {user}: {why}" in status.stdout
+    assert f"OLD per-user head of {user}: made for model {OLD_MODEL}" in status.stdout
+
+    refused = faceid(config, "enroll", user, "--from", str(make_image_folder(person_images(PERSON)[:2])))
+    assert refused.returncode != 0 and why in refused.stderr and refused.stderr.strip().count("\n") == 0
+    assert faceid(config, "clear", user, "-y").returncode == 0
+    again = faceid(config, "enroll", user, "--from", str(make_image_folder(person_images(PERSON)[:2])))
+    assert again.returncode == 0, again.stderr
+    assert "re-enrol" not in faceid(config, "list").stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import cv2
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 from pam_faceid import faces
-from pam_faceid.faces import ALIGN_SIZE, DetectorError, FaceDetector, FacePipeline, FaceRefused, align
+from pam_faceid.embedder import Embedder, ModelError, default_input, default_model_dir
+from pam_faceid.faces import DetectorError, FaceDetector, FacePipeline, FaceRefused, align
 from pam_faceid.images import read_image as load_image
 from tests.conftest import OTHER_PERSON, PERSON, images_of
 
@@ -32,17 +34,70 @@ def test_alignment_puts_landmarks_on_the_template(detector):
     image = load_image(images_of(PERSON)[1])
     face = FacePipeline(policy="centre", detector=detector).find(image)
     crop = align(image, face)
-    assert crop.shape == (ALIGN_SIZE, ALIGN_SIZE, 3) and crop.dtype == np.uint8
+    spec = default_input()
+    assert crop.shape == (spec.size, spec.size, 3) == (150, 150, 3) and crop.dtype == np.uint8
     moved = cv2.transform(face.landmarks[None], faces.similarity_matrix(face.landmarks))[0]
-    assert np.abs(moved - faces.TEMPLATE_112).max() < 6.0
+    assert np.abs(moved - spec.template).max() < 6.0
     again = detector.detect(crop)
-    assert again and np.abs(again[0].landmarks - faces.TEMPLATE_112).max() < 8.0
+    assert again and np.abs(again[0].landmarks - spec.template).max() < 8.0
+
+
+def _model_copy(tmp_path, **change):
+    """The bundled model folder with model.json's "input" changed."""
+    folder = tmp_path / "model"
+    shutil.copytree(default_model_dir(), folder)
+    meta = json.loads((folder / "model.json").read_text())
+    meta["input"].update(change)
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_crops_follow_the_models_template(detector, tmp_path):
+    """The template is the model's: a model.json with another template gives other crops, by the same code."""
+    image = load_image(images_of(PERSON)[1])
+    shipped = Embedder()
+    moved_up = (shipped.input.template - [0, 10]).tolist()
+    other = Embedder(_model_copy(tmp_path, template=moved_up))
+    face = FacePipeline(policy="centre", detector=detector).find(image)
+    a, b = align(image, face, shipped.input), align(image, face, other.input)
+    assert a.shape == b.shape == (150, 150, 3)
+    assert np.abs(a[10:].astype(int) - b[:-10].astype(int)).mean() < np.abs(a.astype(int) - b.astype(int)).mean() / 3
+    crop, _ = FacePipeline(policy="centre", detector=detector, spec=other.input).process(image)
+    assert np.array_equal(crop, b)
+
+
+def test_a_crop_of_another_size_is_refused_by_the_model():
+    with pytest.raises(ModelError, match="the model takes 150x150x3"):
+        Embedder().embed(np.zeros((1, 112, 112, 3), np.uint8))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"template": [[1, 2]]}, "template is not five points"),
+    ({"size": 7}, "input size 7"),
+    ({"channels": "YUV"}, "channels 'YUV'"),
+    ({"scale": 0}, "scale"),
+])
+def test_a_bad_input_spec_is_a_clear_model_error(tmp_path, change, message):
+    with pytest.raises(ModelError, match=message) as err:
+        Embedder(_model_copy(tmp_path, **change))
+    assert "\n" not in str(err.value)
+
+
+def test_a_model_json_without_input_spec_is_refused(tmp_path):
+    """A model folder from before the input spec (the MobileNet era) cannot be used with guessed crops."""
+    folder = tmp_path / "model"
+    shutil.copytree(default_model_dir(), folder)
+    meta = json.loads((folder / "model.json").read_text())
+    meta["input"] = "112x112 BGR crop aligned to the ArcFace 5-point template"
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match='no "input" object'):
+        Embedder(folder)
 
 
 def test_same_code_aligns_greyscale_frames(detector):
     grey = cv2.cvtColor(load_image(images_of(PERSON)[2]), cv2.COLOR_BGR2GRAY)
     crop, reason = FacePipeline(detector=detector).process(grey)
-    assert reason is None and crop.shape == (112, 112, 3)
+    assert reason is None and crop.shape == (150, 150, 3)
 
 
 def test_refusals_name_their_reason(detector):

@@ -145,12 +145,15 @@ def test_missing_or_corrupt_model_is_one_clear_error_and_the_password_still_work
                                                                                   damage):
     from conftest import PERSON
 
+    from pam_faceid.embedder import default_model_dir
+
     d = faceidd()
     model = d.base / "model"
     model.mkdir()
     if damage != "missing":
         (model / "embedder.onnx").write_bytes(os.urandom(4096) if damage == "corrupt_onnx" else b"")
-        (model / "model.json").write_text('{"threshold": 0.5}' if damage == "corrupt_onnx" else '{"threshold": ')
+        shipped = (default_model_dir() / "model.json").read_text()  # a good model.json beside random weights
+        (model / "model.json").write_text(shipped if damage == "corrupt_onnx" else '{"threshold": ')
     d.rewrite_config({"model": {"path": str(model)}, "camera": {"device": str(image_folder(d.base, []))}})
     enrol_vectors = np.eye(128, dtype=np.float32)[:2]
     Store(d.state_dir).add_templates(temp_user.name, enrol_vectors, label="before")

@@ -161,8 +161,9 @@ def test_full_disk_leaves_the_old_enrolment_intact(tiny_disk):
 
 def test_different_model_is_refused_on_append(st):
     st.add_templates("alice", unit(14), model_id="m1")
-    with pytest.raises(StoreError, match="enrolled with model 'm1'"):
+    with pytest.raises(StoreError, match="re-enrol: templates from model m1, the current model is m2"):
         st.add_templates("alice", unit(15), model_id="m2")
+    assert len(st.load("alice").templates) == 1
 
 
 def test_remove_template_by_label_or_id_and_clear(st):

@@ -110,6 +110,21 @@ def model_id(embedder: Any) -> str:
     return model_id_of(embedder)
 
 
+def current_model_id(cfg: Any) -> str | None:
+    """The id faceidd gives the configured model (daemon.model_id_of), from its files alone; None when unusable."""
+    from types import SimpleNamespace
+
+    from pam_faceid.daemon import model_id_of
+    from pam_faceid.embedder import ModelError, default_model_dir, load_metadata
+
+    folder = Path(cfg.model.path) if cfg.model.path else default_model_dir()
+    try:
+        meta = load_metadata(folder)
+    except ModelError:
+        return None
+    return model_id_of(SimpleNamespace(metadata=meta, model_dir=folder)) or None
+
+
 def threshold(cfg: Any, embedder: Any) -> float:
     """auth.threshold, or the model's shipped one when it is 'auto' (as the daemon does)."""
     value = cfg.auth.threshold

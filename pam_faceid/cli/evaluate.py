@@ -72,7 +72,7 @@ def make_embed(model: str | None, backend: str, flip: bool):
     def embed(image: np.ndarray) -> np.ndarray:
         pipeline = getattr(local, "pipeline", None)
         if pipeline is None:
-            pipeline = local.pipeline = FacePipeline(policy="centre", min_size=20)
+            pipeline = local.pipeline = FacePipeline(policy="centre", min_size=20, spec=embedder.input)
         crop, reason = pipeline.process(image)
         if crop is None:
             raise NoFace(reason or "no_face")

@@ -46,10 +46,12 @@ def run(args: argparse.Namespace) -> int:
         if not good and not bad:
             print(f"nobody is enrolled (in {store.folder})")
             return 0
+        current = common.current_model_id(cfg)
         for user in sorted(set(good) | set(bad)):
             if user in good:
                 count = len(good[user].templates)
-                print(f"{user}: {count} template{'s' if count != 1 else ''}")
+                stale = good[user].stale_for(current or "")
+                print(f"{user}: {count} template{'s' if count != 1 else ''}" + (f": {stale}" if stale else ""))
             else:
                 print(f"{user}: UNREADABLE: {bad[user]}")
         return EXIT_FAILURE if bad else 0
@@ -65,4 +67,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{template.id:<14}{template.label or '-':<28}{template.created}")
     model = enrolment.model_id or "unnamed model"
     print(f"{len(enrolment.templates)} template(s) for {args.user}, made with {model}")
+    stale = enrolment.stale_for(common.current_model_id(cfg) or "")
+    if stale:
+        print(stale)
     return 0

@@ -100,9 +100,9 @@ def run(args: argparse.Namespace) -> int:
         raise common.store_error(exc) from None
     if enrolment is None or not enrolment.templates:
         raise CommandError(f"{args.user} is not enrolled (sudo faceid enroll {args.user})", EXIT_FAILURE)
-    if enrolment.model_id and model and enrolment.model_id != model:
-        raise CommandError(f"{args.user} was enrolled with model {enrolment.model_id!r}, the daemon runs {model!r}: "
-                           f"enrol again first", EXIT_FAILURE)
+    stale = enrolment.stale_for(model)
+    if stale:
+        raise CommandError(f"{args.user}: {stale}", EXIT_FAILURE)
     if len(enrolment.templates) < MIN_CAPTURES:
         raise CommandError(f"{args.user} has {len(enrolment.templates)} capture(s); retraining needs at least "
                            f"{MIN_CAPTURES} (sudo faceid enroll {args.user} --frames 10)", EXIT_FAILURE)

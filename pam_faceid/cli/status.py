@@ -142,15 +142,25 @@ def _enrolments(cfg: Any) -> dict[str, Any]:
         return {"error": str(exc)}
     from pam_faceid.userhead import HeadError, read_head
 
+    current = common.current_model_id(cfg) or ""
     users: dict[str, dict[str, Any]] = {}
     bad_heads: dict[str, str] = {}
+    stale: dict[str, str] = {}
+    stale_heads: dict[str, str] = {}
     for user, enrolment in sorted(good.items()):
         try:
-            head = read_head(cfg.daemon.state_dir, user) is not None
+            stored = read_head(cfg.daemon.state_dir, user)
         except (HeadError, StoreError) as exc:
-            head, bad_heads[user] = False, str(exc)
-        users[user] = {"templates": len(enrolment.templates), "per_user_model": head}
-    return {"users": users, "unreadable": bad, "unreadable_heads": bad_heads}
+            stored, bad_heads[user] = None, str(exc)
+        if stored is not None and current and stored.model_id != current:
+            stale_heads[user] = (f"made for model {stored.model_id}, the current model is {current} "
+                                 f"(ignored: scored by the base model; sudo faceid retrain {user})")
+        users[user] = {"templates": len(enrolment.templates), "per_user_model": stored is not None}
+        why = enrolment.stale_for(current)
+        if why:
+            stale[user] = why
+    return {"users": users, "unreadable": bad, "unreadable_heads": bad_heads, "must_reenrol": stale,
+            "stale_heads": stale_heads}
 
 
 def _lockouts(cfg: Any) -> dict[str, Any]:
@@ -213,6 +223,10 @@ def _print(report: dict[str, Any]) -> None:
             print(f"          UNREADABLE {user}: {why}")
         for user, why in e.get("unreadable_heads", {}).items():
             print(f"          UNREADABLE per-user head of {user} (ignored: scored by the base model): {why}")
+        for user, why in e.get("must_reenrol", {}).items():
+            print(f"          MUST RE-ENROL {user}: {why}")
+        for user, why in e.get("stale_heads", {}).items():
+            print(f"          OLD per-user head of {user}: {why}")
     _print_lockouts(report["lockouts"], report["enrolments"])
     services = report["pam_services"]
     print(f"pam:      face auth on for {', '.join(services) if services else 'no service'} (in {PAM_DIR})")
@@ -257,5 +271,6 @@ def run(args: argparse.Namespace) -> int:
         _print(report)
     broken = (daemon.get("running") is False or not report["camera"].get("ok") or not report["model"].get("ok")
               or bool(report["enrolments"].get("unreadable")) or bool(report["enrolments"].get("unreadable_heads"))
+              or bool(report["enrolments"].get("must_reenrol"))
               or bool(report["lockouts"].get("unreadable")))
     return EXIT_FAILURE if broken else 0

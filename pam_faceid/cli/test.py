@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     embedder = common.load_embedder(cfg)
     templates = enrolment.matrix()
     threshold = common.threshold(cfg, embedder)
-    pipeline = FacePipeline(dark_threshold=float(cfg.camera.dark_threshold))
+    pipeline = FacePipeline(dark_threshold=float(cfg.camera.dark_threshold), spec=embedder.input)
     frames = common.frames_from(args.sources, args.frames) if args.sources else common.frames_from_camera(cfg)
     need = int(cfg.auth.min_matching_frames)
     print(f"testing {user}: {len(templates)} template(s), threshold {threshold:.3f}, {need} matching frame(s) needed")

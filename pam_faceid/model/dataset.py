@@ -1,0 +1,127 @@
+"""Labelled face folders on disk -> aligned crops, cached.
+
+Training and the template fit read folders laid out ``ROOT/IDENTITY/IMAGE``.
+Every image is detected and aligned once by ``faces.FacePipeline`` (the
+same code authentication uses, with the model's input spec) and the crops
+are cached in one ``.npz`` per folder and spec, so later runs pay nothing
+for detection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from pam_faceid.embedder import InputSpec
+from pam_faceid.images import IMAGE_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 2
+
+
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def scan_labelled(root: Path) -> list[tuple[Path, str]]:
+    """(image, identity) for every image in ROOT/IDENTITY/, sorted by name."""
+    items = []
+    for identity in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+        for image in sorted(identity.iterdir()):
+            if image.is_file() and is_image_name(image):
+                items.append((image, identity.name))
+    return items
+
+
+@dataclass
+class FaceSet:
+    """Aligned crops with their identity labels."""
+
+    crops: np.ndarray  # [N,S,S,3] uint8 BGR, S = the model's input size
+    labels: np.ndarray  # [N] int64
+    paths: list[str]
+    identities: list[str]  # label -> identity name
+    scanned: int  # images looked at, including those without a usable face
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+
+_worker: dict = {}
+
+
+def _init_worker(spec: InputSpec) -> None:
+    import cv2
+
+    from pam_faceid.faces import FacePipeline
+
+    cv2.setNumThreads(1)
+    _worker["pipeline"] = FacePipeline(policy="centre", min_size=20, spec=spec)
+
+
+def _prepare_one(path: str):
+    from pam_faceid.images import read_image
+
+    image = read_image(path)
+    return None if image is None else _worker["pipeline"].process(image)[0]
+
+
+def _cache_key(paths: list[str], spec: InputSpec) -> str:
+    digest = hashlib.sha256(f"v{CACHE_VERSION} {spec.size} {spec.template.round(3).tolist()}\n".encode())
+    for p in paths:
+        digest.update(f"{p}\t{os.path.getsize(p)}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def prepare(items: list[tuple[Path, str]], cache_dir: Path, spec: InputSpec, *, workers: int = 2,
+            progress: bool = True) -> FaceSet:
+    """Detect and align every image, or read the cache."""
+    from tqdm import tqdm
+
+    paths = [str(Path(p).resolve()) for p, _ in items]  # the same files by any spelling share one cache
+    cache = Path(cache_dir) / f"faces-{_cache_key(paths, spec)}.npz"
+    if cache.exists():
+        data = np.load(cache, allow_pickle=False)
+        log.info("read %d aligned faces from cache %s", len(data["labels"]), cache)
+        return FaceSet(data["crops"], data["labels"], list(data["paths"]), list(data["identities"]),
+                       int(data["scanned"]))
+    identities = sorted({name for _, name in items})
+    index = {name: i for i, name in enumerate(identities)}
+    crops, labels, kept = [], [], []
+    with get_context("fork").Pool(workers, initializer=_init_worker, initargs=(spec,)) as pool:
+        results = pool.imap(_prepare_one, paths, chunksize=16)
+        for (path, name), crop in tqdm(zip(items, results), total=len(items), desc="aligning faces",
+                                       disable=not progress, unit="img"):
+            if crop is not None:
+                crops.append(crop)
+                labels.append(index[name])
+                kept.append(str(path))
+    faces = FaceSet(np.stack(crops) if crops else np.zeros((0, spec.size, spec.size, 3), np.uint8),
+                    np.asarray(labels, np.int64), kept, identities, len(items))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, crops=faces.crops, labels=faces.labels, paths=np.asarray(kept), identities=np.asarray(identities),
+             scanned=faces.scanned)
+    os.replace(tmp, cache)
+    log.info("aligned %d of %d images; cached in %s", len(faces), len(items), cache)
+    return faces
+
+
+def concat(sets: list[FaceSet]) -> FaceSet:
+    """One FaceSet from several, with identity labels kept distinct per source."""
+    crops, labels, paths, identities, offset, scanned = [], [], [], [], 0, 0
+    for s in sets:
+        crops.append(s.crops)
+        labels.append(s.labels + offset)
+        paths += s.paths
+        identities += s.identities
+        offset += len(s.identities)
+        scanned += s.scanned
+    return FaceSet(np.concatenate(crops), np.concatenate(labels), paths, identities, scanned)
