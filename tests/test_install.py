@@ -218,7 +218,7 @@ def test_dev_on_a_fresh_venv_gives_a_plain_reason(source: Path, tmp_path: Path):
     result = subprocess.run(["bash", str(tree / "install.sh"), "--dev", "--no-apt"], capture_output=True, text=True,
                             timeout=600, cwd="/", env=env)
     assert "torch and torchvision present" in result.stdout, result.stdout + result.stderr
-    assert "==> pip install -e '.[train,test]' (pam_faceid is not installed)" in result.stdout, result.stdout
+    assert "==> pip install -e '.[train,test,bench]' (pam_faceid is not installed)" in result.stdout, result.stdout
     assert "'packaging' module" not in result.stdout + result.stderr
 
 
