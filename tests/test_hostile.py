@@ -242,8 +242,8 @@ def test_hostile_user_is_refused_or_cut_off_and_the_owner_keeps_logging_in(facei
     assert all(not result.startswith("failed") for _, _, result in owner), owner
     slowest = max(first for first, _, _ in owner)
     assert slowest < helper.DAEMON_TIMEOUT, f"the owner waited {slowest:.2f} s for an answer to hello: {owner}"
-    longest = max(whole for _, whole, _ in owner)
-    assert longest < 4.0, f"an owner's session took {longest:.2f} s (auth.timeout is 4 s): {owner}"
+    # With the model every owner session is a "match", which the daemon decides by its own clock: past
+    # auth.timeout (4 s) from the first frame it would be "no_match, time is up".
     want = "match" if frames else "not_enrolled"
     assert {result for _, _, result in owner} == {want}, owner
     assert d.proc.poll() is None
