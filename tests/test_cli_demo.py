@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -38,7 +39,11 @@ def test_demo_runs_the_whole_path_and_leaves_nothing(tmp_path):
     assert "a different person" in out and "PAM failure" in out
     assert "now with liveness basic" in out and "verdict=not_live liveness=not_live:" in out
     assert "every step behaved as expected" in out
-    assert " ms)" in out
+    steps = re.findall(r"^\[(\d+)\] .+ …$", out, re.M)
+    timed = re.findall(r"^    (.+) \((\d+) ms\)$", out, re.M)
+    assert steps == [str(n) for n in range(1, len(steps) + 1)] and len(steps) >= 7, out  # numbered in order
+    assert len(timed) == len(steps), out  # each step ends with its result and its time
+    assert not [result for result, _ in timed if "UNEXPECTED" in result], out
     assert _leftovers(tmp_path) == []
 
 

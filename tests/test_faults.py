@@ -10,10 +10,11 @@ password (cli_support.TempUser).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import os
-import random
 import signal
 import subprocess
 import time
@@ -186,39 +187,80 @@ def test_missing_or_corrupt_model_is_one_clear_error_and_the_password_still_work
 
 
 WRITER = """
-import sys, numpy as np
+import os, sys, numpy as np
 from pam_faceid.store import Store
-store = Store(sys.argv[1])
-vectors = np.eye(128, dtype=np.float32)
-print("started", flush=True)
-while True:
-    if any(t.label == "more" for t in store.load("alice").templates):
-        store.remove_template("alice", "more")
-    else:
-        store.add_templates("alice", vectors[5:6], label="more")
+
+store, point = Store(sys.argv[1]), sys.argv[2]
+real_write, real_replace = os.write, os.replace
+
+
+def pause(where):
+    print("paused", where, flush=True)
+    sys.stdin.readline()  # the test kills us here
+    raise SystemExit("not killed")
+
+
+def write(fd, data):
+    if point == "data" and os.readlink(f"/proc/self/fd/{fd}").startswith(os.path.realpath(sys.argv[1])):
+        real_write(fd, bytes(data[:len(data) // 2]))
+        pause("half of " + os.readlink(f"/proc/self/fd/{fd}"))
+    return real_write(fd, data)
+
+
+def replace(src, dst):
+    if point == "rename":
+        pause(str(src))
+    real_replace(src, dst)
+    if point == "renamed":
+        pause(str(dst))
+
+
+os.write, os.replace = write, replace
+if any(t.label == "more" for t in store.load("alice").templates):
+    store.remove_template("alice", "more")
+else:
+    store.add_templates("alice", np.eye(128, dtype=np.float32)[5:6], label="more")
 """
 
 
-def test_kill_9_of_a_writer_never_leaves_a_half_written_enrolment(daemon_dir):
-    """12 kills at random moments of a process rewriting an enrolment as fast as it can: each time the file
-    reads back whole, as the old or the new version."""
+def test_kill_9_inside_a_write_never_leaves_a_half_written_enrolment(daemon_dir):
+    """A real rewrite of an enrolment, paused at a hook and killed there: halfway through writing the data,
+    just before the rename, and just after it. The file reads back whole each time, as the old version
+    (before the rename) or the new one (after); each interrupted write leaves exactly one temporary file,
+    which no load reads."""
     state = daemon_dir / "state"
     store = Store(state)
     store.add_templates("alice", np.eye(128, dtype=np.float32)[:3], label="base")
-    rng = random.Random(5)
-    for _ in range(12):
-        proc = subprocess.Popen([str(PYTHON), "-c", WRITER, str(state)], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "started"
-        time.sleep(rng.uniform(0.0, 0.15))
+    path = store.path("alice")
+    interrupted = 0
+    for point in ("data", "rename", "renamed", "data", "rename", "renamed"):
+        before = path.read_bytes()
+        labels = [t.label for t in store.load("alice").templates]
+        proc = subprocess.Popen([str(PYTHON), "-c", WRITER, str(state), point], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        paused = proc.stdout.readline()
+        assert paused.startswith("paused "), (point, paused)
         proc.kill()
         proc.wait()
         proc.stdout.close()
+        proc.stdin.close()
+        assert proc.returncode == -signal.SIGKILL
         enrolment = store.load("alice")
-        assert [t.label for t in enrolment.templates][:3] == ["base"] * 3
-        assert len(enrolment.templates) in (3, 4)
+        now = [t.label for t in enrolment.templates]
+        if point == "renamed":
+            assert path.read_bytes() != before and now != labels  # the new version, whole
+        else:
+            interrupted += 1
+            assert path.read_bytes() == before and now == labels  # the old version, untouched
+        assert now[:3] == ["base"] * 3 and len(now) in (3, 4)
+        leftovers = sorted(p for p in path.parent.iterdir() if p.name.endswith(".tmp"))
+        assert len(leftovers) == interrupted, (point, leftovers)
+        if point == "data":  # the kill landed inside the write: its temporary file holds half the data
+            half = Path(paused.split()[-1])
+            assert half in leftovers and half.stat().st_size > 0
+            with pytest.raises(json.JSONDecodeError):
+                json.loads(half.read_text())
     assert_state_intact(state)
-    leftovers = [p.name for p in (state / "users").iterdir() if p.name.endswith(".tmp")]
-    assert len(leftovers) <= 12  # a temporary file a kill interrupted is litter, never read
 
 
 def test_read_only_state_folder_serves_and_refuses_changes_with_one_line(faceidd, tmpfs, temp_user, person_images):
@@ -308,22 +350,49 @@ def test_kill_9_during_a_login_falls_through_at_once_and_the_next_start_serves(e
     assert run_session(d.socket, user.name, d.own).get("result") == "match"
 
 
+PAGE = 4096
+
+
+def full_pipe() -> tuple[int, int]:
+    """A pipe (read end, write end) of one page, already full: a process writing to it blocks until it is read."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PAGE)
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"#" * 64)
+    os.set_blocking(write_end, True)
+    return read_end, write_end
+
+
+def wait_blocked_writing(proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until ``proc``'s main thread sleeps in a pipe write (its stdout is a full pipe)."""
+    deadline = time.monotonic() + timeout
+    while "pipe_write" not in Path(f"/proc/{proc.pid}/wchan").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, "the enrolment never wrote a line"
+        time.sleep(0.02)
+
+
 def test_kill_9_of_the_daemon_during_an_enrolment(enrolled_daemon, make_image_folder):
+    """The enrolment's stdout is a full pipe, so it stops at its first frame line until the test reads: the
+    daemon is killed then, after the enrolment began and before it can store or reload, whatever the speed."""
     d = enrolled_daemon
     user = d.user
     d.start()
     folder = make_image_folder(d.genuine[12:60])
+    read_end, write_end = full_pipe()
     enrolling = subprocess.Popen([FACEID, "--config", str(d.config_path), "enroll", user.name, "--from", str(folder),
-                                  "--label", "second"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  "--label", "second"], stdout=write_end, stderr=subprocess.PIPE, text=True,
                                  env={"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"})
-    first = enrolling.stdout.readline()
-    while first and ": ok (" not in first:  # the first good frame: the enrolment is under way
-        first = enrolling.stdout.readline()
+    os.close(write_end)
+    wait_blocked_writing(enrolling)
     os.killpg(d.proc.pid, signal.SIGKILL)
     d.proc.wait()
-    out, err = enrolling.communicate(timeout=120)
-    out = first + out
+    with os.fdopen(read_end) as stdout:
+        out = stdout.read()[PAGE:]
+    err = enrolling.communicate(timeout=120)[1]
     assert enrolling.returncode == 0, err
+    assert out.startswith(f"{folder}/"), out  # blocked on its first frame line: the enrolment had begun
     assert "enrolled" in out and "daemon not reloaded" in err and "Traceback" not in err
     assert_state_intact(d.state_dir)
     labels = {t.label for t in Store(d.state_dir).load(user.name).templates}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import statistics
 import subprocess
 import threading
 import time
@@ -241,8 +242,8 @@ def test_hostile_user_is_refused_or_cut_off_and_the_owner_keeps_logging_in(facei
     assert all(not result.startswith("failed") for _, _, result in owner), owner
     slowest = max(first for first, _, _ in owner)
     assert slowest < helper.DAEMON_TIMEOUT, f"the owner waited {slowest:.2f} s for an answer to hello: {owner}"
-    longest = max(whole for _, whole, _ in owner)
-    assert longest < 4.0, f"an owner's session took {longest:.2f} s (auth.timeout is 4 s): {owner}"
+    # With the model every owner session is a "match", which the daemon decides by its own clock: past
+    # auth.timeout (4 s) from the first frame it would be "no_match, time is up".
     want = "match" if frames else "not_enrolled"
     assert {result for _, _, result in owner} == {want}, owner
     assert d.proc.poll() is None
@@ -288,8 +289,7 @@ import json, sys, threading, time
 import cv2
 import numpy as np
 from pam_faceid import protocol
-path, seconds = sys.argv[1], float(sys.argv[2])
-side = protocol.MAX_FRAME_SIDE
+path, seconds, side = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 ramp = np.linspace(0, 255, side, dtype=np.uint8)
 big = cv2.imencode(".jpg", cv2.merge([np.tile(ramp, (side, 1))] * 3))[1].tobytes()
 counts = []
@@ -317,21 +317,10 @@ print(json.dumps({"bytes": len(big), "sent": sum(counts)}))
 '''
 
 
-def test_an_enrolled_user_streaming_huge_frames_does_not_hold_up_the_owner(faceidd, person_images):
-    """2048x2048 frames on all three of nobody's connections; the daemon scales frames down before the detector
-    (the helper sends 640 px), so each costs no more of the one serialised detector than a camera frame.
-    Before, the owner's login took 6-7 s under this and ran past auth.timeout."""
-    require_model()
-    from conftest import PERSON
-
-    d = faceidd(plain_policy())
-    genuine = person_images(PERSON)
-    enrol(d.state_dir, "root", genuine[:4])
-    enrol_random(d.state_dir, "nobody")
-    d.start()
-    frames = jpegs(genuine[:4])
+def owner_under_hogs(d, frames: list[bytes], side: int) -> tuple[list[tuple[float, float, str]], dict]:
+    """Three owner sessions while nobody streams ``side``-px frames on all three of its connections."""
     hog = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", str(PYTHON), "-c", HOG,
-                            d.socket, "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            d.socket, "2.5", str(side)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env={"PATH": "/usr/bin:/bin"})
     try:
         assert hog.stdout.readline().strip() == "streaming", hog.stderr.read()
@@ -345,10 +334,35 @@ def test_an_enrolled_user_streaming_huge_frames_does_not_hold_up_the_owner(facei
             hog.kill()
             hog.wait()
     assert hog.returncode == 0, err
-    big = json.loads(out.splitlines()[-1])
+    return owner, json.loads(out.splitlines()[-1])
+
+
+def test_an_enrolled_user_streaming_huge_frames_does_not_hold_up_the_owner(faceidd, person_images):
+    """2048x2048 frames on all three of nobody's connections; the daemon scales frames down before the detector
+    (the helper sends 640 px), so each costs no more of the one serialised detector than a camera frame.
+    Before, the owner's login took 6-7 s under this and ran past auth.timeout.
+
+    Measured against the same hogs sending camera-sized frames in the same run, so the machine's load moves
+    both alike: the owner's sessions under huge frames take at most twice as long (1.1-1.4x here; 6-7x with the
+    daemon's downscaling removed).
+    """
+    require_model()
+    from conftest import PERSON
+
+    d = faceidd(plain_policy())
+    genuine = person_images(PERSON)
+    enrol(d.state_dir, "root", genuine[:4])
+    enrol_random(d.state_dir, "nobody")
+    d.start()
+    frames = jpegs(genuine[:4])
+    camera, _ = owner_under_hogs(d, frames, 640)
+    owner, big = owner_under_hogs(d, frames, protocol.MAX_FRAME_SIDE)
     assert big["bytes"] <= protocol.DEFAULT_MAX_MESSAGE_BYTES and big["sent"] > 0
-    assert [result for _, _, result in owner] == ["match"] * 3, owner
-    assert max(whole for _, whole, _ in owner) < 4.0, owner  # auth.timeout
+    # "match" is decided by the daemon's own clock: past auth.timeout from the first frame it is "no_match".
+    assert [result for _, _, result in camera + owner] == ["match"] * 6, (camera, owner)
+    typical = statistics.median(whole for _, whole, _ in camera)
+    huge = statistics.median(whole for _, whole, _ in owner)
+    assert huge < 2 * typical + 0.1, f"owner's session: {huge:.2f} s under huge frames, {typical:.2f} s under 640 px"
 
 
 CRAFTED = r'''

@@ -84,6 +84,25 @@ def authenticate(service: str, user: str, *, rhost: str | None = None, env: dict
     return ok, shown, seconds
 
 
+@pytest.fixture
+def helper_floor(faceidd, pam_service):
+    """``helper_floor(enabled=True)`` -> seconds of a fall-through that cannot wait, best of two, measured when called.
+
+    The helper through the same PAM stack, its config naming a socket that does not exist (connect fails
+    at once with ENOENT) or, with ``enabled=False``, auth switched off (it exits before any socket): the
+    helper's own start-up and PAM's cost under the machine's present load.
+    """
+    def measure(enabled: bool = True) -> float:
+        service = pam_service(faceidd({"auth": {"enabled": enabled}}).config_path)
+        return min(authenticate(service, "root")[2] for _ in range(2))
+    return measure
+
+
+def without_waiting(seconds: float, floor: float) -> bool:
+    """A fall-through that waited for nothing: within half the helper's daemon timeout of the same-run floor."""
+    return seconds < floor + helper.DAEMON_TIMEOUT / 2
+
+
 def images_folder(base: Path, paths: list[Path]) -> Path:
     """A camera folder other users can read (copies, 0755/0644)."""
     folder = base / f"cam{uuid.uuid4().hex[:6]}"
@@ -96,33 +115,38 @@ def images_folder(base: Path, paths: list[Path]) -> Path:
 
 # ---------------------------------------------------------------- falls through, no model needed
 
-def test_unknown_user_falls_through_without_asking_the_daemon(faceidd, pam_service):
+def test_unknown_user_falls_through_without_asking_the_daemon(faceidd, pam_service, helper_floor):
     d = faceidd()
     d.start()
     ok, shown, seconds = authenticate(pam_service(d.config_path), f"nosuchuser{uuid.uuid4().hex[:6]}")
-    assert not ok and shown == MESSAGES_NONE and seconds < 1.5
+    assert not ok and shown == MESSAGES_NONE and without_waiting(seconds, helper_floor())
     assert "auth user=" not in d.logs()
 
 
-def test_daemon_down_falls_through_within_1_5_s(faceidd, pam_service):
+def test_daemon_down_falls_through_at_once(faceidd, pam_service, helper_floor):
     d = faceidd()  # configured, never started: no socket
     ok, shown, seconds = authenticate(pam_service(d.config_path), "root")
     assert not ok and shown == MESSAGES_NONE
-    assert seconds < 1.5
+    floor = helper_floor(enabled=False)
+    assert without_waiting(seconds, floor), (seconds, floor)
 
 
-def test_hung_daemon_falls_through_within_1_5_s(faceidd, pam_service):
-    d = faceidd()
+def test_hung_daemon_falls_through_after_the_helpers_timeout(faceidd, pam_service, helper_floor):
+    """It waits DAEMON_TIMEOUT (1 s), then gives up: measured against a helper that cannot wait (helper_floor)
+    in the same run, so load on the machine moves both alike."""
+    d = faceidd({"auth": {"timeout": 10}})  # a helper that waited for the session would take 10 s or more
+    service = pam_service(d.config_path)
+    down = helper_floor()
     os.makedirs(os.path.dirname(d.socket), mode=0o755)
     hung = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     hung.bind(d.socket)
     hung.listen(8)  # accepts connections (kernel backlog) but never answers
     try:
-        ok, shown, seconds = authenticate(pam_service(d.config_path), "root")
+        ok, shown, seconds = authenticate(service, "root")
     finally:
         hung.close()
     assert not ok and shown == MESSAGES_NONE
-    assert 0.9 < seconds < 1.5
+    assert helper.DAEMON_TIMEOUT <= seconds and without_waiting(seconds, down + helper.DAEMON_TIMEOUT), (seconds, down)
 
 
 def test_not_enrolled_user_falls_through_silently(faceidd, pam_service, make_user):
@@ -149,19 +173,19 @@ def test_remote_host_with_abort_if_ssh_falls_through(faceidd, pam_service):
     assert "auth user=root" in d.wait_log("auth user=root")  # a local rhost goes on to the daemon
 
 
-def test_disabled_in_config_falls_through(faceidd, pam_service):
+def test_disabled_in_config_falls_through(faceidd, pam_service, helper_floor):
     d = faceidd({"auth": {"enabled": False}})
     d.start()
     ok, shown, seconds = authenticate(pam_service(d.config_path), "root")
-    assert not ok and shown == MESSAGES_NONE and seconds < 1.5
+    assert not ok and shown == MESSAGES_NONE and without_waiting(seconds, helper_floor())
     assert "auth user=" not in d.logs()
 
 
-def test_bad_config_falls_through(daemon_dir, pam_service):
+def test_bad_config_falls_through(daemon_dir, pam_service, helper_floor):
     config = daemon_dir / "bad.yaml"
     config.write_text("auth:\n  timeout: [\n")
     ok, shown, seconds = authenticate(pam_service(config), "root")
-    assert not ok and shown == MESSAGES_NONE and seconds < 1.5
+    assert not ok and shown == MESSAGES_NONE and without_waiting(seconds, helper_floor())
 
 
 # ---------------------------------------------------------------- the helper alone: reasons and exit codes
