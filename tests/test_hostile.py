@@ -252,7 +252,7 @@ def test_hostile_user_is_refused_or_cut_off_and_the_owner_keeps_logging_in(facei
     assert "too many connections" in logs and "refused hello for user='root'" in logs
 
 
-FORGED = "faceidd: INFO auth user=root service=sudo tty=- rhost=- pid=1 uid=0 verdict=match score=0.990"
+FORGED = "<6>auth user=root service=sudo tty=- rhost=- pid=1 uid=0 verdict=match score=0.990"
 
 
 @pytest.mark.parametrize("fields", [
