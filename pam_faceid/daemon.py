@@ -75,10 +75,13 @@ class Verdict:
     reason: str | None = None
     liveness: str | None = dataclasses.field(default=None, compare=False)
     """For the audit log only, never sent: "live", "off", "not_live:<reason>", or None (no liveness check)."""
+    matches: int = 0
+    """Frames whose score reached the threshold, so a client can say how many of min_matching_frames it saw."""
 
     def fields(self) -> dict[str, Any]:
         score = None if self.score is None else round(float(self.score), 4)
-        return {"result": self.result, "score": score, "frames": self.frames, "reason": self.reason}
+        return {"result": self.result, "score": score, "frames": self.frames, "matches": self.matches,
+                "reason": self.reason}
 
 
 class Decision:
@@ -176,7 +179,7 @@ class Decision:
                 self._see_live(frame, face)
         live = self.live() if self.matches >= self.min_matching_frames else None
         if self.matches >= self.min_matching_frames and (live is None or live.live):
-            self.verdict = Verdict("match", self.best, self.frames, None, self.liveness_word())
+            self.verdict = Verdict("match", self.best, self.frames, None, self.liveness_word(), self.matches)
         elif self.frames >= self.max_frames:
             return self.finish(now, f"{self.max_frames} frames seen")
         elif self.expired(now):
@@ -198,7 +201,7 @@ class Decision:
             why = f"liveness {live.reason}: {live.message}"
         else:
             result = "no_match"
-        self.verdict = Verdict(result, self.best, self.frames, why, self.liveness_word())
+        self.verdict = Verdict(result, self.best, self.frames, why, self.liveness_word(), self.matches)
         return self.verdict
 
     def progress(self) -> dict[str, Any]:
@@ -956,7 +959,8 @@ class Daemon:
         dark_threshold = float(cfg.camera.dark_threshold)
         decision = Decision(entry.threshold, cfg.auth.min_matching_frames, timeout, max_frames,
                             liveness=cfg.liveness.mode)
-        if not self._send(conn, "ready", {"timeout": timeout, "max_frames": max_frames}):
+        if not self._send(conn, "ready", {"timeout": timeout, "max_frames": max_frames,
+                                         "min_matching_frames": int(cfg.auth.min_matching_frames)}):
             return decision.finish(time.monotonic(), "client went away"), False
         session_deadline = t0 + timeout + SESSION_MARGIN
         max_bytes = int(cfg.daemon.max_message_bytes)
@@ -984,10 +988,12 @@ class Daemon:
                 score, reason, frame, face = engine.examine(msg.payload, entry.templates, entry.head, dark_threshold)
                 verdict = decision.observe(score, reason, time.monotonic(), frame, face)
             except FrameRefused as refused:
-                return Verdict("refused", decision.best, decision.frames, f"frame refused: {refused}"), True
+                return Verdict("refused", decision.best, decision.frames, f"frame refused: {refused}",
+                               matches=decision.matches), True
             except Exception as exc:  # a model or liveness failure ends this session with "error", never the daemon
                 log.exception("scoring a frame for user=%s failed", user)
-                return Verdict("error", decision.best, decision.frames, f"internal error: {type(exc).__name__}"), True
+                return Verdict("error", decision.best, decision.frames, f"internal error: {type(exc).__name__}",
+                               matches=decision.matches), True
             if verdict is not None:
                 return verdict, True
             if not self._send(conn, "progress", decision.progress()):

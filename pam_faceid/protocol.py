@@ -57,11 +57,12 @@ Messages (client -> daemon)
 
 Messages (daemon -> client)
 ---------------------------
-``ready``    {"timeout", "max_frames"}: answer to hello; send frames now.
+``ready``    {"timeout", "max_frames", "min_matching_frames"}: answer to hello; send
+             frames now. A match needs ``min_matching_frames`` matching frames.
 ``progress`` {"frames", "faces", "matches", "reason"}: answer to a frame that
              did not decide the session; ``reason`` is why the frame had no
              usable face ("no_face", "face_too_small", ...) or null.
-``verdict``  {"result", "score", "frames", "reason"}: the session's single
+``verdict``  {"result", "score", "frames", "matches", "reason"}: the session's single
              answer, after which the daemon closes the connection. ``result`` is
              one of RESULTS: match | no_match | no_face | timeout | not_live |
              locked_out | password_required | not_enrolled | refused | error.
@@ -74,7 +75,8 @@ Messages (daemon -> client)
              auth.require_password_after hours. ``score`` is the
              best similarity seen (null if no face, and always null for a
              non-root client: only root sees scores), ``frames`` the number of
-             frames processed, ``reason`` a short text or null.
+             frames processed, ``matches`` how many of them matched, ``reason``
+             a short text or null.
 ``password_used`` {"recorded", "reason"}: whether the password use was
              recorded (a bool) and, when not, why.
 ``status``   {"pid", "uptime", "users", "skipped", "sessions", "model", "lockouts", ...}.
