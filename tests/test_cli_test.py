@@ -1,8 +1,9 @@
-"""faceid test (per-frame scores, and --pam through the real PAM stack) and faceid status, as subprocesses."""
+"""faceid test (a thin client of a real faceidd, and --pam through the real PAM stack) and faceid status."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 
@@ -23,41 +24,98 @@ def enrolled(cli_env, temp_user, person_images, make_image_folder):
     return config, temp_user
 
 
-def test_frames_of_the_person_match_and_of_another_do_not(enrolled, person_images, make_image_folder, tmp_path):
+def test_frames_of_the_person_match_and_of_another_do_not(enrolled, daemon, person_images, make_image_folder,
+                                                          tmp_path):
     config, user = enrolled
     same = faceid(config, "test", user.name, "--from",
                   str(write_frames(session_frames(person_images(PERSON)[:3]), tmp_path / "same")))
     assert same.returncode == 0, same.stdout + same.stderr
-    assert "MATCH" in same.stdout and "verdict: match" in same.stdout
+    assert "MATCH" in same.stdout and "verdict: match (best score 0." in same.stdout
     other = faceid(config, "test", user.name, "--from", str(make_image_folder(person_images(OTHER_PERSON)[:6])))
     assert other.returncode == 1, other.stdout
-    assert "verdict: no_match" in other.stdout
-    assert other.stdout.count("score ") >= 5
+    assert "verdict: no_match" in other.stdout and "0 of 6 frame(s) matched" in other.stdout
+    assert sum(line.endswith(": no match") for line in other.stdout.splitlines()) >= 5, other.stdout
+    assert "service=faceid-test" in daemon.read_log()
 
 
-def test_verdict_names_the_matching_frames_it_needs(enrolled, person_images, make_image_folder):
-    """One matching frame is not a match while auth.min_matching_frames is 2: the lines and the verdict say so."""
+def test_verdict_names_the_matching_frames_it_needs(enrolled, daemon, person_images, make_image_folder):
+    """One matching frame is not a match while the daemon's auth.min_matching_frames is 2: the lines say so."""
     config, user = enrolled
     one = str(make_image_folder(person_images(PERSON)[:1]))
     shown = faceid(config, "test", user.name, "--from", one)
     assert shown.returncode == 1, shown.stdout + shown.stderr
+    assert "2 matching frame(s) needed (auth.min_matching_frames)" in shown.stdout
     assert "MATCH (1 of 2 needed)" in shown.stdout
     assert "verdict: no_match" in shown.stdout
     assert "1 of 1 frame(s) matched, 2 needed (auth.min_matching_frames)" in shown.stdout
-    assert faceid(config, "config", "auth.min_matching_frames", "1").returncode == 0
+    assert faceid(config, "config", "auth.min_matching_frames", "1").returncode == 0  # the daemon reloads
     shown = faceid(config, "test", user.name, "--from", one)
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert "verdict: match" in shown.stdout and "1 of 1 frame(s) matched, 1 needed" in shown.stdout
 
 
-def test_frames_stop_where_the_daemon_decides(enrolled, person_images, make_image_folder):
+def test_frames_stop_where_the_daemon_decides(enrolled, daemon, person_images, make_image_folder):
     """Six matching frames, two needed: the daemon answers after the second, so nothing is printed after it."""
     config, user = enrolled
     shown = faceid(config, "test", user.name, "--from", str(make_image_folder(person_images(PERSON)[:6])))
     assert shown.returncode == 0, shown.stdout + shown.stderr
     lines = shown.stdout.splitlines()
-    assert sum(": score " in line for line in lines) == 2, shown.stdout
+    assert [line.split(": ", 1)[1] for line in lines[1:-1]] == ["MATCH (1 of 2 needed)", "MATCH (2 of 2 needed)"]
     assert lines[-1].startswith("verdict: match") and "2 of 2 frame(s) matched, 2 needed" in lines[-1]
+    assert "verdict=match" in daemon.read_log() and "frames=2 " in daemon.read_log()
+
+
+def test_a_daemon_that_is_down_is_one_line_naming_how_to_start_it(enrolled, person_images, make_image_folder):
+    config, user = enrolled
+    down = faceid(config, "test", user.name, "--from", str(make_image_folder(person_images(PERSON)[:2])))
+    assert down.returncode == 1 and down.stdout == ""
+    assert len(down.stderr.strip().splitlines()) == 1, down.stderr
+    assert "faceidd is not running" in down.stderr and "faceid dev-daemon" in down.stderr
+
+
+def _audited(log: str, service: str) -> tuple[str, str]:
+    """(verdict, score) of the daemon's last audit line for a session of ``service``."""
+    found = re.findall(rf"service={re.escape(service)} tty=.* verdict=(\S+) score=(\S+)", log)
+    assert found, log
+    return found[-1]
+
+
+def test_agrees_with_a_real_login_for_a_user_with_a_per_user_head(enrolled, person_images, make_image_folder):
+    """A head under which the base model and the user's head disagree: faceid test follows the head, as login does.
+
+    The head pulls every vector towards one direction, so an impostor the base
+    model refuses scores near 1 under it, above the head's own threshold.
+    """
+    from pam_faceid.daemon import model_id_of
+    from pam_faceid.embedder import Embedder
+    from pam_faceid.protocol import request_reload
+    from pam_faceid.userhead import UserHead, save_head
+
+    config, user = enrolled
+    impostor = make_image_folder(person_images(OTHER_PERSON)[:4])
+    write_config(config.parent, impostor)
+    proc = Daemon(config)
+    service = PamService(config)
+    try:
+        base = faceid(config, "test", user.name)  # scored by the base model and its threshold
+        assert base.returncode == 1 and "verdict: no_match" in base.stdout, base.stdout + base.stderr
+        assert _audited(proc.read_log(), "faceid-test")[0] == "no_match"
+        head = UserHead.identity(threshold=0.5, model_id=model_id_of(Embedder(model_dir())))
+        head.bias[0] = 3.0
+        save_head(config.parent / "state", user.name, head)
+        assert request_reload(proc.socket)["ok"]
+        shown = faceid(config, "test", user.name)
+        login = faceid(config, "test", user.name, "--pam", service.name)
+        log = proc.read_log()
+    finally:
+        service.remove()
+        proc.stop()
+    assert shown.returncode == 0 and "verdict: match" in shown.stdout, shown.stdout + shown.stderr
+    assert login.returncode == 0 and "PAM answered: success" in login.stdout, login.stdout + login.stderr
+    tested, logged_in = _audited(log, "faceid-test"), _audited(log, service.name)
+    assert tested[0] == logged_in[0] == "match" and tested[1] == logged_in[1]
+    assert f"best score {tested[1]};" in shown.stdout
+    assert float(tested[1]) >= 0.5, "the head's threshold, not the base model's, made this a match"
 
 
 def test_pam_runs_the_real_stack(enrolled, daemon, person_images, make_image_folder):

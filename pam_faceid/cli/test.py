@@ -1,32 +1,37 @@
 """faceid test: does the face path recognise USER right now, frame by frame?
 
-Without --pam it runs the daemon's own decision (the same FacePipeline,
-Embedder, threshold and min_matching_frames rule) in this process, so an admin
-sees each frame's score against the threshold and why frames are refused.
+Without --pam it is a thin client of faceidd, as fprintd-verify is of fprintd:
+it streams frames over the protocol (hello, frame, end) and prints each
+``progress`` and the ``verdict`` the daemon sends. So the scoring is the
+login's own: the user's per-user head and its threshold, liveness, lockout,
+the daemon's downscaling. There is no offline mode: scoring in this process
+would be a second copy that can disagree with a login. The session counts as
+a login attempt (lockout.*) and is audited with service ``faceid-test``.
 With --pam SERVICE it runs the real PAM stack through python-pam, the way
 sudo or a greeter would, and prints what PAM answered and said.
 
 Exit codes: 0 recognised (or PAM said success); 1 not recognised / PAM
-failure / no usable frame; 2 bad arguments (unknown user, missing file, no
-such PAM service); 4 not root (needed without --pam: enrolments are root's).
+failure / faceidd not running; 2 bad arguments (unknown user, missing file,
+no such PAM service).
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import itertools
 import os
 import sys
 import time
-
-import numpy as np
+from typing import Any, Iterator
 
 from pam_faceid.cli import EXIT_FAILURE, EXIT_USAGE, CommandError
+from pam_faceid import protocol
 from pam_faceid.cli import _common as common
 
 EXAMPLE = """examples:
   sudo faceid test                      # you, in front of the camera
-  sudo faceid test alice --from clip.mp4
+  sudo faceid test alice --from clip.mp4  # frames from files, scored by faceidd
   faceid test alice --pam sudo          # the real PAM stack of /etc/pam.d/sudo
   faceid test alice --pam login --password"""
 
@@ -38,10 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "test",
         help="show, frame by frame, whether USER's face is recognised",
-        description="Look at frames from the camera (or --from files) and print for each one the similarity to "
-                    "USER's templates and whether it passes the threshold, then the session verdict as the daemon "
-                    "would give it. With --pam SERVICE, authenticate USER through the real PAM stack of "
-                    "/etc/pam.d/SERVICE instead and print what PAM answered.",
+        description="Send frames from the camera (or --from files) to faceidd as a login does, and print what "
+                    "the daemon answers to each (matched, no match, why no face) and its verdict (with the best "
+                    "score when run as root). The attempt counts toward lockout. With --pam SERVICE, authenticate "
+                    "USER through the real PAM stack of /etc/pam.d/SERVICE instead and print what PAM answered.",
         epilog=EXAMPLE,
         formatter_class=common.formatter(),
     )
@@ -82,12 +87,68 @@ def _pam(args: argparse.Namespace, user: str) -> int:
     return 0 if ok else EXIT_FAILURE
 
 
-def run(args: argparse.Namespace) -> int:
-    """Score frames against the user's templates, or run PAM."""
-    from pam_faceid.daemon import Decision
-    from pam_faceid.faces import FacePipeline
-    from pam_faceid.store import StoreError
+SERVICE = "faceid-test"
+"""The PAM service name the session gives faceidd, so its audit line says the attempt was a test."""
+START_HINT = ("start it: sudo systemctl start faceidd, or for the development venv: "
+              "sudo .venv/bin/faceid dev-daemon (README)")
 
+
+def _jpeg_frames(args: argparse.Namespace, cfg: Any) -> Iterator[tuple[bytes, str]]:
+    """(JPEG, where) of each frame: --from files encoded as the helper encodes a camera's, else the helper's source."""
+    from pam_faceid.camera import CameraError, FrameSource, encode_jpeg
+
+    if args.sources:
+        for frame in common.frames_from(args.sources, args.frames):
+            yield encode_jpeg(frame.image), frame.where
+        return
+    try:
+        source = FrameSource.from_config(cfg.camera)
+    except CameraError as exc:
+        raise CommandError(f"camera: {exc}", EXIT_FAILURE) from None
+    with source:
+        for index, jpeg in enumerate(source.jpeg_frames(timeout=common.CAMERA_TIMEOUT), 1):
+            yield jpeg, f"camera frame {index}"
+
+
+def _frame_line(where: str, before: int, answer: protocol.Message, need: int) -> str:
+    """What the daemon said about one frame, from its progress (or the verdict it decided on)."""
+    matches = int(answer.get("matches") or 0)
+    if matches > before:
+        return f"{where}: MATCH ({matches} of {need} needed)"
+    reason = answer.get("reason") if answer.type == "progress" else None
+    if reason:
+        return f"{where}: {reason} ({common.HINTS.get(reason, 'try again')})"
+    return f"{where}: {answer.get('result') if answer.type == 'verdict' else 'no match'}"
+
+
+def _verdict_line(answer: protocol.Message, need: int, seconds: float) -> str:
+    score = answer.get("score")
+    best = "hidden (root only)" if score is None and os.geteuid() != 0 else "-" if score is None else f"{score:.3f}"
+    text = (f"verdict: {answer.get('result')} (best score {best}; {answer.get('matches', 0)} of "
+            f"{answer.get('frames', 0)} frame(s) matched, {need} needed (auth.min_matching_frames); "
+            f"after {seconds:.2f} s)")
+    return text + (f": {answer.get('reason')}" if answer.get("reason") else "")
+
+
+def _session(client: protocol.Client, frames: Iterator[tuple[bytes, str]], need: int, timeout: float) -> \
+        protocol.Message:
+    """Send frames lock-step, printing each answer, until the verdict; the verdict."""
+    matches = 0
+    for jpeg, where in frames:
+        client.send("frame", payload=jpeg, timeout=timeout)
+        answer = client.recv(timeout=timeout)
+        print(_frame_line(where, matches, answer, need), flush=True)
+        if answer.type == "verdict":  # the daemon decided and closed the session: no more frames
+            return answer
+        if answer.type != "progress":
+            raise protocol.DaemonError(f"faceidd answered a frame with {answer.type}")
+        matches = int(answer.get("matches") or 0)
+    client.send("end", timeout=timeout)
+    return client.recv(timeout=timeout)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Stream frames to faceidd and print its answers, or run PAM."""
     user = args.user or common.default_user()
     common.check_user(user)
     if args.pam:
@@ -96,44 +157,25 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--password goes with --pam", EXIT_USAGE)
     if args.frames < 1:
         raise CommandError("--frames must be at least 1", EXIT_USAGE)
-    common.require_root("reading enrolments")
     cfg = common.load_cfg(args)
-    try:
-        enrolment = common.open_store(cfg).load(user)
-    except StoreError as exc:
-        raise common.store_error(exc) from None
-    if enrolment is None or not enrolment.templates:
-        raise CommandError(f"{user} is not enrolled (run: sudo faceid enroll {user})", EXIT_FAILURE)
-    embedder = common.load_embedder(cfg)
-    templates = enrolment.matrix()
-    threshold = common.threshold(cfg, embedder)
-    pipeline = FacePipeline(dark_threshold=float(cfg.camera.dark_threshold), spec=embedder.input)
-    frames = common.frames_from(args.sources, args.frames) if args.sources else common.frames_from_camera(cfg)
-    need = int(cfg.auth.min_matching_frames)
-    print(f"testing {user}: {len(templates)} template(s), threshold {threshold:.3f}, {need} matching frame(s) needed")
+    frames = _jpeg_frames(args, cfg)
+    socket_path = str(cfg.daemon.socket)
     started = time.monotonic()
-    decision = Decision(threshold, need, timeout=float("inf"), max_frames=args.frames, started=started)
-    verdict = None
-    for frame in frames:
-        t0 = time.monotonic()
-        crop, reason = pipeline.process(frame.image)
-        if crop is None:
-            print(f"{frame.where}: {reason} ({common.HINTS.get(reason or '', 'try again')})")
-            verdict = decision.observe(None, reason, time.monotonic())
-        else:
-            score = float(np.max(templates @ embedder.embed_one(crop)))
-            ms = (time.monotonic() - t0) * 1000
-            verdict = decision.observe(score, None, time.monotonic())
-            word = f"MATCH ({decision.matches} of {need} needed)" if score >= threshold else "no match"
-            print(f"{frame.where}: score {score:.3f} {'>=' if score >= threshold else '<'} {threshold:.3f} "
-                  f"{word} ({ms:.0f} ms)")
-        if verdict is not None:  # the daemon would have answered here and closed the session
-            break
-    final = verdict or decision.finish(time.monotonic())
-    best = "-" if final.score is None else f"{final.score:.3f}"
-    counts = f"{decision.matches} of {decision.frames} frame(s) matched, {need} needed (auth.min_matching_frames)"
-    if final.result == "match":
-        print(f"verdict: match (best score {best}; {counts}; after {time.monotonic() - started:.2f} s)")
-        return 0
-    print(f"verdict: {final.result} (best score {best}; {counts}; {decision.faces} with a face)")
-    return EXIT_FAILURE
+    try:
+        with protocol.Client(socket_path, 2.0) as client:
+            answer = client.request("hello", protocol.hello_fields(user, SERVICE), timeout=10.0)
+            if answer.type == "ready":
+                need = int(answer.get("min_matching_frames") or cfg.auth.min_matching_frames)
+                timeout = float(answer.get("timeout") or cfg.auth.timeout)
+                print(f"testing {user} with faceidd ({socket_path}): {need} matching frame(s) needed "
+                      f"(auth.min_matching_frames), {timeout:g} s (auth.timeout)", flush=True)
+                answer = _session(client, itertools.islice(frames, args.frames), need, timeout + 5.0)
+            else:
+                need = int(cfg.auth.min_matching_frames)
+    except protocol.DaemonError as exc:
+        hint = f" ({START_HINT})" if "not running" in str(exc) else ""
+        raise CommandError(f"{exc}{hint}", EXIT_FAILURE) from None
+    if answer.type != "verdict":
+        raise CommandError(f"faceidd answered with {answer.type}, not a verdict", EXIT_FAILURE)
+    print(_verdict_line(answer, need, time.monotonic() - started))
+    return 0 if answer.get("result") == "match" else EXIT_FAILURE
