@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
 import time
 
 import cv2
@@ -13,6 +15,7 @@ import pytest
 from cli_support import (Daemon, PamService, cli_env, daemon, faceid, model_dir, temp_user,  # noqa: F401 (fixtures)
                          write_config)
 from conftest import OTHER_PERSON, PERSON, session_frames, write_frames
+from faceidd_util import faceidd, daemon_dir, make_user  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
@@ -211,3 +214,28 @@ def test_snapshot_writes_the_frames_of_the_last_attempt(enrolled, tmp_path):
     frames = sorted(out.glob("*/frame_*.jpg"))
     assert frames and cv2.imread(str(frames[0])) is not None
 
+
+
+def test_a_user_may_test_only_itself_and_sees_no_score(faceidd, make_user, person_images):
+    """Without root, faceid test asks the daemon as that uid: another user is refused, its own verdict has no score."""
+    from cli_support import FACEID
+    from faceidd_util import enrol
+
+    from conftest import fill_image_folder
+
+    owner, stranger = make_user(), make_user()
+    d = faceidd({"auth": {"min_matching_frames": 1, "abort_if_ssh": False}, "liveness": {"mode": "off"}})
+    enrol(d.state_dir, owner, person_images(PERSON)[:4])
+    d.start()
+    frames = fill_image_folder(person_images(PERSON)[4:6], d.base / "frames", copy=True)
+    os.chmod(frames, 0o755)
+
+    def test_as(uid_name: str, user: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["runuser", "-u", uid_name, "--", FACEID, "--config", str(d.config_path), "test", user,
+                               "--from", str(frames)], capture_output=True, text=True, timeout=60)
+
+    other = test_as(stranger, owner)
+    assert other.returncode == 1 and "verdict: refused" in other.stdout, other.stdout + other.stderr
+    own = test_as(owner, owner)
+    assert own.returncode == 0, own.stdout + own.stderr
+    assert "verdict: match (best score hidden (root only);" in own.stdout
