@@ -37,7 +37,7 @@ def decide(scores, threshold=0.5, need=2, timeout=4.0, max_frames=60, times=None
 
 def test_two_matching_frames_match():
     v = decide([(0.2, None), (0.6, None), (None, "no_face"), (0.5, None), (0.9, None)])
-    assert v == Verdict("match", 0.6, 4, None)  # threshold is inclusive; decided at the 4th frame
+    assert v == Verdict("match", 0.6, 4, None, matches=2)  # threshold is inclusive; decided at the 4th frame
 
 
 def test_one_match_is_not_enough():
