@@ -21,6 +21,7 @@ import numpy as np
 
 from pam_faceid.cli import EXIT_FAILURE, EXIT_USAGE, CommandError
 from pam_faceid.cli import _common as common
+from pam_faceid.metrics import rates, threshold_at_far
 
 EXAMPLE = """examples:
   sudo faceid calibrate alice --negatives /srv/faces/others --plot /tmp/alice.png
@@ -65,22 +66,6 @@ def scores(templates: dict[str, np.ndarray], negatives: np.ndarray, users: list[
         if len(pool):
             impostor.extend(np.max(pool @ mine.T, axis=1).tolist())
     return np.asarray(genuine, np.float32), np.asarray(impostor, np.float32)
-
-
-def threshold_for_far(impostor: np.ndarray, far: float) -> float:
-    """Lowest threshold t with share(impostor >= t) <= far (a hair above the k-th highest impostor score)."""
-    ordered = np.sort(impostor)[::-1]
-    allowed = int(np.floor(far * len(ordered)))
-    if allowed >= len(ordered):
-        return float(ordered[-1])
-    return float(np.nextafter(ordered[allowed], np.float32(np.inf)))
-
-
-def rates(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> tuple[float, float]:
-    """(FAR, FRR) at ``threshold``: a score matches when it is >= threshold."""
-    far = float(np.mean(impostor >= threshold)) if len(impostor) else 0.0
-    frr = float(np.mean(genuine < threshold)) if len(genuine) else 0.0
-    return far, frr
 
 
 def plot(path: str, genuine: np.ndarray, impostor: np.ndarray, threshold: float, title: str) -> None:
@@ -162,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     except bank.NegativesError as exc:
         raise CommandError(str(exc), EXIT_FAILURE) from None
     genuine, impostor = scores(templates, negatives, users)
-    chosen = threshold_for_far(impostor, args.far)
+    chosen = threshold_at_far(impostor, args.far)
     far, frr = rates(genuine, impostor, chosen)
     current = common.threshold(cfg, embedder)
     cur_far, cur_frr = rates(genuine, impostor, current)
