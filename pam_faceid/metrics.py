@@ -67,3 +67,11 @@ def rates(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> tuple[
 def far_key(far: float) -> str:
     """The report key for TAR at ``far``: 1e-3 -> 'tar_at_far_1e-3'."""
     return f"tar_at_far_{far:.0e}".replace("e-0", "e-")
+
+
+def round_up(threshold: float, digits: int = 4) -> float:
+    """``threshold`` rounded up to ``digits`` decimals, for config files: rounding down could accept
+    the impostor the threshold was chosen to refuse."""
+    step = 10.0 ** -digits
+    value = round(np.ceil(threshold / step) * step, digits)
+    return value if value >= threshold else round(value + step, digits)

@@ -92,3 +92,11 @@ def test_enrol_threshold_is_the_exact_order_statistic_across_blocks():
         assert res.impostor_attempts == len(sims)
         t, frr = ev.threshold_for_far(res, 1e-2)
         assert t == want and frr == 1.0 - np.mean(res.genuine_scores >= want)
+
+
+def test_round_up_never_rounds_below_the_threshold():
+    from pam_faceid.metrics import round_up
+
+    assert round_up(0.93214) == 0.9322 and round_up(0.9321) == 0.9321
+    t = float(np.nextafter(0.9321, 1))
+    assert round_up(t) == 0.9322 and round_up(-0.12345) == -0.1234

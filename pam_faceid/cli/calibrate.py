@@ -21,7 +21,7 @@ import numpy as np
 
 from pam_faceid.cli import EXIT_FAILURE, EXIT_USAGE, CommandError
 from pam_faceid.cli import _common as common
-from pam_faceid.metrics import rates, threshold_at_far
+from pam_faceid.metrics import rates, round_up, threshold_at_far
 
 EXAMPLE = """examples:
   sudo faceid calibrate alice --negatives /srv/faces/others --plot /tmp/alice.png
@@ -147,7 +147,9 @@ def run(args: argparse.Namespace) -> int:
     except bank.NegativesError as exc:
         raise CommandError(str(exc), EXIT_FAILURE) from None
     genuine, impostor = scores(templates, negatives, users)
-    chosen = threshold_at_far(impostor, args.far)
+    if not len(impostor):
+        raise CommandError("no impostor scores to set a FAR on: add a negative bank (--negatives DIR)", EXIT_FAILURE)
+    chosen = round_up(threshold_at_far(impostor, args.far))
     far, frr = rates(genuine, impostor, chosen)
     current = common.threshold(cfg, embedder)
     cur_far, cur_frr = rates(genuine, impostor, current)

@@ -143,6 +143,7 @@ def _set_threshold(model: Path, result: dict, args: argparse.Namespace) -> None:
     import json
 
     from pam_faceid import source_commit
+    from pam_faceid.metrics import round_up
     from pam_faceid.store import StoreError, atomic_write_bytes
 
     threshold = result.get("enroll_threshold_at_far_1e-3")
@@ -152,7 +153,7 @@ def _set_threshold(model: Path, result: dict, args: argparse.Namespace) -> None:
     meta = json.loads(path.read_text())
     keys = ("accuracy", "auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "enroll_k",
             "enroll_frr_at_far_1e-3", "genuine_attempts", "impostor_attempts", "images", "identities", "no_face")
-    meta["threshold"] = round(float(threshold), 4)
+    meta["threshold"] = round_up(float(threshold))
     meta["threshold_source"] = {
         "rule": f"lowest threshold with enrol-{args.enroll} FAR <= 1e-3 on the data below",
         "data": str(args.dataset), "pairs": args.pairs, "date": datetime.date.today().isoformat(),
