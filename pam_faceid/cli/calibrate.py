@@ -4,7 +4,8 @@ Genuine scores: each enrolled template against the user's other templates
 (leave one out: what a login frame scores against the enrolment). Impostor
 scores: every face of the negative bank (pam_faceid.negatives) and every other
 enrolled user's templates against the user's templates. The threshold is the
-lowest one whose impostor acceptance is at most --far; FRR is the genuine
+lowest one whose impostor acceptance is at most --far (pam_faceid.metrics,
+rounded up to 4 decimals); FRR is the genuine
 share under it. With fewer than 1/FAR impostor scores the FAR cannot be
 resolved, and the command says so.
 
