@@ -89,6 +89,7 @@ def preprocess(crops: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero), as float32."""
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
@@ -163,13 +164,18 @@ class Embedder:
 
         return run
 
-    def embed(self, crops: np.ndarray) -> np.ndarray:
-        """[N,S,S,3] uint8 BGR crops made by faces.align for this model -> [N,128] unit vectors."""
+    def embed(self, crops: np.ndarray, flip: bool | None = None) -> np.ndarray:
+        """[N,S,S,3] uint8 BGR crops made by faces.align for this model -> [N,128] unit vectors.
+
+        With ``flip`` (default: the model's metadata) each crop's descriptor is
+        summed with its mirror image's before normalising: the one place the
+        project does flip-and-normalise.
+        """
         if len(crops) == 0:
             return np.zeros((0, EMBEDDING_DIM), np.float32)
         x = preprocess(crops, self.input)
         out = self._run(x)
-        if self.flip:
+        if self.flip if flip is None else flip:
             out = out + self._run(np.ascontiguousarray(x[..., ::-1]))
         return l2_normalise(out)
 

@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from pam_faceid.images import ImageError, entry_kind, load_image
+from pam_faceid.metrics import acceptance, allowed_impostors, far_key, tar_at_far, threshold_at_far
 
 log = logging.getLogger(__name__)
 
@@ -379,20 +380,13 @@ def eer_from_roc(fpr: np.ndarray, tpr: np.ndarray) -> float:
     return float(fpr[j - 1] + t * (fpr[j] - fpr[j - 1]))
 
 
-def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far: float) -> float:
-    """Best true-accept rate at an operating point whose false-accept rate is at most ``far`` (no interpolation)."""
-    fpr = np.asarray(fpr, dtype=np.float64)
-    ok = fpr <= far + 1e-12
-    return float(np.max(np.asarray(tpr)[ok])) if ok.any() else 0.0
-
-
 def roc_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
     """AUC, EER and TAR at FAR 1e-2 / 1e-3 from scikit-learn's ROC; None when one class is missing."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     labels = np.asarray(labels, dtype=bool)
     out: dict = {"auc": None, "eer": None}
-    out.update({_tar_key(far): None for far in FARS})
+    out.update({far_key(far): None for far in FARS})
     if labels.all() or not labels.any():
         return out
     scores = np.asarray(scores, dtype=np.float64)
@@ -400,12 +394,8 @@ def roc_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
     out["auc"] = float(roc_auc_score(labels, scores))
     out["eer"] = eer_from_roc(fpr, tpr)
     for far in FARS:
-        out[_tar_key(far)] = tar_at_far(fpr, tpr, far)
+        out[far_key(far)] = tar_at_far(scores[labels], scores[~labels], far)
     return out
-
-
-def _tar_key(far: float) -> str:
-    return f"tar_at_far_{far:.0e}".replace("e-0", "e-")
 
 
 def pair_metrics(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> dict:
@@ -450,7 +440,7 @@ class EnrolResult:
     impostor_accepted: int
     enrolled_identities: int
     genuine_scores: np.ndarray
-    impostor_histogram: np.ndarray
+    impostor_top: np.ndarray
     impostor_rejected_no_face: int
 
     @property
@@ -462,8 +452,8 @@ class EnrolResult:
         return 1.0 - self.genuine_accepted / self.genuine_attempts if self.genuine_attempts else None
 
 
-HIST_BINS = 20000
-"""Impostor scores are kept as a histogram over [-1, 1] (millions of them), so FAR thresholds are +-1e-4."""
+TOP_FAR = max(FARS)
+"""Of the millions of impostor scores only the highest are kept: enough for thresholds at FAR <= TOP_FAR."""
 
 
 def enrol_scores(groups: Sequence[np.ndarray], found: Sequence[np.ndarray], k: int, threshold: float,
@@ -484,9 +474,10 @@ def enrol_scores(groups: Sequence[np.ndarray], found: Sequence[np.ndarray], k: i
     m = len(enrolled)
     genuine_attempts = int((sizes[enrolled] - k).sum())
     impostor_attempts = int((total - sizes[enrolled]).sum())
-    hist = np.zeros(HIST_BINS, dtype=np.int64)
+    keep = allowed_impostors(TOP_FAR, impostor_attempts) + 1
+    top = np.zeros(0, dtype=np.float32)
     if m == 0 or total == 0:
-        return EnrolResult(genuine_attempts, impostor_attempts, 0, 0, 0, np.zeros(0), hist, 0)
+        return EnrolResult(genuine_attempts, impostor_attempts, 0, 0, 0, np.zeros(0), top, 0)
     templates = np.stack([np.asarray(groups[i][:k], dtype=np.float32) for i in enrolled])  # [m, k, d]
     template_ok = np.stack([np.asarray(found[i][:k], dtype=bool) for i in enrolled])  # [m, k]
     flat_templates = templates.reshape(m * k, dim).T
@@ -515,24 +506,20 @@ def enrol_scores(groups: Sequence[np.ndarray], found: Sequence[np.ndarray], k: i
         sims[idx, own[idx]] = np.nan  # own enrolment: neither genuine nor impostor
         impostor = sims[~np.isnan(sims)]
         impostor_accepted += int((impostor >= threshold).sum())
-        finite = impostor[np.isfinite(impostor)]
-        impostor_no_face += int(impostor.size - finite.size)
-        hist += np.histogram(np.clip(finite, -1, 1), bins=HIST_BINS, range=(-1.0, 1.0))[0]
+        impostor_no_face += int(np.count_nonzero(~np.isfinite(impostor)))
+        top = np.concatenate([top, impostor])
+        if top.size > keep:
+            top = np.partition(top, top.size - keep)[top.size - keep:]
     return EnrolResult(genuine_attempts, impostor_attempts, genuine_accepted, impostor_accepted, m,
-                       np.concatenate(genuine_scores), hist, impostor_no_face)
+                       np.concatenate(genuine_scores), top, impostor_no_face)
 
 
 def threshold_for_far(result: EnrolResult, far: float) -> tuple[float | None, float | None]:
-    """Lowest histogram edge whose impostor accept rate is <= ``far``, and the FRR there (for choosing a default)."""
+    """metrics.threshold_at_far over every impostor attempt, and the FRR there (for choosing a default)."""
     if not result.impostor_attempts or not result.genuine_attempts:
         return None, None
-    edges = np.linspace(-1.0, 1.0, HIST_BINS + 1)
-    at_or_above = np.concatenate([np.cumsum(result.impostor_histogram[::-1])[::-1], [0]])
-    allowed = at_or_above <= far * result.impostor_attempts
-    cut = int(np.argmax(allowed))
-    threshold = float(edges[cut]) if cut < HIST_BINS else float(np.nextafter(1.0, 2.0))
-    frr = float(np.mean(~(result.genuine_scores >= threshold)))
-    return threshold, frr
+    threshold = threshold_at_far(result.impostor_top, far, count=result.impostor_attempts)
+    return threshold, 1.0 - acceptance(result.genuine_scores, threshold)
 
 
 # ----------------------------------------------------------------------------------------------- the run

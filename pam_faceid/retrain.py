@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from pam_faceid.cli.calibrate import rates, threshold_for_far
+from pam_faceid.metrics import rates, threshold_at_far
 from pam_faceid.userhead import UserHead
 
 MIN_CAPTURES = 4
@@ -116,7 +116,7 @@ def measure(head: UserHead, enrolled: np.ndarray, probes: np.ndarray, negatives:
     enrolled_h, probes_h, negatives_h = head.apply(enrolled), head.apply(probes), head.apply(negatives)
     genuine = np.max(probes_h @ enrolled_h.T, axis=1)
     impostor = np.max(negatives_h @ enrolled_h.T, axis=1)
-    threshold = threshold_for_far(impostor, far)
+    threshold = threshold_at_far(impostor, far)
     far_at, frr_at = rates(genuine, impostor, threshold)
     return Metrics(threshold, far_at, frr_at, len(genuine), len(impostor))
 

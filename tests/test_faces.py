@@ -148,3 +148,19 @@ def test_detector_checksum_is_enforced(tmp_path):
         FaceDetector(model_path=tampered)
     with pytest.raises(DetectorError, match="reinstall"):
         FaceDetector(model_path=tmp_path / "missing.onnx")
+
+
+def test_flip_sums_each_crop_with_its_mirror_image_once(detector):
+    """Embedder.embed's flip is the one flip-and-normalise: mirror-symmetric, and what faceid evaluate --flip uses."""
+    from pam_faceid.cli.evaluate import make_embed
+
+    image = load_image(images_of(PERSON)[1])
+    embedder = Embedder()
+    crop, _ = FacePipeline(policy="centre", detector=detector, spec=embedder.input).process(image)
+    crops = np.stack([crop, np.ascontiguousarray(crop[:, ::-1])])
+    plain, flipped = embedder.embed(crops, flip=False), embedder.embed(crops, flip=True)
+    assert np.allclose(flipped[0], flipped[1], atol=1e-5) and not np.allclose(plain[0], plain[1], atol=1e-3)
+    assert np.allclose(np.linalg.norm(flipped, axis=1), 1, atol=1e-5)
+    assert np.array_equal(embedder.embed(crops), plain if not embedder.flip else flipped)
+    embed, _ = make_embed(None, "onnx", True)
+    assert np.allclose(embed(image), flipped[0], atol=1e-6)

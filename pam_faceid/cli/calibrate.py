@@ -4,7 +4,8 @@ Genuine scores: each enrolled template against the user's other templates
 (leave one out: what a login frame scores against the enrolment). Impostor
 scores: every face of the negative bank (pam_faceid.negatives) and every other
 enrolled user's templates against the user's templates. The threshold is the
-lowest one whose impostor acceptance is at most --far; FRR is the genuine
+lowest one whose impostor acceptance is at most --far (pam_faceid.metrics,
+rounded up to 4 decimals); FRR is the genuine
 share under it. With fewer than 1/FAR impostor scores the FAR cannot be
 resolved, and the command says so.
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from pam_faceid.cli import EXIT_FAILURE, EXIT_USAGE, CommandError
 from pam_faceid.cli import _common as common
+from pam_faceid.metrics import rates, round_up, threshold_at_far
 
 EXAMPLE = """examples:
   sudo faceid calibrate alice --negatives /srv/faces/others --plot /tmp/alice.png
@@ -65,22 +67,6 @@ def scores(templates: dict[str, np.ndarray], negatives: np.ndarray, users: list[
         if len(pool):
             impostor.extend(np.max(pool @ mine.T, axis=1).tolist())
     return np.asarray(genuine, np.float32), np.asarray(impostor, np.float32)
-
-
-def threshold_for_far(impostor: np.ndarray, far: float) -> float:
-    """Lowest threshold t with share(impostor >= t) <= far (a hair above the k-th highest impostor score)."""
-    ordered = np.sort(impostor)[::-1]
-    allowed = int(np.floor(far * len(ordered)))
-    if allowed >= len(ordered):
-        return float(ordered[-1])
-    return float(np.nextafter(ordered[allowed], np.float32(np.inf)))
-
-
-def rates(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> tuple[float, float]:
-    """(FAR, FRR) at ``threshold``: a score matches when it is >= threshold."""
-    far = float(np.mean(impostor >= threshold)) if len(impostor) else 0.0
-    frr = float(np.mean(genuine < threshold)) if len(genuine) else 0.0
-    return far, frr
 
 
 def plot(path: str, genuine: np.ndarray, impostor: np.ndarray, threshold: float, title: str) -> None:
@@ -162,7 +148,9 @@ def run(args: argparse.Namespace) -> int:
     except bank.NegativesError as exc:
         raise CommandError(str(exc), EXIT_FAILURE) from None
     genuine, impostor = scores(templates, negatives, users)
-    chosen = threshold_for_far(impostor, args.far)
+    if not len(impostor):
+        raise CommandError("no impostor scores to set a FAR on: add a negative bank (--negatives DIR)", EXIT_FAILURE)
+    chosen = round_up(threshold_at_far(impostor, args.far))
     far, frr = rates(genuine, impostor, chosen)
     current = common.threshold(cfg, embedder)
     cur_far, cur_frr = rates(genuine, impostor, current)

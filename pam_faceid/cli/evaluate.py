@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx", help="inference backend (default onnx)")
     parser.add_argument("--threshold", type=float, metavar="T",
                         help="cosine threshold for FAR/FRR (default: the model's shipped threshold)")
-    parser.add_argument("--flip", action="store_true", help="average each face's embedding with its mirror image's")
+    parser.add_argument("--flip", action="store_true", help="sum each face's descriptor with its mirror image's before normalising")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--set-threshold", action="store_true",
                         help="with --enroll and --model: write the enrol-K threshold for FAR 1e-3 into the model's "
@@ -57,7 +57,7 @@ def make_embed(model: str | None, backend: str, flip: bool):
     LFW-style collections centre the labelled person), not the live-camera
     "largest, refuse if ambiguous" rule. Each worker thread gets its own
     FacePipeline (the detector keeps per-call state); the Embedder is shared.
-    A model whose metadata already asks for flip-sum is not flipped twice.
+    ``flip`` adds the mirror image (Embedder.embed's flip-sum) to a model that does not already ask for it.
     """
     import numpy as np
 
@@ -66,7 +66,7 @@ def make_embed(model: str | None, backend: str, flip: bool):
     from pam_faceid.faces import FacePipeline
 
     embedder = Embedder(model, backend=backend)
-    flip = flip and not getattr(embedder, "flip", False)
+    flip = flip or embedder.flip
     local = threading.local()
 
     def embed(image: np.ndarray) -> np.ndarray:
@@ -76,10 +76,7 @@ def make_embed(model: str | None, backend: str, flip: bool):
         crop, reason = pipeline.process(image)
         if crop is None:
             raise NoFace(reason or "no_face")
-        batch = np.stack([crop, crop[:, ::-1]]) if flip else crop[None]
-        vectors = embedder.embed(np.ascontiguousarray(batch))
-        vector = vectors.sum(axis=0)
-        return vector / max(float(np.linalg.norm(vector)), 1e-12)
+        return embedder.embed(crop[None], flip=flip)[0]
 
     return embed, embedder
 
@@ -146,6 +143,7 @@ def _set_threshold(model: Path, result: dict, args: argparse.Namespace) -> None:
     import json
 
     from pam_faceid import source_commit
+    from pam_faceid.metrics import round_up
     from pam_faceid.store import StoreError, atomic_write_bytes
 
     threshold = result.get("enroll_threshold_at_far_1e-3")
@@ -155,7 +153,7 @@ def _set_threshold(model: Path, result: dict, args: argparse.Namespace) -> None:
     meta = json.loads(path.read_text())
     keys = ("accuracy", "auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "enroll_k",
             "enroll_frr_at_far_1e-3", "genuine_attempts", "impostor_attempts", "images", "identities", "no_face")
-    meta["threshold"] = round(float(threshold), 4)
+    meta["threshold"] = round_up(float(threshold))
     meta["threshold_source"] = {
         "rule": f"lowest threshold with enrol-{args.enroll} FAR <= 1e-3 on the data below",
         "data": str(args.dataset), "pairs": args.pairs, "date": datetime.date.today().isoformat(),
