@@ -189,7 +189,7 @@ def build_shipped(model_dir: str | os.PathLike[str], roots: Sequence[str | os.Pa
     """
     from tqdm import tqdm
 
-    from pam_faceid.daemon import model_id_of
+    from pam_faceid.embedder import model_id_of
     from pam_faceid.embedder import ONNX_FILE, Embedder
     from pam_faceid.faces import FacePipeline
     from pam_faceid.images import read_image

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         crop, reason = pipeline.process(frame.image)
         if crop is None:
-            print(f"{frame.where}: {reason} ({common.HINTS.get(reason or '', 'try again')})")
+            print(f"{frame.where}: {reason} ({common.hint(reason or '')})")
             verdict = decision.observe(None, reason, time.monotonic())
         else:
             score = float(np.max(templates @ embedder.embed_one(crop)))
