@@ -343,7 +343,7 @@ def embed_images(paths: Sequence[Path], model: Path) -> tuple[np.ndarray, Any, l
 
 def enrol(state_dir: Path, user: str, vectors: np.ndarray, embedder: Any) -> None:
     """Write ``user``'s enrolment as `faceid enroll` does (Store, with the model's id)."""
-    from pam_faceid.daemon import model_id_of
+    from pam_faceid.embedder import model_id_of
     from pam_faceid.store import Store
 
     Store(state_dir).add_templates(user, vectors, label="bench", model_id=model_id_of(embedder))

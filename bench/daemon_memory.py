@@ -48,7 +48,7 @@ def pool_vectors(model: Path, count: int) -> tuple[np.ndarray, object]:
 
 
 def enrol_users(state_dir: Path, users: int, vectors: np.ndarray, embedder: object) -> list[str]:
-    from pam_faceid.daemon import model_id_of
+    from pam_faceid.embedder import model_id_of
     from pam_faceid.store import Store
 
     store = Store(state_dir)

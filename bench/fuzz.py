@@ -85,7 +85,7 @@ def run(n_cases: int, variants: int, model: Path | None, slack_mib: float,
             import cv2
             import numpy as np
 
-            from pam_faceid.daemon import model_id_of
+            from pam_faceid.embedder import model_id_of
             from pam_faceid.embedder import Embedder
             from pam_faceid.store import Store
 

@@ -175,7 +175,7 @@ ADMIN_BANK_LIMIT = 1000
 def shipped_bank(model: Path) -> str | None:
     """A description of the negative bank shipped beside ``model``, or None when it has none for this model."""
     from pam_faceid import negatives
-    from pam_faceid.daemon import model_id_of
+    from pam_faceid.embedder import model_id_of
     from pam_faceid.embedder import Embedder
 
     try:
@@ -218,7 +218,7 @@ def faceid_retrain_rows(model: Path, data: dict, repeats: int) -> list[dict]:
     (pam_faceid.retrain.retrain, the same inputs and seed) run in this process.
     """
     from pam_faceid import negatives
-    from pam_faceid.daemon import model_id_of
+    from pam_faceid.embedder import model_id_of
     from pam_faceid.embedder import Embedder
     from pam_faceid.retrain import RetrainConfig, augmented_captures, retrain
     from pam_faceid.store import Store

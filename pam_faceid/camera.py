@@ -20,7 +20,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
-from pam_faceid.images import IMAGE_SUFFIXES, entry_kind, read_image, to_bgr8
+from pam_faceid.images import IMAGE_SUFFIXES, brightness_percent, entry_kind, read_image, to_bgr8
 from pam_faceid.protocol import frame_problem
 
 if TYPE_CHECKING:
@@ -39,9 +39,6 @@ JPEG_QUALITY = 85
 MAX_AS_IS_BYTES = 1 << 20
 """An image folder's JPEG file larger than this is decoded and re-encoded rather than sent as it is."""
 
-# Luma weights (BT.601, as cv2.cvtColor BGR2GRAY) in B, G, R order: the mean of the grey frame.
-_LUMA_BGR = (0.114, 0.587, 0.299)
-
 # V4L2_CID_EXPOSURE_AUTO values: OpenCV's V4L2 backend passes CAP_PROP_AUTO_EXPOSURE through as-is.
 _V4L2_EXPOSURE_MANUAL = 1
 
@@ -55,16 +52,6 @@ def _check_options(spec: str, rotate: int, dark_threshold: float) -> None:
         raise CameraError(f"{spec}: rotate must be one of 0, 90, 180, 270, not {rotate!r}")
     if not 0.0 <= float(dark_threshold) <= 100.0:
         raise CameraError(f"{spec}: dark_threshold must be a percentage 0-100, not {dark_threshold!r}")
-
-
-def brightness_percent(frame: np.ndarray) -> float:
-    """Mean luma of a BGR (or grey) frame as a percentage of 255: what every ``dark_threshold`` compares with."""
-    import cv2
-
-    b, g, r, _ = cv2.mean(frame)
-    if frame.ndim == 2:
-        return b * 100.0 / 255.0
-    return (b * _LUMA_BGR[0] + g * _LUMA_BGR[1] + r * _LUMA_BGR[2]) * 100.0 / 255.0
 
 
 def rotated(frame: np.ndarray, degrees: int) -> np.ndarray:

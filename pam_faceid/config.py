@@ -629,35 +629,14 @@ def _edit_text(text: str, key: Key, value: Any) -> str | None:
 
 
 def _write_atomic(path: str, text: str) -> None:
-    """Replace the file so readers see the old or the new file, never half of one.
+    """Replace the file (0644, root's when run as root) so readers see the old or the new file, never half of one.
 
     A symlinked config is updated at its target, so the link stays.
     """
-    import tempfile
+    from pam_faceid import atomic
 
-    path = os.path.realpath(path)
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".config.yaml.", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o644)
-            if os.geteuid() == 0:
-                os.fchown(handle.fileno(), 0, 0)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    owner = (0, 0) if os.geteuid() == 0 else None
+    atomic.write_bytes(os.path.realpath(path), text.encode("utf-8"), 0o644, owner)
 
 
 def set_value(path: str | None, name: str, value_string: str, *, check_permissions: bool = True) -> Config:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import hashlib
 import logging
 import os
 import pwd
@@ -223,29 +222,6 @@ def verdict_fields(verdict: Verdict, uid: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- model and state
 
-def model_id_of(embedder: Any) -> str:
-    """The identity of the embedder's weights: enrolments from another model do not compare.
-
-    An explicit ``model_id`` attribute, else model.json's "model_id" or "id",
-    else a hash of embedder.onnx, so retrained weights never meet old vectors.
-    """
-    explicit = getattr(embedder, "model_id", None)
-    if explicit:
-        return str(explicit)
-    meta = getattr(embedder, "metadata", {}) or {}
-    named = meta.get("model_id") or meta.get("id")
-    if named:
-        return str(named)
-    model_dir = getattr(embedder, "model_dir", None)
-    if model_dir is not None:
-        try:
-            with open(Path(model_dir) / "embedder.onnx", "rb") as fh:
-                return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()[:16]
-        except OSError:
-            pass
-    return ""
-
-
 DETECT_MAX_SIDE = 640
 """Frames are scaled down to this long side before detection: the helper sends no more (camera.MAX_SEND_SIDE),
 and a client sending bigger frames must not buy more of the one serialised detector (three connections
@@ -264,7 +240,7 @@ class Engine:
     """
 
     def __init__(self, model_path: str, backend: str, pipeline: Any = None, lock: threading.Lock | None = None):
-        from pam_faceid.embedder import Embedder
+        from pam_faceid.embedder import Embedder, model_id_of
         from pam_faceid.faces import FacePipeline
 
         self.key = (model_path, backend, _model_stamp(model_path))
@@ -290,7 +266,7 @@ class Engine:
         """
         import cv2
 
-        from pam_faceid.camera import brightness_percent
+        from pam_faceid.images import brightness_percent
         from pam_faceid.faces import FaceRefused, align
 
         problem = protocol.frame_problem(jpeg)

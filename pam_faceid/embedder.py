@@ -11,11 +11,13 @@ and its crops cannot drift apart.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +28,29 @@ META_FILE = "model.json"
 
 class ModelError(Exception):
     """The model folder is missing, incomplete or unreadable."""
+
+
+def model_id_of(embedder: Any) -> str:
+    """The identity of the embedder's weights: enrolments from another model do not compare.
+
+    An explicit ``model_id`` attribute, else model.json's "model_id" or "id",
+    else a hash of embedder.onnx, so retrained weights never meet old vectors.
+    """
+    explicit = getattr(embedder, "model_id", None)
+    if explicit:
+        return str(explicit)
+    meta = getattr(embedder, "metadata", {}) or {}
+    named = meta.get("model_id") or meta.get("id")
+    if named:
+        return str(named)
+    model_dir = getattr(embedder, "model_dir", None)
+    if model_dir is not None:
+        try:
+            with open(Path(model_dir) / "embedder.onnx", "rb") as fh:
+                return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()[:16]
+        except OSError:
+            pass
+    return ""
 
 
 def default_model_dir() -> Path:

@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from pam_faceid.images import ImageError, entry_kind, load_image
+from pam_faceid.images import IMAGE_SUFFIXES, ImageError, entry_kind, load_image
 from pam_faceid.metrics import acceptance, allowed_impostors, far_key, tar_at_far, threshold_at_far
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,12 @@ class Dataset:
     @property
     def files(self) -> int:
         return sum(len(paths) for paths in self.identities.values())
+
+    def images(self) -> dict[str, list[Path]]:
+        """The identities' files with an image suffix (training and the negative bank read only those)."""
+        named = ((name, [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES])
+                 for name, paths in self.identities.items())
+        return {name: paths for name, paths in named if paths}
 
 
 def _sorted_entries(folder: Path) -> list[str]:
@@ -134,9 +140,6 @@ def scan_dataset(root: Path | str) -> Dataset:
     if identity_dirs == 0:
         raise EvaluateError(f"no identity folders in {show_path(root)} (expected DATASET/IDENTITY/IMAGE)")
     return Dataset(root=root, identities=identities, skipped=skipped)
-
-
-# ----------------------------------------------------------------------------------------------- images
 
 
 # ----------------------------------------------------------------------------------------------- embedding

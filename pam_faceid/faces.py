@@ -18,25 +18,26 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pam_faceid.camera import brightness_percent
 from pam_faceid.embedder import InputSpec, default_input
+from pam_faceid.images import brightness_percent
 
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 
 REFUSALS = {
-    "no_face": "no face found: look at the camera",
-    "face_too_small": "face too small: come closer to the camera",
-    "several_faces": "several faces of similar size: only one person should face the camera",
-    "too_dark": "frame too dark: turn on a light or face the camera",
+    "no_face": "look straight at the camera, with your whole face in view and nothing covering it",
+    "face_too_small": "come closer to the camera",
+    "several_faces": "make sure only your face is in view",
+    "too_dark": "turn on a light or face a window",
 }
+"""What to do about each reason FacePipeline refuses a frame: FaceRefused's message and the CLI's retry hint."""
 
 
 class FaceRefused(Exception):
     """A frame that cannot be used, with a reason key from REFUSALS."""
 
     def __init__(self, reason: str):
-        super().__init__(REFUSALS.get(reason, reason))
+        super().__init__(f"{reason.replace('_', ' ')}: {REFUSALS.get(reason, 'try again')}")
         self.reason = reason
 
 

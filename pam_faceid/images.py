@@ -33,6 +33,20 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 """Files larger than this are skipped unread: no face photo is that big, and reading it could exhaust memory."""
 
 
+# Luma weights (BT.601, as cv2.cvtColor BGR2GRAY) in B, G, R order: the mean of the grey frame.
+_LUMA_BGR = (0.114, 0.587, 0.299)
+
+
+def brightness_percent(frame: np.ndarray) -> float:
+    """Mean luma of a BGR (or grey) frame as a percentage of 255: what every ``dark_threshold`` compares with."""
+    import cv2
+
+    b, g, r, _ = cv2.mean(frame)
+    if frame.ndim == 2:
+        return b * 100.0 / 255.0
+    return (b * _LUMA_BGR[0] + g * _LUMA_BGR[1] + r * _LUMA_BGR[2]) * 100.0 / 255.0
+
+
 class ImageError(Exception):
     """The file is not a usable image; the message is the short reason, counted by callers."""
 

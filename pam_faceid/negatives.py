@@ -44,7 +44,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from pam_faceid.images import IMAGE_SUFFIXES
 
 BANK_FILE = "negatives.npz"
 DEFAULT_LIMIT = 1000
@@ -63,16 +62,19 @@ def bank_path(state_dir: str | os.PathLike[str]) -> Path:
     return Path(state_dir) / BANK_FILE
 
 
+def _people(root: Path) -> list[list[Path]]:
+    """Each identity's sorted image files under ROOT/IDENTITY/ (evaluate.scan_dataset's rules), by identity name."""
+    from pam_faceid.evaluate import EvaluateError, scan_dataset
+
+    try:
+        return list(scan_dataset(root).images().values())
+    except EvaluateError as exc:
+        raise NegativesError(str(exc)) from None
+
+
 def image_files(folder: Path, limit: int) -> list[Path]:
-    """Up to ``limit`` image files under ``folder``, spread over its sub-folders (identities) round-robin."""
-    if not folder.is_dir():
-        raise NegativesError(f"{folder}: not a folder of face images")
-    groups: dict[Path, list[Path]] = {}
-    for root, _dirs, files in os.walk(folder):
-        for name in sorted(files):
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                groups.setdefault(Path(root), []).append(Path(root) / name)
-    ordered = [groups[k] for k in sorted(groups)]
+    """Up to ``limit`` image files of ``folder``'s identity sub-folders, taken round-robin."""
+    ordered = _people(folder)
     picked: list[Path] = []
     depth = 0
     while len(picked) < limit and any(depth < len(g) for g in ordered):
@@ -161,11 +163,7 @@ def identity_folders(roots: Sequence[str | os.PathLike[str]], limit: int) -> lis
                                  "(dev/ is for measuring)")
         if not root.is_dir():
             raise NegativesError(f"{root}: not a folder")
-        people = []
-        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-            files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if files:
-                people.append(files)
+        people = _people(root)
         if not people:
             raise NegativesError(f"{root}: no ROOT/IDENTITY/IMAGE sub-folders")
         per_root.append(people)
@@ -189,7 +187,7 @@ def build_shipped(model_dir: str | os.PathLike[str], roots: Sequence[str | os.Pa
     """
     from tqdm import tqdm
 
-    from pam_faceid.daemon import model_id_of
+    from pam_faceid.embedder import model_id_of
     from pam_faceid.embedder import ONNX_FILE, Embedder
     from pam_faceid.faces import FacePipeline
     from pam_faceid.images import read_image

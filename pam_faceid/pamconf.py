@@ -33,7 +33,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pam_faceid import pamproof
+from pam_faceid import atomic, pamproof
 from pam_faceid.pamproof import PamConfError
 
 PAM_DIR = pamproof.PAM_DIR
@@ -421,14 +421,8 @@ def with_programs(text: str, face: str, report: str, helpers: tuple[str, ...] = 
 def _write_like(path: Path, text: str | bytes, like: Path | None = None) -> None:
     """Replace ``path`` atomically, keeping its owner and mode (or those of ``like``)."""
     st = (like or path).stat()
-    tmp = path.with_name(f".{path.name}.faceid-tmp")
-    with open(tmp, "wb" if isinstance(text, bytes) else "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chown(tmp, st.st_uid, st.st_gid)
-    os.chmod(tmp, st.st_mode & 0o7777)
-    os.replace(tmp, path)
+    data = text if isinstance(text, bytes) else text.encode("utf-8")
+    atomic.write_bytes(path, data, st.st_mode & 0o7777, (st.st_uid, st.st_gid))
 
 
 def backup(path: Path, backup_dir: Path = BACKUP_DIR) -> Path:

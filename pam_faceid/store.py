@@ -35,6 +35,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from pam_faceid import atomic
+
 FORMAT = "pam_faceid.enrolment"
 VERSION = 1
 USERS_DIR = "users"
@@ -64,37 +66,15 @@ def checksum(obj: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json({k: v for k, v in obj.items() if k != "sha256"})).hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` atomically and durably (tmp + fsync + rename + fsync folder).
+    """Replace ``path`` with ``data`` atomically and durably (atomic.write_bytes), or raise StoreError.
 
     On any failure (disk full, read-only folder) the old file is untouched,
     the temporary file is removed, and StoreError says what happened.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        atomic.write_bytes(path, data, mode)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         what = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
         raise StoreError(f"{path}: cannot write: {what}; the previous version is unchanged") from None
 
@@ -382,5 +362,5 @@ class Store(UserFiles):
             return False
         except OSError as exc:
             raise StoreError(f"{path}: cannot remove: {exc.strerror}") from None
-        _fsync_dir(self.folder)
+        atomic.fsync_dir(self.folder)
         return True

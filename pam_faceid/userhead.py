@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from pam_faceid import atomic
 from pam_faceid.store import StoreError, atomic_write_bytes, check_secure, validate_user
 
 log = logging.getLogger(__name__)
@@ -196,11 +197,7 @@ def _write(folder: Path, name: str, meta_name: str, head: UserHead | None) -> No
                 pass
             except OSError as exc:
                 raise HeadError(f"{folder / stale}: cannot remove: {exc.strerror}") from None
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomic.fsync_dir(folder)
         return
     data = head.to_bytes()
     meta = UserHead.from_bytes(data, name).meta

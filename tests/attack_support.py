@@ -58,7 +58,7 @@ def reading_notifications(daemon: Any) -> Iterator[None]:
 
 def model_id() -> str:
     """The id faceidd gives the test model (enrolments must carry it)."""
-    from pam_faceid.daemon import model_id_of
+    from pam_faceid.embedder import model_id_of
     from pam_faceid.embedder import Embedder
 
     return model_id_of(Embedder(MODEL_DIR))

@@ -207,7 +207,7 @@ def embed_images(paths: Sequence[Path]) -> "Any":
 
 def enrol(state_dir: Path, user: str, paths: Sequence[Path]) -> None:
     """Enrol ``user`` from real images, as the admin CLI will: embeddings saved with Store."""
-    from pam_faceid.daemon import model_id_of
+    from pam_faceid.embedder import model_id_of
     from pam_faceid.store import Store
 
     vectors, embedder = embed_images(paths)

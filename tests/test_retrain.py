@@ -43,7 +43,7 @@ def _candidate_model() -> Path:
 def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, np.ndarray]:
     """(model folder with a current negative bank, model id, bank as float32 unit vectors)."""
     from pam_faceid import negatives
-    from pam_faceid.daemon import model_id_of
+    from pam_faceid.embedder import model_id_of
     from pam_faceid.embedder import Embedder
 
     faces = require_shared_faces()

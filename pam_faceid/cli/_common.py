@@ -20,14 +20,6 @@ import numpy as np
 
 from pam_faceid.cli import EXIT_FAILURE, EXIT_NOT_ROOT, EXIT_USAGE, CommandError
 
-HINTS = {
-    "no_face": "look straight at the camera, with your whole face in view and nothing covering it",
-    "face_too_small": "come closer to the camera",
-    "several_faces": "make sure only your face is in view",
-    "too_dark": "turn on a light or face a window",
-}
-"""Retry hint for each reason FacePipeline refuses a frame."""
-
 CAMERA_TIMEOUT = 30.0
 """Seconds a live capture may take before it gives up on the missing good frames."""
 
@@ -104,18 +96,17 @@ def load_embedder(cfg: Any) -> Any:
 
 
 def model_id(embedder: Any) -> str:
-    """Same identity the daemon compares enrolments with (daemon.model_id_of)."""
-    from pam_faceid.daemon import model_id_of
+    """Same identity the daemon compares enrolments with (embedder.model_id_of)."""
+    from pam_faceid.embedder import model_id_of
 
     return model_id_of(embedder)
 
 
 def current_model_id(cfg: Any) -> str | None:
-    """The id faceidd gives the configured model (daemon.model_id_of), from its files alone; None when unusable."""
+    """The id faceidd gives the configured model (embedder.model_id_of), from its files alone; None when unusable."""
     from types import SimpleNamespace
 
-    from pam_faceid.daemon import model_id_of
-    from pam_faceid.embedder import ModelError, default_model_dir, load_metadata
+    from pam_faceid.embedder import ModelError, default_model_dir, load_metadata, model_id_of
 
     folder = Path(cfg.model.path) if cfg.model.path else default_model_dir()
     try:
@@ -219,6 +210,12 @@ def frames_from_camera(cfg: Any, timeout: float = CAMERA_TIMEOUT) -> Iterator[Fr
                 break
 
 
+def hint(reason: str) -> str:
+    """The retry hint for a refused frame (faces.REFUSALS), imported late: faces loads OpenCV."""
+    from pam_faceid.faces import REFUSALS
+
+    return REFUSALS.get(reason, "try again")
+
+
 def refusal_line(where: str, reason: str) -> str:
-    hint = HINTS.get(reason, "try again")
-    return f"{where}: refused: {reason.replace('_', ' ')} ({hint})"
+    return f"{where}: refused: {reason.replace('_', ' ')} ({hint(reason)})"

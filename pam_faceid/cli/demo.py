@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
 import secrets
 import shutil
@@ -33,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from pam_faceid import pamconf
+from pam_faceid import atomic, pamconf
 from pam_faceid.cli import EXIT_FAILURE, CommandError
 from pam_faceid.cli import _common as common
 
@@ -152,10 +151,7 @@ def _config_text(work: Path, model_path: str, liveness: str | None) -> str:
 
 def _write_config(work: Path, model_path: str, liveness: str | None) -> Path:
     path = work / "config.yaml"
-    tmp = work / ".config.yaml.tmp"
-    tmp.write_text(_config_text(work, model_path, liveness))
-    tmp.chmod(0o600)
-    os.replace(tmp, path)
+    atomic.write_bytes(path, _config_text(work, model_path, liveness).encode(), 0o600)
     return path
 
 

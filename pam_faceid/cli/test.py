@@ -117,7 +117,7 @@ def _frame_line(where: str, before: int, answer: protocol.Message, need: int) ->
         return f"{where}: MATCH ({matches} of {need} needed)"
     reason = answer.get("reason") if answer.type == "progress" else None
     if reason:
-        return f"{where}: {reason} ({common.HINTS.get(reason, 'try again')})"
+        return f"{where}: {reason} ({common.hint(reason)})"
     return f"{where}: {answer.get('result') if answer.type == 'verdict' else 'no match'}"
 
 

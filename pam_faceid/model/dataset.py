@@ -19,25 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from pam_faceid.embedder import InputSpec
-from pam_faceid.images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
 
 
-def is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
-
-
 def scan_labelled(root: Path) -> list[tuple[Path, str]]:
-    """(image, identity) for every image in ROOT/IDENTITY/, sorted by name."""
-    items = []
-    for identity in sorted(p for p in Path(root).iterdir() if p.is_dir()):
-        for image in sorted(identity.iterdir()):
-            if image.is_file() and is_image_name(image):
-                items.append((image, identity.name))
-    return items
+    """(image, identity) for every image in ROOT/IDENTITY/, sorted by name (evaluate.scan_dataset's rules)."""
+    from pam_faceid.evaluate import scan_dataset
+
+    return [(image, name) for name, images in scan_dataset(root).images().items() for image in images]
 
 
 @dataclass
