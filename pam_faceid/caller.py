@@ -102,7 +102,8 @@ def session_id(pid: int) -> str | None:
 
 
 def logind_session(pid: int, sessions_dir: str | None = None) -> dict[str, str] | None:
-    """logind's record of the session ``pid`` runs in (KEY -> value), or None (no logind, no session)."""
+    """logind's record of the session ``pid`` runs in (KEY -> value, its id under "ID"), or None (no logind,
+    no session)."""
     name = session_id(pid)
     if name is None:
         return None
@@ -111,7 +112,7 @@ def logind_session(pid: int, sessions_dir: str | None = None) -> dict[str, str] 
             text = fh.read(1 << 16).decode("utf-8", "replace")
     except OSError:
         return None
-    record = {}
+    record = {"ID": name}
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         if sep and not key.startswith("#"):
@@ -145,7 +146,7 @@ def remote_reason(env: Mapping[str, str], caller_pid: int | None = None) -> str 
         session = logind_session(caller_pid)
         if session and session.get("REMOTE") == "1":
             host = session.get("REMOTE_HOST") or "an unknown host"
-            return f"remote logind session {session_id(caller_pid)} from {host}"
+            return f"remote logind session {session['ID']} from {host}"
     caller_env = environment_of(caller_pid) if caller_pid is not None else {}
     for source in (env, caller_env):
         for name in SSH_VARIABLES:

@@ -185,7 +185,8 @@ def authenticate(env: Mapping[str, str], config_path: str | None) -> int:
         uid = pwd.getpwnam(user).pw_uid
     except KeyError:
         raise Abort(EXIT_SKIPPED, f"user {user!r} does not exist") from None
-    why = caller.requester_problem(user, uid, env, os.getppid())
+    caller_pid = os.getppid()  # the PAM application (sudo, su, a greeter): pam_exec forks and runs us
+    why = caller.requester_problem(user, uid, env, caller_pid)
     if why:
         raise Abort(EXIT_SKIPPED, f"{why}: skipped (a face proves only the person asking)")
     try:
@@ -196,7 +197,7 @@ def authenticate(env: Mapping[str, str], config_path: str | None) -> int:
     if not cfg.auth.enabled:
         raise Abort(EXIT_SKIPPED, "face authentication is disabled (auth.enabled: false)")
     if cfg.auth.abort_if_ssh:
-        why = caller.remote_reason(env, os.getppid())
+        why = caller.remote_reason(env, caller_pid)
         if why:
             raise Abort(EXIT_SKIPPED, f"{why}: skipped (auth.abort_if_ssh)")
     if cfg.auth.abort_if_lid_closed and lid_closed():
