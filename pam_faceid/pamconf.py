@@ -407,14 +407,15 @@ def with_programs(text: str, face: str, report: str, helpers: tuple[str, ...] = 
     (the proof's stand-ins); other lines as they are."""
     lines = text.splitlines()
     for rule in parse_rules(lines):
-        if is_ours(rule, helpers) and rule.module_name == "pam_python.so":
+        if not is_ours(rule, helpers):
+            continue
+        if rule.module_name == "pam_python.so":
             args = [f"helper={face}" if arg.startswith("helper=") else arg for arg in rule.args]
-            lines[rule.index] = f"{rule.type}\t{rule.control}\t{rule.module} {' '.join(args)}"
-        elif is_ours(rule, helpers):
-            _, args = rule.program()
-            options = rule.args[:len(rule.args) - len(args) - 1]
-            stand_in = report if is_report(rule) else face
-            lines[rule.index] = f"{rule.type}\t{rule.control}\t{rule.module} {' '.join(options)} {stand_in}"
+        else:
+            _, program_args = rule.program()
+            options = rule.args[:len(rule.args) - len(program_args) - 1]
+            args = [*options, report if is_report(rule) else face]
+        lines[rule.index] = f"{rule.type}\t{rule.control}\t{rule.module} {' '.join(args)}"
     return "\n".join(lines) + "\n"
 
 
