@@ -21,7 +21,7 @@
 #   /usr/local/sbin/faceid-helper    -> /opt/pam_faceid/bin/faceid-helper (the PAM helper)
 #   /usr/share/pam-configs/faceid    pam-auth-update profile, installed but NOT enabled ('faceid pam enable' does that)
 #   /usr/share/pam-configs/faceid-password  its companion: reports password logins (auth.require_password_after)
-#   .../site-packages/pam_faceid/pam_prompt.py  the pam_python module 'faceid pam enable --service S' puts in PAM
+#   .../site-packages/pam_faceid/helper/pam_prompt.py  the pam_python module 'faceid pam enable --service S' puts in PAM
 #                                    (checked: root-owned, writable by root only; libpam-python is installed)
 # Every run is idempotent: what is already in place is reused and said so.
 set -euo pipefail
@@ -30,7 +30,7 @@ umask 022
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON=/usr/bin/python3
 TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
-# libpam-python loads pam_faceid/pam_prompt.py (face or password, whichever comes first); the rest of DEV_APT
+# libpam-python loads pam_faceid/helper/pam_prompt.py (face or password, whichever comes first); the rest of DEV_APT
 # is what tests/test_prompt.py drives: real sudo, a screen locker under Xvfb, xdotool for its keys.
 DEV_APT=(python3-venv python3-dev libpam-modules libpam-runtime libpam0g systemd libpam-python sudo pamtester xvfb
          i3lock xdotool)
@@ -267,9 +267,9 @@ install_links() {
 check_prompt_module() {
     local module why
     [[ -z $ROOT ]] && ((EUID == 0)) || return 0
-    module="$("$PREFIX/bin/python" -I -c 'from pam_faceid import pamconf; print(pamconf.PROMPT_MODULE)')"
+    module="$("$PREFIX/bin/python" -I -c 'from pam_faceid.pamstack import pamconf; print(pamconf.PROMPT_MODULE)')"
     if why="$("$PREFIX/bin/python" -I -c 'import sys
-from pam_faceid.pam_prompt import unsafe_path
+from pam_faceid.helper.pam_prompt import unsafe_path
 why = unsafe_path(sys.argv[1])
 print(why or "")
 sys.exit(bool(why))' "$module")"; then

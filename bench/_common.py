@@ -323,9 +323,9 @@ def pam_service(helper_command: str) -> Iterator[str]:
 
 def embed_images(paths: Sequence[Path], model: Path) -> tuple[np.ndarray, Any, list[Path]]:
     """Unit embeddings of the faces in ``paths`` through the daemon's own FacePipeline + Embedder."""
-    from pam_faceid.embedder import Embedder
-    from pam_faceid.faces import FacePipeline
-    from pam_faceid.images import read_image
+    from pam_faceid.vision.embedder import Embedder
+    from pam_faceid.vision.faces import FacePipeline
+    from pam_faceid.common.images import read_image
 
     pipeline = FacePipeline()
     embedder = Embedder(model)
@@ -343,8 +343,8 @@ def embed_images(paths: Sequence[Path], model: Path) -> tuple[np.ndarray, Any, l
 
 def enrol(state_dir: Path, user: str, vectors: np.ndarray, embedder: Any) -> None:
     """Write ``user``'s enrolment as `faceid enroll` does (Store, with the model's id)."""
-    from pam_faceid.embedder import model_id_of
-    from pam_faceid.store import Store
+    from pam_faceid.vision.embedder import model_id_of
+    from pam_faceid.common.store import Store
 
     Store(state_dir).add_templates(user, vectors, label="bench", model_id=model_id_of(embedder))
 

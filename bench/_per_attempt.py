@@ -14,9 +14,9 @@ import json
 import sys
 import time
 
-from pam_faceid.camera import FrameSource
-from pam_faceid.daemon import Decision, load_state
-from pam_faceid.camera import encode_jpeg
+from pam_faceid.vision.camera import FrameSource
+from pam_faceid.daemon.server import Decision, load_state
+from pam_faceid.vision.camera import encode_jpeg
 
 
 def main() -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _common import VENV_BIN, summary
 
-from pam_faceid import pamconf
+from pam_faceid.pamstack import pamconf
 
 STACKS = ("exec", "race")
 LABELS = {"exec": "pam_exec line (today): face, then the password prompt",

@@ -14,7 +14,8 @@ import os
 import sys
 import time
 
-from pam_faceid import camera, helper
+from pam_faceid.vision import camera
+from pam_faceid.helper import main as helper
 
 _opened: list[float] = []
 _from_config = camera.FrameSource.from_config.__func__

@@ -130,7 +130,7 @@ SESSION_LINE = re.compile(r"auth user=(\S+) .* verdict=(\S+) score=(\S+) frames=
 
 def run(model: Path, person: str, attempts: int, warmup: int, frames: int, enrol_count: int,
         threshold: float | None, match_attempts: int, sudo_attempts: int = 0, stranger: str = "Hugo_Chavez") -> dict:
-    from pam_faceid.config import load_config
+    from pam_faceid.common.config import load_config
 
     if howdy is None:
         raise SystemExit(f"auth_latency: Howdy's path needs dlib ({HOWDY_MISSING}): pip install '.[bench]', "

@@ -29,7 +29,7 @@ from _common import (DEFAULT_OUT, DEV_LFW, Faceidd, daemon_config, default_model
                      machine, median, person_images, proc_memory, require_faces, require_model, save_json,
                      short_tmp, unit_environment, write_config)
 
-from pam_faceid import protocol  # noqa: E402
+from pam_faceid.common import protocol  # noqa: E402
 
 TEMPLATES_PER_USER = 5
 SESSIONS = 8
@@ -48,8 +48,8 @@ def pool_vectors(model: Path, count: int) -> tuple[np.ndarray, object]:
 
 
 def enrol_users(state_dir: Path, users: int, vectors: np.ndarray, embedder: object) -> list[str]:
-    from pam_faceid.embedder import model_id_of
-    from pam_faceid.store import Store
+    from pam_faceid.vision.embedder import model_id_of
+    from pam_faceid.common.store import Store
 
     store = Store(state_dir)
     names = []
@@ -135,8 +135,8 @@ def one_round(model: Path, vectors: np.ndarray, embedder: object, frames: list[b
 
 
 def run(model: Path, repeats: int, load_seconds: float, stranger: str) -> dict:
-    from pam_faceid.images import read_image
-    from pam_faceid.camera import encode_jpeg
+    from pam_faceid.common.images import read_image
+    from pam_faceid.vision.camera import encode_jpeg
 
     require_faces()
     require_model(model)

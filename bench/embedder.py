@@ -14,7 +14,7 @@ holding the model costs). Then, on one core:
   (YuNet for ours; for dlib HOG upsampling once on the CLAHE grey image,
   as Howdy runs it).
 
-Accuracy is dev pairs accuracy through ``pam_faceid.evaluate.evaluate`` with
+Accuracy is dev pairs accuracy through ``pam_faceid.model.evaluate.evaluate`` with
 one embed function per backend: ours is `faceid evaluate`'s own path; dlib's
 is its own detector and landmarks as Howdy runs them (CLAHE grey, HOG
 upsampling once; of several faces the one nearest the centre, as LFW centres
@@ -64,7 +64,7 @@ def quick_pairs(pairs: Path, per_block: int, out: Path) -> Path:
 
 def pair_keys(root: Path, pairs: Path) -> list[tuple[str | None, str | None, bool, int]]:
     """(key1, key2, same, fold) of every pair, with the image keys evaluate's loader gives."""
-    from pam_faceid.evaluate import load_image, pair_image_index, parse_pairs, scan_dataset
+    from pam_faceid.model.evaluate import load_image, pair_image_index, parse_pairs, scan_dataset
 
     index = pair_image_index(scan_dataset(root))
     cache: dict[Path, str] = {}
@@ -87,7 +87,7 @@ class Ours:
 
     def __init__(self, model: Path, backend: str):
         from pam_faceid.cli.evaluate import make_embed
-        from pam_faceid.faces import FacePipeline
+        from pam_faceid.vision.faces import FacePipeline
 
         self.embed_image, self.embedder = make_embed(str(model), backend, False)
         self.pipeline = FacePipeline(policy="centre", min_size=20, spec=self.embedder.input)
@@ -132,7 +132,7 @@ class Dlib:
         return vector / max(float(np.linalg.norm(vector)), 1e-12)
 
     def embed_image(self, image: np.ndarray) -> np.ndarray:
-        from pam_faceid.evaluate import NoFace
+        from pam_faceid.model.evaluate import NoFace
 
         prepared = self.prepare(image)
         if prepared is None:
@@ -149,7 +149,7 @@ def _dlib_pool_init() -> None:
 
 
 def _dlib_pool_embed(path: str) -> tuple[str, list[float] | None]:
-    from pam_faceid.evaluate import ImageError, load_image
+    from pam_faceid.model.evaluate import ImageError, load_image
 
     try:
         image = load_image(path)
@@ -167,7 +167,7 @@ def worker(backend: str, model: Path, speed_list: Path, pairs: Path, keys_file: 
 
     started = time.monotonic()
     cv2.setNumThreads(1)
-    from pam_faceid.evaluate import NoFace, evaluate, load_image
+    from pam_faceid.model.evaluate import NoFace, evaluate, load_image
 
     pipeline = Dlib() if backend == "dlib" else Ours(model, backend)
     paths = [Path(p) for p in json.loads(speed_list.read_text())]
@@ -206,7 +206,7 @@ def worker(backend: str, model: Path, speed_list: Path, pairs: Path, keys_file: 
     if backend == "dlib":
         from multiprocessing import get_context
 
-        from pam_faceid.evaluate import pair_image_index, parse_pairs, scan_dataset
+        from pam_faceid.model.evaluate import pair_image_index, parse_pairs, scan_dataset
 
         index = pair_image_index(scan_dataset(DEV_LFW))
         todo = sorted({str(index[k]) for p in parse_pairs(pairs).pairs
@@ -256,11 +256,11 @@ def worker(backend: str, model: Path, speed_list: Path, pairs: Path, keys_file: 
 
 def speed_photos(pairs: Path, count: int) -> list[str]:
     """The first ``count`` pair photos in which both YuNet and HOG find a face: the same faces for every backend."""
-    from pam_faceid.evaluate import load_image, pair_image_index, parse_pairs, scan_dataset
+    from pam_faceid.model.evaluate import load_image, pair_image_index, parse_pairs, scan_dataset
 
     index = pair_image_index(scan_dataset(DEV_LFW))
     ours, theirs = Ours.__new__(Ours), Dlib()
-    from pam_faceid.faces import FacePipeline
+    from pam_faceid.vision.faces import FacePipeline
 
     ours.pipeline = FacePipeline(policy="centre", min_size=20)
     chosen: list[str] = []

@@ -40,7 +40,7 @@ from _common import (DEFAULT_OUT, Faceidd, daemon_config, default_model, machine
 from fuzz_inputs import FuzzFailure, cases, expand, send_to_daemon, vm_rss_kib  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
-from pam_faceid import protocol  # noqa: E402
+from pam_faceid.common import protocol  # noqa: E402
 
 CHUNK_CASES = 250
 WORKERS = 4
@@ -85,9 +85,9 @@ def run(n_cases: int, variants: int, model: Path | None, slack_mib: float,
             import cv2
             import numpy as np
 
-            from pam_faceid.embedder import model_id_of
-            from pam_faceid.embedder import Embedder
-            from pam_faceid.store import Store
+            from pam_faceid.vision.embedder import model_id_of
+            from pam_faceid.vision.embedder import Embedder
+            from pam_faceid.common.store import Store
 
             vectors = np.random.default_rng(3).normal(size=(3, 128)).astype(np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -2,7 +2,7 @@
 
 The real console script is started the way pam_exec starts it (PAM_USER in
 an otherwise empty environment) against a stub faceidd written here with
-pam_faceid.protocol: the stub answers hello with ready and notes, with the
+pam_faceid.common.protocol: the stub answers hello with ready and notes, with the
 system-wide monotonic clock, when the first whole frame message arrived.
 The clock starts just before the process is created, so interpreter start,
 imports, config, the camera and JPEG encoding all count. The stub answers
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (CLEAN_ENV, DEFAULT_OUT, PYTHON, VENV_BIN, camera_folder, machine, person_images,  # noqa: E402
                      require_faces, save_json, short_tmp, summary, write_config)
 
-from pam_faceid import protocol  # noqa: E402
+from pam_faceid.common import protocol  # noqa: E402
 
 BUDGET_MS = 150.0
 

@@ -12,7 +12,7 @@ live verdict, the attacker-friendly reading.
     .venv/bin/python -m bench.liveness --seed 3              # dev/lfw identities, 24 sessions per kind
     .venv/bin/python -m bench.liveness --split train/celeba --seed 1 --scores   # the tuning split
 
-Thresholds in pam_faceid/liveness.py were set with ``--scores`` on the
+Thresholds in pam_faceid/vision/liveness.py were set with ``--scores`` on the
 train/celeba split (seed 1); the README numbers come from dev/lfw sets made after the last change
 (seeds 3 and 4: seed 0 was looked at while fixing the straight-edge case, so it is no longer held out).
 """
@@ -47,7 +47,7 @@ KIND_TEXT = {
     "genuine_photos": "several photos, 3-5 frames each, head turning",
     "genuine_still": "Yale B: fixed pose, light moving, no motion",
 }
-# Attacks the check is designed to stop, and those it says it cannot (see pam_faceid/liveness.py).
+# Attacks the check is designed to stop, and those it says it cannot (see pam_faceid/vision/liveness.py).
 KNOWN_LIMITS = ("photo_bent", "screen_video")
 
 
@@ -74,8 +74,8 @@ def upper_bound(successes: int, trials: int, confidence: float = 0.95) -> float:
 
 def evaluate(sets: Path, modes: list[str]) -> tuple[list[dict], dict[str, list[float]]]:
     """Per session and mode: accepted at any frame, the final reason and scores; and the add() times."""
-    from pam_faceid.faces import FacePipeline, FaceRefused
-    from pam_faceid.liveness import LivenessCheck, looks_infrared
+    from pam_faceid.vision.faces import FacePipeline, FaceRefused
+    from pam_faceid.vision.liveness import LivenessCheck, looks_infrared
 
     pipeline = FacePipeline(policy="largest")
     try:

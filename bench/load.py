@@ -45,7 +45,7 @@ from _common import (DEFAULT_OUT, Faceidd, daemon_config, default_model, embed_i
                      person_images, proc_memory, require_faces, require_model, save_json, short_tmp, summary,
                      unit_environment, write_config)
 
-from pam_faceid import protocol  # noqa: E402
+from pam_faceid.common import protocol  # noqa: E402
 
 PERSON = "Tony_Blair"
 OTHER = "Hugo_Chavez"
@@ -55,10 +55,10 @@ FRAMES = 4
 
 
 def jpeg_frames(paths: list[Path]) -> list[bytes]:
-    """Frames as the helper sends them (pam_faceid.camera.encode_jpeg: <= 640 px, JPEG quality 85)."""
+    """Frames as the helper sends them (pam_faceid.vision.camera.encode_jpeg: <= 640 px, JPEG quality 85)."""
     import cv2
 
-    from pam_faceid.camera import encode_jpeg
+    from pam_faceid.vision.camera import encode_jpeg
 
     return [encode_jpeg(cv2.imread(str(p))) for p in paths]
 

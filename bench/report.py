@@ -227,7 +227,7 @@ def embedder_section(emb: dict) -> list[str]:
         f"Each backend alone in a fresh process, one thread. Embedding = aligned face to vector, on the same "
         f"{next(iter(b.values()))['faces_timed']} dev photos for all (median per face over {emb['passes']} passes); end to end = "
         "detection, landmarks, alignment and embedding of one photo. RSS = the process after loading its "
-        "pipeline and embedding one face. Accuracy: dev pairs through `pam_faceid.evaluate.evaluate`."
+        "pipeline and embedding one face. Accuracy: dev pairs through `pam_faceid.model.evaluate.evaluate`."
         + quick, "",
         "| model | ms / face | faces / s | end to end ms / photo | RSS MiB | load s | dev pairs accuracy | AUC | "
         "TAR @ FAR 1e-3 | pairs without a face |",

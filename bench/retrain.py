@@ -56,8 +56,8 @@ SEED = 0
 
 def aligned(paths: list[Path]) -> tuple[np.ndarray, list[Path]]:
     """Aligned crops (faces as `faceid evaluate` finds them) of those photos that have a face."""
-    from pam_faceid.faces import FacePipeline
-    from pam_faceid.images import read_image
+    from pam_faceid.vision.faces import FacePipeline
+    from pam_faceid.common.images import read_image
 
     pipeline = FacePipeline(policy="centre", min_size=20)
     crops, kept = [], []
@@ -108,7 +108,7 @@ def seed_training(data: dict, max_epochs: int, threads: int) -> dict:
     import torch.nn.functional as F
     from torch import nn
 
-    from pam_faceid.embedder import default_input, preprocess
+    from pam_faceid.vision.embedder import default_input, preprocess
 
     spec = default_input()
     torch.manual_seed(SEED)
@@ -174,9 +174,9 @@ ADMIN_BANK_LIMIT = 1000
 
 def shipped_bank(model: Path) -> str | None:
     """A description of the negative bank shipped beside ``model``, or None when it has none for this model."""
-    from pam_faceid import negatives
-    from pam_faceid.embedder import model_id_of
-    from pam_faceid.embedder import Embedder
+    from pam_faceid.model import negatives
+    from pam_faceid.vision.embedder import model_id_of
+    from pam_faceid.vision.embedder import Embedder
 
     try:
         bank = negatives.load_shipped(model, model_id_of(Embedder(model)))
@@ -186,7 +186,7 @@ def shipped_bank(model: Path) -> str | None:
 
 
 def base_model_row(model: Path, data: dict) -> dict:
-    from pam_faceid.embedder import Embedder
+    from pam_faceid.vision.embedder import Embedder
 
     embedder = Embedder(model)
     return {"seconds": None, **far_frr(embedder.embed, data, embedder.threshold)}
@@ -215,14 +215,14 @@ def faceid_retrain_rows(model: Path, data: dict, repeats: int) -> list[dict]:
     repeat does the same work; seconds are their median. When the command keeps
     the base model (its new head did not lower FRR on its own held-out captures),
     a second row shows what that new head would have given: the same training
-    (pam_faceid.retrain.retrain, the same inputs and seed) run in this process.
+    (pam_faceid.model.retrain.retrain, the same inputs and seed) run in this process.
     """
-    from pam_faceid import negatives
-    from pam_faceid.embedder import model_id_of
-    from pam_faceid.embedder import Embedder
-    from pam_faceid.retrain import RetrainConfig, augmented_captures, retrain
-    from pam_faceid.store import Store
-    from pam_faceid.userhead import head_dir, load_head
+    from pam_faceid.model import negatives
+    from pam_faceid.vision.embedder import model_id_of
+    from pam_faceid.vision.embedder import Embedder
+    from pam_faceid.model.retrain import RetrainConfig, augmented_captures, retrain
+    from pam_faceid.common.store import Store
+    from pam_faceid.vision.userhead import head_dir, load_head
 
     base = short_tmp()
     try:
@@ -305,8 +305,8 @@ def run(model: Path, owner: str, quick: bool, threads: int, repeats: int) -> dic
                  f"{OTHERS_TRAIN} other people from train/lfw; FAR and FRR on held-out photos at each "
                  f"method's own threshold. Seconds: median of {repeats} runs, torch on {threads} thread(s) "
                  f"for both (what `faceid retrain` uses: batch-1 steps on 2 cores only slow down with more).")}
-    if importlib.util.find_spec("pam_faceid.retrain") is None:
-        result["pending"] = "`faceid retrain` (pam_faceid/retrain.py) does not exist yet."
+    if importlib.util.find_spec("pam_faceid.model.retrain") is None:
+        result["pending"] = "`faceid retrain` (pam_faceid/model/retrain.py) does not exist yet."
         return result
     ours = faceid_retrain_rows(model, data, repeats)
     if "error" in ours[0]:

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_FACES = REPO.parent / "shared" / "faces"
 sys.path.insert(0, str(REPO / "tests"))  # the session renderer is shared with the tests (not a package)
 
-from pam_faceid.images import read_image  # noqa: E402
+from pam_faceid.common.images import read_image  # noqa: E402
 from spoof_sessions import (ATTACK_KINDS, GENUINE_KINDS, KINDS, Source, identities, load_sources,  # noqa: E402,F401
                             make_session, still_sources)
 
@@ -44,7 +44,7 @@ def generate(out_dir: Path, *, split: str = "dev/lfw", still_split: str = "train
     Identities are drawn (seeded) from those with at least 6 photos in ``split``;
     ``genuine_still`` uses ``still_split`` (Extended Yale B).
     """
-    from pam_faceid.faces import FacePipeline
+    from pam_faceid.vision.faces import FacePipeline
 
     root = faces_root / split
     if not root.is_dir():

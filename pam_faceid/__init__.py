@@ -1,7 +1,17 @@
 """pam_faceid: face unlock for Linux through PAM.
 
-Data flows one way: camera -> faces -> embedder -> decision (daemon). The PAM
-helper imports only config, camera and protocol, so it never pulls torch.
+Data flows one way: camera -> faces -> embedder -> decision. The subpackages
+are the roles, and their import direction is a contract the tests check
+(tests/test_layers.py, import-linter), each layer importing only those below:
+
+- ``cli``: faceid, the admin commands, one module each;
+- ``model`` (building and measuring models) and ``pamstack`` (editing /etc/pam.d);
+- ``daemon`` (faceidd) and ``helper`` (the PAM side), which never import each other;
+- ``vision``: camera, faces, embedder, liveness, the per-user head;
+- ``common``: the shared contracts: config, protocol, store, images, atomic writes.
+
+The helper imports only ``common`` and ``vision.camera``, so it never pulls
+numpy, onnxruntime or torch at start-up.
 """
 
 __version__ = "0.1.0"

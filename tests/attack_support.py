@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from faceidd_util import MODEL_DIR
 
-from pam_faceid.config import SCHEMA
+from pam_faceid.common.config import SCHEMA
 
 
 def plain_policy() -> dict[str, dict[str, Any]]:
@@ -58,15 +58,15 @@ def reading_notifications(daemon: Any) -> Iterator[None]:
 
 def model_id() -> str:
     """The id faceidd gives the test model (enrolments must carry it)."""
-    from pam_faceid.embedder import model_id_of
-    from pam_faceid.embedder import Embedder
+    from pam_faceid.vision.embedder import model_id_of
+    from pam_faceid.vision.embedder import Embedder
 
     return model_id_of(Embedder(MODEL_DIR))
 
 
 def enrol_random(state_dir: Path, user: str, count: int = 3, seed: int = 0) -> None:
     """An enrolment of random unit vectors: nobody's face matches it (cheap, for sessions that must not match)."""
-    from pam_faceid.store import Store
+    from pam_faceid.common.store import Store
 
     vectors = np.random.default_rng(seed).normal(size=(count, 128)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -75,7 +75,7 @@ class Daemon:
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        from pam_faceid.protocol import DaemonError, request_status
+        from pam_faceid.common.protocol import DaemonError, request_status
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -89,7 +89,7 @@ class Daemon:
         raise RuntimeError(f"faceidd not ready after {timeout} s: {self.read_log()}")
 
     def status(self) -> dict:
-        from pam_faceid.protocol import request_status
+        from pam_faceid.common.protocol import request_status
 
         return request_status(self.socket)
 

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pam_faceid.images import IMAGE_SUFFIXES
+from pam_faceid.common.images import IMAGE_SUFFIXES
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FACES = REPO.parent / "shared" / "faces"
@@ -158,7 +158,7 @@ def session_frames(paths: Sequence[Path | str], per_photo: int = 2, seed: int = 
     age, pose) is measured by ``faceid evaluate`` on dev, not asserted here.
     """
     from pam_faceid.cli.demo import camera_frames
-    from pam_faceid.images import read_image
+    from pam_faceid.common.images import read_image
 
     return [frame for i, path in enumerate(paths) for frame in camera_frames(read_image(path), per_photo, seed + i)]
 

@@ -189,9 +189,9 @@ def embed_images(paths: Sequence[Path]) -> "Any":
     """Unit embeddings of the faces in ``paths`` (through the same FacePipeline + Embedder as the daemon)."""
     import numpy as np
 
-    from pam_faceid.embedder import Embedder
-    from pam_faceid.faces import FacePipeline
-    from pam_faceid.images import read_image
+    from pam_faceid.vision.embedder import Embedder
+    from pam_faceid.vision.faces import FacePipeline
+    from pam_faceid.common.images import read_image
 
     embedder = Embedder(MODEL_DIR)
     pipeline = FacePipeline(spec=embedder.input)
@@ -207,8 +207,8 @@ def embed_images(paths: Sequence[Path]) -> "Any":
 
 def enrol(state_dir: Path, user: str, paths: Sequence[Path]) -> None:
     """Enrol ``user`` from real images, as the admin CLI will: embeddings saved with Store."""
-    from pam_faceid.embedder import model_id_of
-    from pam_faceid.store import Store
+    from pam_faceid.vision.embedder import model_id_of
+    from pam_faceid.common.store import Store
 
     vectors, embedder = embed_images(paths)
     Store(state_dir).add_templates(user, vectors, label="test", model_id=model_id_of(embedder))

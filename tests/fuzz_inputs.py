@@ -22,7 +22,7 @@ from typing import Sequence
 
 from hypothesis import strategies as st
 
-from pam_faceid import protocol
+from pam_faceid.common import protocol
 
 MAX_INPUT_BYTES = 48 * 1024
 """Inputs stay below a Unix socket's buffer, so writing one never waits for the reader."""

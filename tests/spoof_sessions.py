@@ -44,7 +44,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from pam_faceid.images import IMAGE_SUFFIXES, read_image
+from pam_faceid.common.images import IMAGE_SUFFIXES, read_image
 
 FRAME_W, FRAME_H = 640, 480
 FOCAL = 600.0  # pixels: a 640x480 webcam with about 56 degrees horizontal field of view
@@ -547,7 +547,7 @@ def make_session(kind: str, sources: Sequence[Source], rng: np.random.Generator,
 
 def locate(path: Path, pipeline, trim: bool) -> Source | None:
     """A photo with its face located, or None when it cannot be read or the detector finds no usable face."""
-    from pam_faceid.faces import FaceRefused
+    from pam_faceid.vision.faces import FaceRefused
 
     image = read_image(path)
     if image is None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pam_faceid import atomic, pamconf
+from pam_faceid.common import atomic
+from pam_faceid.pamstack import pamconf
 
 
 def test_replaces_with_mode_and_owner_and_leaves_no_temp(tmp_path: Path) -> None:

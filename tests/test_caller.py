@@ -21,7 +21,8 @@ import pytest
 from conftest import PERSON, session_frames, write_frames
 from faceidd_util import HELPER, daemon_dir, enrol, faceidd, make_user, require_model  # noqa: F401
 
-from pam_faceid import caller, helper
+from pam_faceid.helper import caller
+from pam_faceid.helper import main as helper
 
 CGROUP_ROOT = Path("/sys/fs/cgroup/systemd")
 """The name=systemd hierarchy, where logind's session scopes live on this cgroup v1 machine."""

@@ -25,7 +25,7 @@ def _start(*args: str) -> subprocess.Popen:
 
 
 def _wait_ready(proc: subprocess.Popen, sock: Path, timeout: float = 30.0) -> None:
-    from pam_faceid.protocol import DaemonError, request_status
+    from pam_faceid.common.protocol import DaemonError, request_status
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -14,7 +14,7 @@ import pytest
 from cli_support import FACEID, HELPER, TempUser, faceid, require_root, temp_user  # noqa: F401
 from faceidd_util import PYTHON, daemon_dir, faceidd, pam_files  # noqa: F401
 
-from pam_faceid import pamconf
+from pam_faceid.pamstack import pamconf
 
 ORIGINAL = "#%PAM-1.0\n@include common-auth\naccount required pam_permit.so\n"
 
@@ -281,7 +281,7 @@ def _password_faceidd(faceidd, user: str):
     fails at once, and the report line succeeds once faceidd records a password login: the state of the issue."""
     import numpy as np
 
-    from pam_faceid.store import Store
+    from pam_faceid.common.store import Store
 
     d = faceidd({"auth": {"abort_if_ssh": False, "abort_if_lid_closed": False, "require_password_after": 1},
                  "camera": {"device": "/nonexistent/camera"}})

@@ -89,10 +89,10 @@ def test_agrees_with_a_real_login_for_a_user_with_a_per_user_head(enrolled, pers
     The head pulls every vector towards one direction, so an impostor the base
     model refuses scores near 1 under it, above the head's own threshold.
     """
-    from pam_faceid.embedder import model_id_of
-    from pam_faceid.embedder import Embedder
-    from pam_faceid.protocol import request_reload
-    from pam_faceid.userhead import UserHead, save_head
+    from pam_faceid.vision.embedder import model_id_of
+    from pam_faceid.vision.embedder import Embedder
+    from pam_faceid.common.protocol import request_reload
+    from pam_faceid.vision.userhead import UserHead, save_head
 
     config, user = enrolled
     impostor = make_image_folder(person_images(OTHER_PERSON)[:4])

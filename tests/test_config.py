@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pam_faceid import config as C
-from pam_faceid.config import ConfigError, load_config, set_value
+from pam_faceid.common import config as C
+from pam_faceid.common.config import ConfigError, load_config, set_value
 
 REPO = Path(__file__).resolve().parents[1]
 FACEID = REPO / ".venv" / "bin" / "faceid"
@@ -94,7 +94,7 @@ def test_contract_defaults() -> None:
 
 def test_shipped_config_yaml_matches_schema() -> None:
     shipped = (REPO / "config" / "config.yaml").read_text()
-    assert shipped == C.render_yaml(), "config/config.yaml drifted: run python -m pam_faceid.config update"
+    assert shipped == C.render_yaml(), "config/config.yaml drifted: run python -m pam_faceid.common.config update"
     assert load_config(str(REPO / "config" / "config.yaml"), check_permissions=False) == C.defaults()
     for key in C.SCHEMA:
         assert key.doc[1:] in shipped and key.allowed() in shipped
@@ -104,13 +104,13 @@ def test_readme_reference_matches_schema() -> None:
     readme = (REPO / "README.md").read_text()
     start, end = readme.index(C.README_START), readme.index(C.README_END)
     table = readme[start + len(C.README_START):end].strip("\n") + "\n"
-    assert table == C.render_markdown(), "README config reference drifted: run python -m pam_faceid.config update"
+    assert table == C.render_markdown(), "README config reference drifted: run python -m pam_faceid.common.config update"
     for key in C.SCHEMA:
         assert f"| `{key.name}` |" in table
 
 
 def test_documented_notices_are_the_ones_the_helper_prints() -> None:
-    from pam_faceid import helper
+    from pam_faceid.helper import main as helper
 
     doc = C.KEYS["auth.detection_notice"].doc
     assert all(f"'{text}'" in doc for text in (helper.NOTICE_LOOKING, helper.NOTICE_MATCH, helper.NOTICE_NO_MATCH))
@@ -118,7 +118,7 @@ def test_documented_notices_are_the_ones_the_helper_prints() -> None:
 
 def test_module_prints_generated_documents() -> None:
     for what, expected in (("yaml", C.render_yaml()), ("markdown", C.render_markdown())):
-        out = subprocess.run([sys.executable, "-m", "pam_faceid.config", what], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-m", "pam_faceid.common.config", what], capture_output=True, text=True,
                              check=True, cwd=REPO)
         assert out.stdout == expected
 
@@ -417,7 +417,7 @@ def test_concurrent_sets_lose_nothing(folder: Path) -> None:
 
 
 def test_import_stays_light() -> None:
-    code = ("import sys, pam_faceid.config; heavy = {'numpy', 'torch', 'cv2', 'onnxruntime', 'ruamel'};"
+    code = ("import sys, pam_faceid.common.config; heavy = {'numpy', 'torch', 'cv2', 'onnxruntime', 'ruamel'};"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

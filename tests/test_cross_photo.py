@@ -12,7 +12,7 @@ import pytest
 from faceidd_util import daemon_dir, enrol, faceidd, pam_files, require_model  # noqa: F401
 from test_pam import authenticate, images_folder, make_user, pam_service  # noqa: F401
 
-from pam_faceid import helper
+from pam_faceid.helper import main as helper
 
 PEOPLE = [("Jacques_Chirac", "Laura_Bush"), ("Lleyton_Hewitt", "Andre_Agassi")]
 

@@ -17,10 +17,11 @@ import pytest
 from faceidd_util import Faceidd, daemon_dir, enrol, faceidd, require_model, run_as_nobody  # noqa: F401
 from conftest import session_frames, write_frames
 
-from pam_faceid import daemon, protocol
-from pam_faceid.daemon import Decision, Verdict
-from pam_faceid.lockout import LockoutStore
-from pam_faceid.store import Store
+from pam_faceid.daemon import server as daemon
+from pam_faceid.common import protocol
+from pam_faceid.daemon.server import Decision, Verdict
+from pam_faceid.daemon.lockout import LockoutStore
+from pam_faceid.common.store import Store
 
 # ---------------------------------------------------------------- the decision, a pure function of scores and time
 
@@ -182,7 +183,7 @@ def test_sighup_and_reload_message_reread_enrolments_and_config(faceidd):
 
 NOBODY_CLIENT = """
 import json, sys
-from pam_faceid import protocol
+from pam_faceid.common import protocol
 path = sys.argv[1] if len(sys.argv) > 1 else {path!r}
 out = {{}}
 for kind in ("status", "reload"):
@@ -282,7 +283,7 @@ def test_a_hostile_uid_cannot_hold_more_than_a_few_connections(faceidd):
     d.start()
     code = f"""
 import socket, time, json
-from pam_faceid import protocol
+from pam_faceid.common import protocol
 socks = []
 for _ in range(6):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect({d.socket!r}); socks.append(s)
@@ -443,7 +444,7 @@ def test_per_user_head_is_used_when_present_and_ignored_when_unsafe(model_daemon
     that it is applied. Made for another base model, or writable by others, it
     is ignored and the user is scored by the base model again.
     """
-    from pam_faceid.userhead import UserHead, head_dir, save_head
+    from pam_faceid.vision.userhead import UserHead, head_dir, save_head
 
     d = model_daemon
     status = protocol.request_status(d.socket)
@@ -501,7 +502,7 @@ def test_snapshots_keep_the_last_attempts_frames(model_daemon):
 
 NOBODY_SESSION = """
 import json, pathlib, sys
-from pam_faceid import protocol
+from pam_faceid.common import protocol
 messages = []
 with protocol.Client(sys.argv[1]) as client:
     messages.append(client.request("hello", protocol.hello_fields("nobody", "test"), timeout=5).fields)

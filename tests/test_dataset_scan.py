@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pam_faceid import negatives
-from pam_faceid.evaluate import EvaluateError, scan_dataset
+from pam_faceid.model import negatives
+from pam_faceid.model.evaluate import EvaluateError, scan_dataset
 from pam_faceid.model.dataset import scan_labelled
 
 

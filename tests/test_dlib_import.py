@@ -129,7 +129,7 @@ CONVERT = [sys.executable, "-m", "pam_faceid.model.convert"]
 
 
 def _shipped_template(tmp_path: Path) -> Path:
-    from pam_faceid.embedder import default_input
+    from pam_faceid.vision.embedder import default_input
 
     path = tmp_path / "template.json"
     path.write_text(json.dumps({"template": default_input().template.tolist(), "data": "test"}))
@@ -138,7 +138,7 @@ def _shipped_template(tmp_path: Path) -> Path:
 
 def test_export_writes_a_model_the_daemon_path_loads(dat, model, tmp_path):
     """convert export: fp16 ONNX equal to the torch module, model.json with input spec and provenance."""
-    from pam_faceid.embedder import Embedder, preprocess
+    from pam_faceid.vision.embedder import Embedder, preprocess
 
     out = tmp_path / "m"
     done = subprocess.run([*CONVERT, "export", "--template", str(_shipped_template(tmp_path)), "--out", str(out)],
@@ -200,7 +200,7 @@ def test_shipped_template_matches_dlibs_own_chip_geometry():
     """Fitted with our detector and the network only, the template lands where dlib's chips put the
     same points: the YuNet points mapped into dlib's 150 px chips (padding 0.25) over 300 train/lfw
     faces, measured independently (shared/notes/dlib-port-probe.md), within 2 px."""
-    from pam_faceid.embedder import default_input
+    from pam_faceid.vision.embedder import default_input
 
     dlib_chip = np.array([[43.00, 44.22], [104.12, 43.36], [73.38, 78.30], [48.83, 104.84], [101.55, 104.49]])
     template = default_input().template

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pam_faceid import evaluate as ev
+from pam_faceid.model import evaluate as ev
 from pam_faceid.cli import main as cli_main
 from conftest import OTHER_PERSON, PERSON, REPO
 

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from pam_faceid import faces
-from pam_faceid.embedder import Embedder, ModelError, default_input, default_model_dir
-from pam_faceid.faces import DetectorError, FaceDetector, FacePipeline, FaceRefused, align
-from pam_faceid.images import read_image as load_image
+from pam_faceid.vision import faces
+from pam_faceid.vision.embedder import Embedder, ModelError, default_input, default_model_dir
+from pam_faceid.vision.faces import DetectorError, FaceDetector, FacePipeline, FaceRefused, align
+from pam_faceid.common.images import read_image as load_image
 from tests.conftest import OTHER_PERSON, PERSON, images_of
 
 

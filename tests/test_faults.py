@@ -27,8 +27,8 @@ from attack_support import enrol_random, jpegs, plain_policy
 from cli_support import FACEID, PamService, temp_user  # noqa: F401
 from faceidd_util import PYTHON, daemon_dir, enrol, faceidd, model_available, require_model  # noqa: F401
 
-from pam_faceid import protocol
-from pam_faceid.store import Store, StoreError, checksum
+from pam_faceid.common import protocol
+from pam_faceid.common.store import Store, StoreError, checksum
 
 
 def test_a_manager_that_stops_reading_notifications_cannot_hang_reload_or_stop(faceidd):
@@ -146,7 +146,7 @@ def test_missing_or_corrupt_model_is_one_clear_error_and_the_password_still_work
                                                                                   damage):
     from conftest import PERSON
 
-    from pam_faceid.embedder import default_model_dir
+    from pam_faceid.vision.embedder import default_model_dir
 
     d = faceidd()
     model = d.base / "model"
@@ -188,7 +188,7 @@ def test_missing_or_corrupt_model_is_one_clear_error_and_the_password_still_work
 
 WRITER = """
 import os, sys, numpy as np
-from pam_faceid.store import Store
+from pam_faceid.common.store import Store
 
 store, point = Store(sys.argv[1]), sys.argv[2]
 real_write, real_replace = os.write, os.replace

@@ -20,7 +20,7 @@ from faceidd_util import daemon_dir, faceidd, model_available  # noqa: F401
 from fuzz_inputs import cases, decode_stream, expand, send_to_daemon, vm_rss_kib
 from hypothesis import HealthCheck, Phase, given, settings
 
-from pam_faceid import protocol
+from pam_faceid.common import protocol
 
 DECODER_CASES = 1000
 DECODER_VARIANTS = 100

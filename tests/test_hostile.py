@@ -25,12 +25,13 @@ from attack_support import crafted_progressive_jpeg, enrol_random, jpegs, plain_
 from faceidd_util import (PYTHON, daemon_dir, enrol, faceidd, model_available, require_model,  # noqa: F401
                           run_as_nobody)
 
-from pam_faceid import helper, protocol
-from pam_faceid.daemon import HELLO_TIMEOUT, PER_UID_CONNECTIONS, SESSION_MARGIN
+from pam_faceid.helper import main as helper
+from pam_faceid.common import protocol
+from pam_faceid.daemon.server import HELLO_TIMEOUT, PER_UID_CONNECTIONS, SESSION_MARGIN
 
 ATTACK = r'''
 import base64, json, os, socket, struct, time
-from pam_faceid import protocol
+from pam_faceid.common import protocol
 P = json.loads(%r)
 path = P["socket"]
 out = {}
@@ -268,7 +269,7 @@ def test_hello_fields_cannot_forge_audit_lines(faceidd, fields):
     d.start()
     kind = "password_used" if fields.get("tty") is None else "hello"
     code = f"""
-from pam_faceid import protocol
+from pam_faceid.common import protocol
 with protocol.Client({d.socket!r}) as client:
     try:
         print(client.request({kind!r}, {fields!r}).type)
@@ -288,7 +289,7 @@ HOG = r'''
 import json, sys, threading, time
 import cv2
 import numpy as np
-from pam_faceid import protocol
+from pam_faceid.common import protocol
 path, seconds, side = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 ramp = np.linspace(0, 255, side, dtype=np.uint8)
 big = cv2.imencode(".jpg", cv2.merge([np.tile(ramp, (side, 1))] * 3))[1].tobytes()
@@ -367,7 +368,7 @@ def test_an_enrolled_user_streaming_huge_frames_does_not_hold_up_the_owner(facei
 
 CRAFTED = r'''
 import json, threading, time
-from pam_faceid import protocol
+from pam_faceid.common import protocol
 path, frame_path = json.loads(%r)
 frame = open(frame_path, "rb").read()
 results = []

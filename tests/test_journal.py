@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from faceidd_util import daemon_dir, faceidd  # noqa: F401
 
-from pam_faceid import protocol
+from pam_faceid.common import protocol
 from pam_faceid.cli import CommandError, demo
 
 # In a private mount namespace: /dev becomes a tmpfs holding binds of the real nodes, plus /dev/log bound to

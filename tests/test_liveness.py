@@ -22,10 +22,10 @@ from conftest import OTHER_PERSON, PERSON, images_of
 from faceidd_util import daemon_dir, enrol, faceidd, require_model  # noqa: F401
 from spoof_sessions import Source, add_glare, genuine_session, load_sources, make_session
 
-from pam_faceid import protocol
-from pam_faceid.daemon import Decision
-from pam_faceid.faces import Face, FacePipeline, FaceRefused
-from pam_faceid.liveness import MODES, LivenessCheck, looks_infrared
+from pam_faceid.common import protocol
+from pam_faceid.daemon.server import Decision
+from pam_faceid.vision.faces import Face, FacePipeline, FaceRefused
+from pam_faceid.vision.liveness import MODES, LivenessCheck, looks_infrared
 
 FRAMES = 10
 

@@ -14,7 +14,7 @@ import sys
 
 from faceidd_util import MODEL_DIR, REPO, require_model
 
-from pam_faceid import helper
+from pam_faceid.helper import main as helper
 
 
 def load(tmp_path, *args: str) -> dict:

@@ -26,10 +26,12 @@ from cli_support import faceid, temp_user  # noqa: F401
 from faceidd_util import (HELPER, PYTHON, daemon_dir, enrol, faceidd, pam_files, require_model,  # noqa: F401
                           run_as_nobody, write_config)
 
-from pam_faceid import helper, pamconf, protocol
-from pam_faceid.daemon import Daemon, Verdict
-from pam_faceid.lockout import LockoutStore
-from pam_faceid.store import Store, StoreError, atomic_write_json
+from pam_faceid.helper import main as helper
+from pam_faceid.pamstack import pamconf
+from pam_faceid.common import protocol
+from pam_faceid.daemon.server import Daemon, Verdict
+from pam_faceid.daemon.lockout import LockoutStore
+from pam_faceid.common.store import Store, StoreError, atomic_write_json
 
 QUIET = {"auth": {"abort_if_ssh": False, "abort_if_lid_closed": False}}
 
@@ -288,7 +290,7 @@ def test_unlock_mistakes_are_one_line(faceidd, temp_user):
 
 PASSWORD_USED = """
 import json, sys
-from pam_faceid import protocol
+from pam_faceid.common import protocol
 try:
     with protocol.Client(sys.argv[1], 2.0) as client:
         print(json.dumps(client.request("password_used", {"user": sys.argv[2], "service": "x"}, timeout=2.0).fields))
@@ -299,7 +301,7 @@ except protocol.DaemonError as exc:
 
 HELLO = """
 import json, sys
-from pam_faceid import protocol
+from pam_faceid.common import protocol
 with protocol.Client(sys.argv[1], 2.0) as client:
     answer = client.request("hello", protocol.hello_fields("nobody", "x"), timeout=2.0)
     print(json.dumps([answer.type, answer.get("result")]))

@@ -1,12 +1,12 @@
-"""pam_faceid.metrics pinned on hand-worked cases, and every caller giving the same figures."""
+"""pam_faceid.model.metrics pinned on hand-worked cases, and every caller giving the same figures."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pam_faceid import evaluate as ev
-from pam_faceid.metrics import allowed_impostors, rates, tar_at_far, threshold_at_far
+from pam_faceid.model import evaluate as ev
+from pam_faceid.model.metrics import allowed_impostors, rates, tar_at_far, threshold_at_far
 
 
 def test_threshold_is_just_above_the_first_impostor_that_must_be_refused():
@@ -95,7 +95,7 @@ def test_enrol_threshold_is_the_exact_order_statistic_across_blocks():
 
 
 def test_round_up_never_rounds_below_the_threshold():
-    from pam_faceid.metrics import round_up
+    from pam_faceid.model.metrics import round_up
 
     assert round_up(0.93214) == 0.9322 and round_up(0.9321) == 0.9321
     t = float(np.nextafter(0.9321, 1))

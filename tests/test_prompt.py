@@ -24,7 +24,9 @@ from cli_support import FACEID
 from conftest import session_frames, write_frames
 from faceidd_util import HELPER, PYTHON, daemon_dir, enrol, faceidd, pam_files, require_model  # noqa: F401
 
-from pam_faceid import helper, pam_prompt, pamconf
+from pam_faceid.helper import main as helper
+from pam_faceid.helper import pam_prompt
+from pam_faceid.pamstack import pamconf
 
 pexpect = pytest.importorskip("pexpect", reason="pexpect not installed (./install.sh --dev)")
 

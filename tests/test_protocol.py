@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pam_faceid import protocol
+from pam_faceid.common import protocol
 
 
 def pair() -> tuple[socket.socket, socket.socket]:
@@ -160,7 +160,7 @@ def test_frame_problem_takes_what_cameras_cv2_and_pillow_write():
 
     from PIL import Image
 
-    from pam_faceid import camera
+    from pam_faceid.vision import camera
 
     colour = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)
     options = [[], [cv2.IMWRITE_JPEG_QUALITY, 100], [cv2.IMWRITE_JPEG_OPTIMIZE, 1], [cv2.IMWRITE_JPEG_RST_INTERVAL, 1],

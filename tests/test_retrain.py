@@ -4,7 +4,7 @@ Real faces from ../shared/faces (skipped with the reason when absent). The
 model is $FACEID_TEST_MODEL, else the bundled one, else the lead's candidate
 runs/base1 once it has model.json; skipped when there is none. The negative
 bank is the one shipped beside that model, or, when it has none yet, a small
-one built by `python -m pam_faceid.negatives build` into a temporary copy of
+one built by `python -m pam_faceid.model.negatives build` into a temporary copy of
 the model (train/ identities only).
 """
 
@@ -42,9 +42,9 @@ def _candidate_model() -> Path:
 @pytest.fixture(scope="session")
 def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, np.ndarray]:
     """(model folder with a current negative bank, model id, bank as float32 unit vectors)."""
-    from pam_faceid import negatives
-    from pam_faceid.embedder import model_id_of
-    from pam_faceid.embedder import Embedder
+    from pam_faceid.model import negatives
+    from pam_faceid.vision.embedder import model_id_of
+    from pam_faceid.vision.embedder import Embedder
 
     faces = require_shared_faces()
     folder = _candidate_model()
@@ -56,7 +56,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, np.ndarr
     copy = tmp_path_factory.mktemp("model")
     for name in ("embedder.onnx", "model.json"):
         shutil.copyfile(folder / name, copy / name)
-    done = subprocess.run([sys.executable, "-m", "pam_faceid.negatives", "build", str(copy),
+    done = subprocess.run([sys.executable, "-m", "pam_faceid.model.negatives", "build", str(copy),
                            *(str(faces / r) for r in TRAIN_ROOTS), "--limit", str(SMALL_BANK)],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr
@@ -66,9 +66,9 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, np.ndarr
 @pytest.fixture(scope="session")
 def captures(model: tuple[Path, str, np.ndarray]) -> np.ndarray:
     """Base embeddings of 10 real photos of one dev/lfw person, as `faceid enroll --from` stores them."""
-    from pam_faceid.embedder import Embedder
-    from pam_faceid.faces import FacePipeline
-    from pam_faceid.images import read_image
+    from pam_faceid.vision.embedder import Embedder
+    from pam_faceid.vision.faces import FacePipeline
+    from pam_faceid.common.images import read_image
 
     pipeline = FacePipeline(policy="centre", min_size=20)
     crops = []
@@ -95,13 +95,13 @@ def _faceid(config: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _enrol(state: Path, vectors: np.ndarray, model_id: str, user: str = "root") -> None:
-    from pam_faceid.store import Store
+    from pam_faceid.common.store import Store
 
     Store(state).add_templates(user, vectors, label="test", model_id=model_id)
 
 
 def _head(model_id: str, seed: int, threshold: float = 0.5):
-    from pam_faceid.userhead import UserHead
+    from pam_faceid.vision.userhead import UserHead
 
     rng = np.random.default_rng(seed)
     return UserHead(np.eye(128, dtype=np.float32) + rng.normal(0, 0.01, (128, 128)).astype(np.float32),
@@ -109,8 +109,8 @@ def _head(model_id: str, seed: int, threshold: float = 0.5):
 
 
 def test_head_starts_as_identity(captures: np.ndarray, model: tuple[Path, str, np.ndarray]) -> None:
-    from pam_faceid.retrain import RetrainConfig, fit_head
-    from pam_faceid.userhead import UserHead
+    from pam_faceid.model.retrain import RetrainConfig, fit_head
+    from pam_faceid.vision.userhead import UserHead
 
     np.testing.assert_allclose(UserHead.identity().apply(captures), captures, atol=1e-6)
     untrained, _ = fit_head(captures[:7], model[2][:200], RetrainConfig(epochs=0), progress=False)
@@ -119,13 +119,13 @@ def test_head_starts_as_identity(captures: np.ndarray, model: tuple[Path, str, n
 
 
 def test_runtime_module_does_not_import_torch() -> None:
-    code = "import sys, pam_faceid.userhead; sys.exit('torch' in sys.modules)"
+    code = "import sys, pam_faceid.vision.userhead; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 
 def test_retrain_command_on_10_real_captures_under_60s(tmp_path: Path, model: tuple[Path, str, np.ndarray],
                                                        captures: np.ndarray) -> None:
-    from pam_faceid.userhead import HEAD_FILE, head_dir, load_head
+    from pam_faceid.vision.userhead import HEAD_FILE, head_dir, load_head
 
     if os.geteuid() != 0:
         pytest.skip("faceid retrain needs root")
@@ -150,8 +150,8 @@ def test_retrain_command_on_10_real_captures_under_60s(tmp_path: Path, model: tu
 
 
 def test_keep_reject_rule(captures: np.ndarray, model: tuple[Path, str, np.ndarray]) -> None:
-    from pam_faceid.retrain import RetrainConfig, decide, measure, retrain, split_bank, split_captures
-    from pam_faceid.userhead import UserHead
+    from pam_faceid.model.retrain import RetrainConfig, decide, measure, retrain, split_bank, split_captures
+    from pam_faceid.vision.userhead import UserHead
 
     _dir, model_id, bank = model
     cfg = RetrainConfig()
@@ -175,7 +175,7 @@ def test_keep_reject_rule(captures: np.ndarray, model: tuple[Path, str, np.ndarr
 
 def _head_that_saw_everything(captures: np.ndarray, bank: np.ndarray, model_id: str):
     """A head trained on every capture, the held-out ones included: on those it is as good as a head gets."""
-    from pam_faceid.retrain import RetrainConfig, fit_head, measure, split_bank
+    from pam_faceid.model.retrain import RetrainConfig, fit_head, measure, split_bank
 
     cfg = RetrainConfig(epochs=300)
     mine, evaluation = split_bank(len(bank), cfg)
@@ -187,8 +187,8 @@ def _head_that_saw_everything(captures: np.ndarray, bank: np.ndarray, model_id: 
 
 def test_rejected_head_leaves_current_head_untouched(tmp_path: Path, model: tuple[Path, str, np.ndarray],
                                                      captures: np.ndarray) -> None:
-    from pam_faceid.retrain import RetrainConfig, measure, split_bank, split_captures
-    from pam_faceid.userhead import HEAD_FILE, PREV_FILE, head_dir, save_head
+    from pam_faceid.model.retrain import RetrainConfig, measure, split_bank, split_captures
+    from pam_faceid.vision.userhead import HEAD_FILE, PREV_FILE, head_dir, save_head
 
     if os.geteuid() != 0:
         pytest.skip("faceid retrain needs root")
@@ -212,7 +212,7 @@ def test_rejected_head_leaves_current_head_untouched(tmp_path: Path, model: tupl
 
 
 def test_revert_swaps_with_previous_head(tmp_path: Path) -> None:
-    from pam_faceid.userhead import HeadError, read_head, revert_head, save_head
+    from pam_faceid.vision.userhead import HeadError, read_head, revert_head, save_head
 
     state = tmp_path / "state"
     with pytest.raises(HeadError, match="no per-user head"):
@@ -230,7 +230,7 @@ def test_revert_swaps_with_previous_head(tmp_path: Path) -> None:
 
 
 def test_revert_command_back_to_base_model(tmp_path: Path, model: tuple[Path, str, np.ndarray]) -> None:
-    from pam_faceid.userhead import read_head, save_head
+    from pam_faceid.vision.userhead import read_head, save_head
 
     if os.geteuid() != 0:
         pytest.skip("faceid retrain needs root")
@@ -246,21 +246,21 @@ def test_revert_command_back_to_base_model(tmp_path: Path, model: tuple[Path, st
 
 
 def test_head_for_another_model_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from pam_faceid.userhead import load_head, save_head
+    from pam_faceid.vision.userhead import load_head, save_head
 
     save_head(tmp_path, "alice", _head("old-model", 4))
     assert load_head(tmp_path, "alice", "old-model") is not None
-    with caplog.at_level(logging.WARNING, logger="pam_faceid.userhead"):
+    with caplog.at_level(logging.WARNING, logger="pam_faceid.vision.userhead"):
         assert load_head(tmp_path, "alice", "new-model") is None
     assert "made for base model 'old-model'" in caplog.text
 
 
 def test_unsafe_or_corrupt_head_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from pam_faceid.userhead import HEAD_FILE, head_dir, load_head, save_head
+    from pam_faceid.vision.userhead import HEAD_FILE, head_dir, load_head, save_head
 
     save_head(tmp_path, "alice", _head("m", 5))
     path = head_dir(tmp_path, "alice") / HEAD_FILE
-    with caplog.at_level(logging.WARNING, logger="pam_faceid.userhead"):
+    with caplog.at_level(logging.WARNING, logger="pam_faceid.vision.userhead"):
         path.chmod(0o644)
         assert load_head(tmp_path, "alice", "m") is None
         path.chmod(0o600)
@@ -271,7 +271,7 @@ def test_unsafe_or_corrupt_head_is_ignored(tmp_path: Path, caplog: pytest.LogCap
 
 
 def test_atomic_writes_leave_no_temp_files(tmp_path: Path) -> None:
-    from pam_faceid.userhead import HEAD_FILE, HeadError, head_dir, read_head, revert_head, save_head
+    from pam_faceid.vision.userhead import HEAD_FILE, HeadError, head_dir, read_head, revert_head, save_head
 
     for seed in range(3):
         save_head(tmp_path, "alice", _head("m", seed))
@@ -294,7 +294,7 @@ def test_atomic_writes_leave_no_temp_files(tmp_path: Path) -> None:
 
 
 def test_bank_refuses_dev_and_stale_models(tmp_path: Path, model: tuple[Path, str, np.ndarray]) -> None:
-    from pam_faceid import negatives
+    from pam_faceid.model import negatives
 
     faces = require_shared_faces()
     with pytest.raises(negatives.NegativesError, match="train/ identities only"):

@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 from cli_support import FACEID, require_root, write_config
 
-from pam_faceid import snapshots
+from pam_faceid.daemon import snapshots
 
 
 def modes(root: Path) -> dict[str, int]:

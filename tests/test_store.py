@@ -10,8 +10,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from pam_faceid import store
-from pam_faceid.store import Enrolment, Store, StoreError
+from pam_faceid.common import store
+from pam_faceid.common.store import Enrolment, Store, StoreError
 
 
 def unit(seed: int, dim: int = 128) -> np.ndarray:

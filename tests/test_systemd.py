@@ -12,7 +12,8 @@ import cv2
 import pytest
 from faceidd_util import FACEIDD, PYTHON, daemon_dir, enrol, faceidd, model_available  # noqa: F401
 
-from pam_faceid import config, protocol
+from pam_faceid.common import config
+from pam_faceid.common import protocol
 
 UNITS = Path(__file__).resolve().parents[1] / "systemd"
 INSTALLED_FACEIDD = "/opt/pam_faceid/bin/faceidd"
@@ -74,7 +75,7 @@ try:
     sys.exit("MDWE is not in force")
 except OSError:
     pass
-from pam_faceid.daemon import main
+from pam_faceid.daemon.server import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -36,7 +36,7 @@ def require_root(what: str) -> None:
 
 def load_cfg(args: argparse.Namespace) -> Any:
     """The config the daemon reads (--config, $FACEID_CONFIG or the default), or a one-line error."""
-    from pam_faceid.config import ConfigError, load_config
+    from pam_faceid.common.config import ConfigError, load_config
 
     try:
         return load_config(getattr(args, "config", None))
@@ -46,7 +46,7 @@ def load_cfg(args: argparse.Namespace) -> Any:
 
 def check_user(user: str) -> pwd.struct_passwd:
     """A user must exist on this machine: the PAM helper refuses unknown users anyway."""
-    from pam_faceid.store import StoreError, validate_user
+    from pam_faceid.common.store import StoreError, validate_user
 
     try:
         validate_user(user)
@@ -70,7 +70,7 @@ def default_user() -> str:
 
 
 def open_store(cfg: Any) -> Any:
-    from pam_faceid.store import Store
+    from pam_faceid.common.store import Store
 
     return Store(cfg.daemon.state_dir)
 
@@ -80,14 +80,14 @@ def store_error(exc: Exception) -> CommandError:
 
 
 def model_dir(cfg: Any) -> Path:
-    from pam_faceid.embedder import default_model_dir
+    from pam_faceid.vision.embedder import default_model_dir
 
     return Path(cfg.model.path) if cfg.model.path else default_model_dir()
 
 
 def load_embedder(cfg: Any) -> Any:
     """The embedder the daemon uses (model.path / model.backend); a missing model is one line."""
-    from pam_faceid.embedder import Embedder, ModelError
+    from pam_faceid.vision.embedder import Embedder, ModelError
 
     try:
         return Embedder(cfg.model.path or None, cfg.model.backend)
@@ -97,7 +97,7 @@ def load_embedder(cfg: Any) -> Any:
 
 def model_id(embedder: Any) -> str:
     """Same identity the daemon compares enrolments with (embedder.model_id_of)."""
-    from pam_faceid.embedder import model_id_of
+    from pam_faceid.vision.embedder import model_id_of
 
     return model_id_of(embedder)
 
@@ -106,7 +106,7 @@ def current_model_id(cfg: Any) -> str | None:
     """The id faceidd gives the configured model (embedder.model_id_of), from its files alone; None when unusable."""
     from types import SimpleNamespace
 
-    from pam_faceid.embedder import ModelError, default_model_dir, load_metadata, model_id_of
+    from pam_faceid.vision.embedder import ModelError, default_model_dir, load_metadata, model_id_of
 
     folder = Path(cfg.model.path) if cfg.model.path else default_model_dir()
     try:
@@ -124,7 +124,7 @@ def threshold(cfg: Any, embedder: Any) -> float:
 
 def reload_daemon(cfg: Any, command: str) -> bool:
     """Ask faceidd to re-read enrolments; a daemon that is not running reads them when it starts."""
-    from pam_faceid.protocol import DaemonError, request_reload
+    from pam_faceid.common.protocol import DaemonError, request_reload
 
     try:
         request_reload(cfg.daemon.socket)
@@ -164,8 +164,8 @@ def frames_from(paths: Iterable[str], wanted: int | None = None) -> Iterator[Fra
     A path that is none of those is a one-line CommandError; an unreadable file
     inside a folder is reported and skipped.
     """
-    from pam_faceid.camera import CameraError, open_source
-    from pam_faceid.images import IMAGE_SUFFIXES, read_image
+    from pam_faceid.vision.camera import CameraError, open_source
+    from pam_faceid.common.images import IMAGE_SUFFIXES, read_image
 
     for path in paths:
         target = Path(path)
@@ -196,7 +196,7 @@ def frames_from(paths: Iterable[str], wanted: int | None = None) -> Iterator[Fra
 
 def frames_from_camera(cfg: Any, timeout: float = CAMERA_TIMEOUT) -> Iterator[Frame]:
     """Frames of camera.device until it ends or ``timeout`` seconds pass."""
-    from pam_faceid.camera import CameraError, FrameSource
+    from pam_faceid.vision.camera import CameraError, FrameSource
 
     try:
         source = FrameSource.from_config(cfg.camera)
@@ -212,7 +212,7 @@ def frames_from_camera(cfg: Any, timeout: float = CAMERA_TIMEOUT) -> Iterator[Fr
 
 def hint(reason: str) -> str:
     """The retry hint for a refused frame (faces.REFUSALS), imported late: faces loads OpenCV."""
-    from pam_faceid.faces import REFUSALS
+    from pam_faceid.vision.faces import REFUSALS
 
     return REFUSALS.get(reason, "try again")
 

@@ -2,9 +2,9 @@
 
 Genuine scores: each enrolled template against the user's other templates
 (leave one out: what a login frame scores against the enrolment). Impostor
-scores: every face of the negative bank (pam_faceid.negatives) and every other
+scores: every face of the negative bank (pam_faceid.model.negatives) and every other
 enrolled user's templates against the user's templates. The threshold is the
-lowest one whose impostor acceptance is at most --far (pam_faceid.metrics,
+lowest one whose impostor acceptance is at most --far (pam_faceid.model.metrics,
 rounded up to 4 decimals); FRR is the genuine
 share under it. With fewer than 1/FAR impostor scores the FAR cannot be
 resolved, and the command says so.
@@ -22,7 +22,7 @@ import numpy as np
 
 from pam_faceid.cli import EXIT_FAILURE, EXIT_USAGE, CommandError
 from pam_faceid.cli import _common as common
-from pam_faceid.metrics import rates, round_up, threshold_at_far
+from pam_faceid.model.metrics import rates, round_up, threshold_at_far
 
 EXAMPLE = """examples:
   sudo faceid calibrate alice --negatives /srv/faces/others --plot /tmp/alice.png
@@ -103,8 +103,8 @@ def plot(path: str, genuine: np.ndarray, impostor: np.ndarray, threshold: float,
 
 def run(args: argparse.Namespace) -> int:
     """Gather scores, choose the threshold, report, plot, apply."""
-    from pam_faceid import negatives as bank
-    from pam_faceid.store import StoreError
+    from pam_faceid.model import negatives as bank
+    from pam_faceid.common.store import StoreError
 
     if not 0 < args.far < 1:
         raise CommandError(f"--far {args.far}: give a rate between 0 and 1, such as 1e-3", EXIT_USAGE)
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         plot(args.plot, genuine, impostor, chosen, f"{who}: threshold {chosen:.3f} for FAR {args.far:g}")
         print(f"wrote {args.plot}")
     if args.apply:
-        from pam_faceid.config import ConfigError, set_value
+        from pam_faceid.common.config import ConfigError, set_value
 
         try:
             set_value(cfg.path, "auth.threshold", f"{chosen:.4f}")

@@ -55,7 +55,7 @@ def _confirm(question: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """Confirm, then remove everything stored for the user."""
-    from pam_faceid.store import StoreError
+    from pam_faceid.common.store import StoreError
 
     common.require_root("clearing an enrolment")
     cfg = common.load_cfg(args)

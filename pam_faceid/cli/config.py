@@ -11,7 +11,7 @@ import os
 import sys
 
 from pam_faceid.cli import EXIT_FAILURE, EXIT_NOT_ROOT, EXIT_USAGE, CommandError
-from pam_faceid.config import KEYS, SCHEMA, SECTIONS, ConfigError, format_value, load_config, parse_value, \
+from pam_faceid.common.config import KEYS, SCHEMA, SECTIONS, ConfigError, format_value, load_config, parse_value, \
     resolve_path, set_value
 
 
@@ -49,7 +49,7 @@ def _needs_root(path: str) -> bool:
 def _ask_reload(socket_path: str) -> None:
     """Tell faceidd to re-read the config; a daemon that is down reads it when it starts."""
     try:
-        from pam_faceid.protocol import request_reload
+        from pam_faceid.common.protocol import request_reload
     except (ImportError, AttributeError):
         print("faceid config: note: the daemon reads the new value when it (re)starts", file=sys.stderr)
         return

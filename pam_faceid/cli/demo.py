@@ -32,7 +32,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from pam_faceid import atomic, pamconf
+from pam_faceid.common import atomic
+from pam_faceid.pamstack import pamconf
 from pam_faceid.cli import EXIT_FAILURE, CommandError
 from pam_faceid.cli import _common as common
 
@@ -66,7 +67,7 @@ def samples_dir() -> Path:
 
 def sample_image(kind: str) -> np.ndarray:
     """The bundled photo of ``sample_person`` or ``other_person`` as BGR."""
-    from pam_faceid.images import read_image
+    from pam_faceid.common.images import read_image
 
     folder = samples_dir() / kind
     files = sorted(folder.glob("*.jpg")) if folder.is_dir() else []
@@ -160,12 +161,12 @@ def _program(name: str) -> list[str]:
     script = Path(sys.executable).parent / name
     if script.is_file():
         return [str(script)]
-    module = {"faceidd": "pam_faceid.daemon", "faceid": "pam_faceid.cli", "faceid-helper": "pam_faceid.helper"}[name]
+    module = {"faceidd": "pam_faceid.daemon.server", "faceid": "pam_faceid.cli", "faceid-helper": "pam_faceid.helper.main"}[name]
     return [sys.executable, "-m", module]
 
 
 def _wait_ready(proc: subprocess.Popen, socket_path: str, log: Path, timeout: float = 60.0) -> dict[str, Any]:
-    from pam_faceid.protocol import DaemonError, request_status
+    from pam_faceid.common.protocol import DaemonError, request_status
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -237,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_steps(steps: Steps, work: Path, model_path: str, sample: np.ndarray, other: np.ndarray,
                cleanup: list[tuple[str, Callable[[], object]]]) -> int:
-    from pam_faceid.protocol import request_reload
+    from pam_faceid.common.protocol import request_reload
 
     work.chmod(0o700)
     config = _write_config(work, model_path, "off")

@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Prepare DIR/config.yaml, say how to reach the daemon, then exec faceidd on it."""
-    from pam_faceid.config import ConfigError, set_value
+    from pam_faceid.common.config import ConfigError, set_value
 
     common.require_root("running faceidd")
     if args.config:
@@ -84,4 +84,4 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     env = {key: value for key, value in os.environ.items() if key not in SYSTEMD_ENV}
     # -I: root must not import a pam_faceid/ that happens to sit in the current folder.
-    os.execve(sys.executable, [sys.executable, "-I", "-m", "pam_faceid.daemon", "--config", str(config)], env)
+    os.execve(sys.executable, [sys.executable, "-I", "-m", "pam_faceid.daemon.server", "--config", str(config)], env)

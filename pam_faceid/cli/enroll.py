@@ -60,7 +60,7 @@ def _keep_images(cfg: Any, user: str, templates: list[Any], frames: list[np.ndar
     """Raw frames next to the enrolment, root only, named after their template id (enroll.keep_images)."""
     import cv2
 
-    from pam_faceid.store import atomic_write_bytes
+    from pam_faceid.common.store import atomic_write_bytes
 
     folder = Path(cfg.daemon.state_dir) / "images" / user
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -75,8 +75,8 @@ def _keep_images(cfg: Any, user: str, templates: list[Any], frames: list[np.ndar
 
 def run(args: argparse.Namespace) -> int:
     """Capture, embed, store, reload."""
-    from pam_faceid.faces import FacePipeline
-    from pam_faceid.store import StoreError
+    from pam_faceid.vision.faces import FacePipeline
+    from pam_faceid.common.store import StoreError
 
     if args.frames is not None and not 1 <= args.frames <= MAX_TEMPLATES:
         raise CommandError(f"--frames {args.frames}: give 1 to {MAX_TEMPLATES}", EXIT_USAGE)

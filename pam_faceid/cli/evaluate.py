@@ -1,6 +1,6 @@
 """faceid evaluate: measure the face model on a folder of faces (LFW pairs, enrol-K logins).
 
-The metrics live in pam_faceid.evaluate; this module only wires the real
+The metrics live in pam_faceid.model.evaluate; this module only wires the real
 recognition path (FacePipeline -> Embedder) into them and prints the answer.
 """
 
@@ -61,9 +61,9 @@ def make_embed(model: str | None, backend: str, flip: bool):
     """
     import numpy as np
 
-    from pam_faceid.embedder import Embedder
-    from pam_faceid.evaluate import NoFace
-    from pam_faceid.faces import FacePipeline
+    from pam_faceid.vision.embedder import Embedder
+    from pam_faceid.model.evaluate import NoFace
+    from pam_faceid.vision.faces import FacePipeline
 
     embedder = Embedder(model, backend=backend)
     flip = flip or embedder.flip
@@ -143,8 +143,8 @@ def _set_threshold(model: Path, result: dict, args: argparse.Namespace) -> None:
     import json
 
     from pam_faceid import source_commit
-    from pam_faceid.metrics import round_up
-    from pam_faceid.store import StoreError, atomic_write_bytes
+    from pam_faceid.model.metrics import round_up
+    from pam_faceid.common.store import StoreError, atomic_write_bytes
 
     threshold = result.get("enroll_threshold_at_far_1e-3")
     if threshold is None:
@@ -169,7 +169,7 @@ def _set_threshold(model: Path, result: dict, args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model, run the protocols, print a table or one JSON object."""
-    from pam_faceid.evaluate import EvaluateError, evaluate, parse_pairs, scan_dataset, show_path, to_json
+    from pam_faceid.model.evaluate import EvaluateError, evaluate, parse_pairs, scan_dataset, show_path, to_json
 
     if args.workers < 1:
         raise CommandError(f"--workers needs N >= 1, got {args.workers}", EXIT_USAGE)
@@ -190,8 +190,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(exc), EXIT_USAGE) from None
 
     loaded = time.perf_counter()
-    from pam_faceid.embedder import ModelError
-    from pam_faceid.faces import DetectorError
+    from pam_faceid.vision.embedder import ModelError
+    from pam_faceid.vision.faces import DetectorError
 
     try:
         embed, embedder = make_embed(args.model, args.backend, args.flip)

@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Print the users, or one user's templates."""
-    from pam_faceid.store import StoreError, validate_user
+    from pam_faceid.common.store import StoreError, validate_user
 
     common.require_root("reading enrolments")
     cfg = common.load_cfg(args)

@@ -1,6 +1,6 @@
 """faceid pam: turn face auth on or off for PAM services, never leaving the password path broken.
 
-The work is in pam_faceid.pamconf: pam-auth-update's profile when it is
+The work is in pam_faceid.pamstack.pamconf: pam-auth-update's profile when it is
 installed and no service is named, otherwise an edit of the named (or the
 usual: sudo, login, greeters, lockers) /etc/pam.d files with a backup. Each
 change is first made in a private copy of /etc/pam.d and proven there (a
@@ -56,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _status() -> int:
-    from pam_faceid import pamconf
+    from pam_faceid.pamstack import pamconf
 
     services = pamconf.services_with_face_auth()
     print(f"face auth on for: {', '.join(services) if services else 'no service'}")
@@ -68,7 +68,7 @@ def _status() -> int:
 
 def _face_start(args: argparse.Namespace) -> "pamconf.FaceStart":
     """--start race/enter need libpam-python; without --start, race where it is installed, else pam_exec."""
-    from pam_faceid import pamconf
+    from pam_faceid.pamstack import pamconf
 
     start = args.start or ("race" if pamconf.pam_python_available() else "exec")
     if start != "exec" and not pamconf.pam_python_available():
@@ -79,7 +79,7 @@ def _face_start(args: argparse.Namespace) -> "pamconf.FaceStart":
 
 def run(args: argparse.Namespace) -> int:
     """Apply the change service by service; report each; exit 1 if any failed."""
-    from pam_faceid import pamconf
+    from pam_faceid.pamstack import pamconf
 
     if args.action == "status":
         return _status()

@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Remove the matching templates atomically and reload."""
-    from pam_faceid.store import StoreError
+    from pam_faceid.common.store import StoreError
 
     common.require_root("removing templates")
     cfg = common.load_cfg(args)

@@ -1,6 +1,6 @@
 """faceid retrain: fine-tune a user's own head on their stored captures, kept only if it helps.
 
-Trains the per-user head (pam_faceid.retrain) from the user's enrolled
+Trains the per-user head (pam_faceid.model.retrain) from the user's enrolled
 templates and the negative bank (the one shipped with the model, or the
 admin's from `faceid calibrate --negatives`), judges it on held-out captures
 and keeps it only when it lowers FRR at the FAR target; otherwise the
@@ -64,7 +64,7 @@ def _describe(head: object | None) -> str:
 
 
 def _revert(cfg: object, user: str) -> int:
-    from pam_faceid.userhead import HeadError, revert_head
+    from pam_faceid.vision.userhead import HeadError, revert_head
 
     try:
         now, before = revert_head(cfg.daemon.state_dir, user)  # type: ignore[attr-defined]
@@ -77,10 +77,10 @@ def _revert(cfg: object, user: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Load captures and bank, train, judge, keep or not, reload."""
-    from pam_faceid import negatives
-    from pam_faceid import userhead
-    from pam_faceid.retrain import MIN_CAPTURES, RetrainConfig, augmented_captures, retrain
-    from pam_faceid.store import StoreError
+    from pam_faceid.model import negatives
+    from pam_faceid.vision import userhead
+    from pam_faceid.model.retrain import MIN_CAPTURES, RetrainConfig, augmented_captures, retrain
+    from pam_faceid.common.store import StoreError
 
     if not 0 < args.far < 1:
         raise CommandError(f"--far {args.far}: give a rate between 0 and 1, such as 1e-3", EXIT_USAGE)

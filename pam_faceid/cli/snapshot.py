@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pam_faceid import snapshots
+from pam_faceid.daemon import snapshots
 from pam_faceid.cli import EXIT_FAILURE, EXIT_USAGE, CommandError
 from pam_faceid.cli import _common as common
 

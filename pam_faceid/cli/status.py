@@ -65,7 +65,7 @@ def pam_services(pam_dir: str = PAM_DIR) -> list[str]:
 
 
 def _daemon(cfg: Any) -> dict[str, Any]:
-    from pam_faceid.protocol import DaemonError, request_status
+    from pam_faceid.common.protocol import DaemonError, request_status
 
     if os.geteuid() != 0:
         return {"running": None, "error": "status is asked as root only: run with sudo"}
@@ -76,7 +76,7 @@ def _daemon(cfg: Any) -> dict[str, Any]:
 
 
 def _camera(cfg: Any) -> dict[str, Any]:
-    from pam_faceid.camera import CameraError, FrameSource
+    from pam_faceid.vision.camera import CameraError, FrameSource
 
     info: dict[str, Any] = {"device": cfg.camera.device}
     started = time.monotonic()
@@ -117,7 +117,7 @@ def figures(meta: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _model(cfg: Any) -> dict[str, Any]:
-    from pam_faceid.embedder import ModelError, load_metadata
+    from pam_faceid.vision.embedder import ModelError, load_metadata
 
     folder = common.model_dir(cfg)
     info: dict[str, Any] = {"path": str(folder), "backend": cfg.model.backend}
@@ -132,7 +132,7 @@ def _model(cfg: Any) -> dict[str, Any]:
 
 
 def _enrolments(cfg: Any) -> dict[str, Any]:
-    from pam_faceid.store import StoreError
+    from pam_faceid.common.store import StoreError
 
     if os.geteuid() != 0:
         return {"error": "enrolments are readable by root only: run with sudo"}
@@ -140,7 +140,7 @@ def _enrolments(cfg: Any) -> dict[str, Any]:
         good, bad = common.open_store(cfg).load_all()
     except StoreError as exc:
         return {"error": str(exc)}
-    from pam_faceid.userhead import HeadError, read_head
+    from pam_faceid.vision.userhead import HeadError, read_head
 
     current = common.current_model_id(cfg) or ""
     users: dict[str, dict[str, Any]] = {}
@@ -165,7 +165,7 @@ def _enrolments(cfg: Any) -> dict[str, Any]:
 
 def _lockouts(cfg: Any) -> dict[str, Any]:
     """Locked-out users, unreadable lockout files and password ages, read from the state folder (what faceidd reads)."""
-    from pam_faceid.lockout import LockoutStore
+    from pam_faceid.daemon.lockout import LockoutStore
 
     if os.geteuid() != 0:
         return {"error": "lockout state is readable by root only: run with sudo"}
@@ -233,7 +233,7 @@ def _print(report: dict[str, Any]) -> None:
 
 
 def _print_lockouts(lockouts: dict[str, Any], enrolments: dict[str, Any]) -> None:
-    from pam_faceid.lockout import describe
+    from pam_faceid.daemon.lockout import describe
 
     if "error" in lockouts:
         print(f"lockouts: unknown ({lockouts['error']})")

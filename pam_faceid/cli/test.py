@@ -26,7 +26,7 @@ import time
 from typing import Any, Iterator
 
 from pam_faceid.cli import EXIT_FAILURE, EXIT_USAGE, CommandError
-from pam_faceid import protocol
+from pam_faceid.common import protocol
 from pam_faceid.cli import _common as common
 
 EXAMPLE = """examples:
@@ -95,7 +95,7 @@ START_HINT = ("start it: sudo systemctl start faceidd, or for the development ve
 
 def _jpeg_frames(args: argparse.Namespace, cfg: Any) -> Iterator[tuple[bytes, str]]:
     """(JPEG, where) of each frame: --from files encoded as the helper encodes a camera's, else the helper's source."""
-    from pam_faceid.camera import CameraError, FrameSource, encode_jpeg
+    from pam_faceid.vision.camera import CameraError, FrameSource, encode_jpeg
 
     if args.sources:
         for frame in common.frames_from(args.sources, args.frames):

@@ -1,6 +1,6 @@
 """faceid unlock: lift a user's face-auth lockout after too many failed attempts.
 
-Clears the user's entry in the lockout state (pam_faceid.lockout): the
+Clears the user's entry in the lockout state (pam_faceid.daemon.lockout): the
 lockout and the failures counted so far. A corrupt or unknown-version
 lockout file is replaced by a clean one. faceidd reads that state at every
 attempt, so the change takes effect at once, without a reload.
@@ -38,8 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Clear the user's lockout entry; the daemon sees it at the next attempt."""
-    from pam_faceid.lockout import LockoutStore
-    from pam_faceid.store import StoreError
+    from pam_faceid.daemon.lockout import LockoutStore
+    from pam_faceid.common.store import StoreError
 
     common.require_root("unlocking a user")
     common.check_user(args.user)

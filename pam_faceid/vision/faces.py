@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pam_faceid.embedder import InputSpec, default_input
-from pam_faceid.images import brightness_percent
+from pam_faceid.vision.embedder import InputSpec, default_input
+from pam_faceid.common.images import brightness_percent
 
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"

@@ -23,7 +23,6 @@ deleted; the copy too.
 from __future__ import annotations
 
 import json
-import os
 import pwd
 import secrets
 import shutil
@@ -152,7 +151,7 @@ def prove(copy: PrivateCopy, after: list[str], before: tuple[str, ...] = (), wri
                 "password": user.password, "before": list(before), "writes": writes or {}, "command": command,
                 "after": after, "helpers": list(helpers)}
         argv = ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-I", "-m",
-                "pam_faceid.pamproof"]
+                "pam_faceid.pamstack.pamproof"]
         try:
             done = subprocess.run(argv, input=json.dumps(spec), capture_output=True, text=True, cwd="/",
                                   timeout=PROOF_TIMEOUT, env={"PATH": SAFE_PATH})
@@ -192,7 +191,7 @@ def _authenticate(service: str, user: str, uid: int, password: str) -> tuple[boo
 
 def _prove_services(names: list[str], spec: dict, stand_ins: bool) -> Proof:
     """Right password accepted, wrong refused, for each service (and its stand-in variants); run side by side."""
-    from pam_faceid import pamconf
+    from pam_faceid.pamstack import pamconf
 
     checks: list[tuple[str, str]] = []
     for name in names:

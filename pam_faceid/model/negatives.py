@@ -5,7 +5,7 @@ Two banks, one format of vector (the base model's unit embeddings):
 - The shipped bank (the default): ``<model_dir>/negatives.npy``, float16
   [N,128], one face for each of ~3,500 identities of ``../shared/faces/train``
   (lfw, celeba, glint, yaleb), written beside the model by the lead after
-  training with ``python -m pam_faceid.negatives build MODEL_DIR ROOT...``
+  training with ``python -m pam_faceid.model.negatives build MODEL_DIR ROOT...``
   and described by ``negatives.json`` (model id, count, sources, sha256). It
   is model-specific, so it is rebuilt whenever the base model changes; a bank
   for another model id is refused, never silently used.
@@ -64,7 +64,7 @@ def bank_path(state_dir: str | os.PathLike[str]) -> Path:
 
 def _people(root: Path) -> list[list[Path]]:
     """Each identity's sorted image files under ROOT/IDENTITY/ (evaluate.scan_dataset's rules), by identity name."""
-    from pam_faceid.evaluate import EvaluateError, scan_dataset
+    from pam_faceid.model.evaluate import EvaluateError, scan_dataset
 
     try:
         return list(scan_dataset(root).images().values())
@@ -86,8 +86,8 @@ def image_files(folder: Path, limit: int) -> list[Path]:
 def build(folder: Path, embedder: Any, limit: int = DEFAULT_LIMIT,
           progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Embed up to ``limit`` faces of ``folder`` (one per image, photo-collection face choice)."""
-    from pam_faceid.faces import FacePipeline
-    from pam_faceid.images import read_image
+    from pam_faceid.vision.faces import FacePipeline
+    from pam_faceid.common.images import read_image
 
     pipeline = FacePipeline(policy="centre", min_size=20, spec=embedder.input)
     files = image_files(folder, limit)
@@ -108,7 +108,7 @@ def build(folder: Path, embedder: Any, limit: int = DEFAULT_LIMIT,
 
 def save(state_dir: str | os.PathLike[str], embeddings: np.ndarray, model_id: str, source: str) -> Path:
     """Cache the bank root-only and atomically (same writer as the enrolments)."""
-    from pam_faceid.store import atomic_write_bytes
+    from pam_faceid.common.store import atomic_write_bytes
 
     buf = io.BytesIO()
     np.savez(buf, embeddings=embeddings.astype(np.float32), model_id=np.array(model_id), source=np.array(source))
@@ -187,11 +187,11 @@ def build_shipped(model_dir: str | os.PathLike[str], roots: Sequence[str | os.Pa
     """
     from tqdm import tqdm
 
-    from pam_faceid.embedder import model_id_of
-    from pam_faceid.embedder import ONNX_FILE, Embedder
-    from pam_faceid.faces import FacePipeline
-    from pam_faceid.images import read_image
-    from pam_faceid.store import atomic_write_bytes
+    from pam_faceid.vision.embedder import model_id_of
+    from pam_faceid.vision.embedder import ONNX_FILE, Embedder
+    from pam_faceid.vision.faces import FacePipeline
+    from pam_faceid.common.images import read_image
+    from pam_faceid.common.store import atomic_write_bytes
 
     model_dir = Path(model_dir)
     embedder = Embedder(model_dir, "onnx")
@@ -217,7 +217,7 @@ def build_shipped(model_dir: str | os.PathLike[str], roots: Sequence[str | os.Pa
         "one_face_per_identity": True, "sources": sorted({_source_name(Path(r)) for r in roots}),
         "dtype": "float16", "sha256": hashlib.sha256(data).hexdigest(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "built_by": "python -m pam_faceid.negatives build",
+        "built_by": "python -m pam_faceid.model.negatives build",
     }
     atomic_write_bytes(model_dir / SHIPPED_FILE, data, mode=0o644)
     atomic_write_bytes(model_dir / SHIPPED_META, json.dumps(meta, indent=1, sort_keys=True).encode() + b"\n",
@@ -227,7 +227,7 @@ def build_shipped(model_dir: str | os.PathLike[str], roots: Sequence[str | os.Pa
 
 def load_shipped(model_dir: str | os.PathLike[str], model_id: str) -> np.ndarray:
     """The bank shipped beside the model, as float32 unit vectors; NegativesError when absent, corrupt or stale."""
-    from pam_faceid.embedder import ONNX_FILE
+    from pam_faceid.vision.embedder import ONNX_FILE
 
     model_dir = Path(model_dir)
     path, meta_path = model_dir / SHIPPED_FILE, model_dir / SHIPPED_META
@@ -236,7 +236,7 @@ def load_shipped(model_dir: str | os.PathLike[str], model_id: str) -> np.ndarray
         meta = json.loads(meta_path.read_text())
     except FileNotFoundError:
         raise NegativesError(f"no negative bank shipped with the model in {model_dir} "
-                             "(build it: python -m pam_faceid.negatives build MODEL_DIR ROOT...)") from None
+                             "(build it: python -m pam_faceid.model.negatives build MODEL_DIR ROOT...)") from None
     except (OSError, ValueError) as exc:
         raise NegativesError(f"{meta_path}: unreadable ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != SHIPPED_FORMAT:
@@ -247,7 +247,7 @@ def load_shipped(model_dir: str | os.PathLike[str], model_id: str) -> np.ndarray
     stale = meta.get("model_id") != model_id or (onnx.exists() and _file_sha256(onnx) != meta.get("model_sha256"))
     if stale:
         raise NegativesError(f"{path} was built for model {meta.get('model_id')!r}, not this one ({model_id!r}): "
-                             "build it again with python -m pam_faceid.negatives build")
+                             "build it again with python -m pam_faceid.model.negatives build")
     try:
         vectors = np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
     except ValueError as exc:
@@ -273,13 +273,13 @@ def load_default(state_dir: str | os.PathLike[str], model_dir: str | os.PathLike
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pam_faceid.negatives build MODEL_DIR ROOT...``: the lead runs it after training a model."""
+    """``python -m pam_faceid.model.negatives build MODEL_DIR ROOT...``: the lead runs it after training a model."""
     parser = argparse.ArgumentParser(
-        prog="python -m pam_faceid.negatives",
+        prog="python -m pam_faceid.model.negatives",
         description="Write the negative bank (negatives.npy + negatives.json) beside a model: one face per "
                     "identity of the given ROOT/IDENTITY/IMAGE folders, embedded by that model. Use train/ "
                     "folders only, never dev/.",
-        epilog="example:\n  python -m pam_faceid.negatives build pam_faceid/data/model ../shared/faces/train/lfw "
+        epilog="example:\n  python -m pam_faceid.model.negatives build pam_faceid/data/model ../shared/faces/train/lfw "
                "../shared/faces/train/celeba ../shared/faces/train/glint ../shared/faces/train/yaleb",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     build_cmd.add_argument("roots", metavar="ROOT", nargs="+", help="ROOT/IDENTITY/IMAGE folders of train/")
     build_cmd.add_argument("--limit", type=int, default=SHIPPED_LIMIT, help=f"most identities (default {SHIPPED_LIMIT})")
     args = parser.parse_args(argv)
-    from pam_faceid.embedder import ModelError
+    from pam_faceid.vision.embedder import ModelError
 
     try:
         path = build_shipped(args.model_dir, args.roots, args.limit)

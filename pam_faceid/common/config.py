@@ -2,7 +2,7 @@
 
 Everything about a setting lives in ``SCHEMA``: the loader validates against it,
 and the shipped ``config/config.yaml`` and the README's reference table are
-generated from it (``python -m pam_faceid.config yaml|markdown|update``), so the
+generated from it (``python -m pam_faceid.common.config yaml|markdown|update``), so the
 three cannot drift apart. The PAM helper imports this module, so it uses only
 the standard library and PyYAML.
 """
@@ -633,7 +633,7 @@ def _write_atomic(path: str, text: str) -> None:
 
     A symlinked config is updated at its target, so the link stays.
     """
-    from pam_faceid import atomic
+    from pam_faceid.common import atomic
 
     owner = (0, 0) if os.geteuid() == 0 else None
     atomic.write_bytes(os.path.realpath(path), text.encode("utf-8"), 0o644, owner)
@@ -692,7 +692,7 @@ def render_yaml() -> str:
     """The shipped config/config.yaml: every key at its default, documented."""
     lines = [
         "# pam_faceid configuration (default location: /etc/pam_faceid/config.yaml).",
-        "# Generated from SCHEMA in pam_faceid/config.py by: python -m pam_faceid.config yaml",
+        "# Generated from SCHEMA in pam_faceid/common/config.py by: python -m pam_faceid.common.config yaml",
         "# Every key is shown at its default. Unknown keys and bad values are refused with one line",
         "# naming the key; the file and its folder must not be writable by anyone but root.",
         "# Change a key safely with: sudo faceid config KEY VALUE",
@@ -744,7 +744,7 @@ def update_readme(text: str) -> str:
 
 
 def _repo_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def write_generated(root: str | None = None) -> list[str]:
@@ -768,9 +768,9 @@ def _main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m pam_faceid.config",
+        prog="python -m pam_faceid.common.config",
         description="Print or write the documents generated from the config schema.",
-        epilog="example: python -m pam_faceid.config update   # after changing SCHEMA",
+        epilog="example: python -m pam_faceid.common.config update   # after changing SCHEMA",
     )
     parser.add_argument("what", choices=["yaml", "markdown", "update"],
                         help="yaml: the shipped config.yaml; markdown: the README table; "
@@ -784,7 +784,7 @@ def _main(argv: list[str] | None = None) -> int:
         try:
             changed = write_generated()
         except ConfigError as exc:
-            print(f"python -m pam_faceid.config: {exc}", file=sys.stderr)
+            print(f"python -m pam_faceid.common.config: {exc}", file=sys.stderr)
             return 1
         for target in changed:
             print(f"wrote {target}")

@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from pam_faceid import atomic
-from pam_faceid.store import StoreError, atomic_write_bytes, check_secure, validate_user
+from pam_faceid.common import atomic
+from pam_faceid.common.store import StoreError, atomic_write_bytes, check_secure, validate_user
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pam_faceid import atomic
+from pam_faceid.common import atomic
 
 FORMAT = "pam_faceid.enrolment"
 VERSION = 1

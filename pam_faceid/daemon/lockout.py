@@ -36,7 +36,7 @@ import os
 import time
 from typing import Any
 
-from pam_faceid.store import StoreError, UserFiles, atomic_write_json, check_secure, read_checked_json
+from pam_faceid.common.store import StoreError, UserFiles, atomic_write_json, check_secure, read_checked_json
 
 FORMAT = "pam_faceid.lockout"
 VERSION = 1

@@ -28,8 +28,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from pam_faceid.images import IMAGE_SUFFIXES, ImageError, entry_kind, load_image
-from pam_faceid.metrics import acceptance, allowed_impostors, far_key, tar_at_far, threshold_at_far
+from pam_faceid.common.images import IMAGE_SUFFIXES, ImageError, entry_kind, load_image
+from pam_faceid.model.metrics import acceptance, allowed_impostors, far_key, tar_at_far, threshold_at_far
 
 log = logging.getLogger(__name__)
 

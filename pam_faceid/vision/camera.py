@@ -20,8 +20,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
-from pam_faceid.images import IMAGE_SUFFIXES, brightness_percent, entry_kind, read_image, to_bgr8
-from pam_faceid.protocol import frame_problem
+from pam_faceid.common.images import IMAGE_SUFFIXES, brightness_percent, entry_kind, read_image, to_bgr8
+from pam_faceid.common.protocol import frame_problem
 
 if TYPE_CHECKING:
     import cv2

@@ -1,0 +1,60 @@
+"""The import direction of the roles, as setup.cfg's import-linter contracts state it.
+
+The layers contract keeps each role to the roles below it (cli; model and
+pamstack; daemon and helper; vision; common); the forbidden contract keeps
+the PAM helper to the shared contracts and the camera, so a login never pays
+for the model code, onnxruntime or torch. A copy of the package with one
+planted import shows each contract would catch a break.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LINT = Path(sys.executable).with_name("lint-imports")
+
+pytestmark = pytest.mark.skipif(not LINT.exists(), reason="import-linter is not installed (pip install -e '.[test]')")
+
+
+def lint(root: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run([str(LINT), "--no-cache", "--config", str(root / "setup.cfg")], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def planted(tmp_path: Path, module: str, line: str) -> Path:
+    """A copy of the package's sources and setup.cfg with ``line`` appended to ``module`` (a path under pam_faceid)."""
+    shutil.copytree(REPO / "pam_faceid", tmp_path / "pam_faceid", ignore=shutil.ignore_patterns("data", "__pycache__"))
+    shutil.copy(REPO / "setup.cfg", tmp_path / "setup.cfg")
+    with open(tmp_path / "pam_faceid" / module, "a") as out:
+        out.write(f"\n{line}\n")
+    return tmp_path
+
+
+def test_every_role_keeps_its_import_direction():
+    result = lint(REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "2 kept, 0 broken" in result.stdout
+
+
+@pytest.mark.parametrize("module, line, broken", [
+    # A shared contract reaching up into vision breaks the layers (and, through protocol, the helper).
+    ("common/protocol.py", "from pam_faceid.vision import embedder", "pam_faceid.common.protocol -> pam_faceid.vision"),
+    # The daemon and the helper are siblings: neither imports the other.
+    ("daemon/server.py", "from pam_faceid.helper import caller", "pam_faceid.daemon.server -> pam_faceid.helper"),
+    # The helper loading the face pipeline, even through the camera, is refused.
+    ("vision/camera.py", "from pam_faceid.vision import faces", "pam_faceid.vision.camera -> pam_faceid.vision.faces"),
+    # ... and so is torch anywhere on its path.
+    ("helper/caller.py", "import torch", "pam_faceid.helper.caller -> torch"),
+])
+def test_a_planted_import_breaks_a_contract(tmp_path, module, line, broken):
+    result = lint(planted(tmp_path, module, line))
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert broken in result.stdout, result.stdout[-3000:]
