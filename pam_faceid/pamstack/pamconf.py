@@ -60,7 +60,7 @@ def helper_path() -> str:
     return str(Path(sys.executable).parent / HELPER_NAME)
 
 
-PROMPT_MODULE = Path(__file__).with_name("pam_prompt.py")
+PROMPT_MODULE = Path(__file__).parent.parent / "helper" / "pam_prompt.py"
 """The pam_python module (face or password, whichever comes first); root-owned 0644 inside the installed package."""
 PAM_PYTHON_SO = ("/lib/security/pam_python.so", "/usr/lib/x86_64-linux-gnu/security/pam_python.so",
                  "/usr/lib/security/pam_python.so")
