@@ -119,14 +119,6 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of unit vectors (a dot product): 1 same, ~0 unrelated.
-
-    Works for one vector against one, or [N,D] against [M,D] giving [N,M].
-    """
-    return np.asarray(a, np.float32) @ np.asarray(b, np.float32).T
-
-
 def load_metadata(model_dir: Path) -> dict:
     path = model_dir / META_FILE
     try:
