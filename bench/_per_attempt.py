@@ -15,7 +15,8 @@ import sys
 import time
 
 from pam_faceid.vision.camera import FrameSource
-from pam_faceid.daemon.server import Decision, load_state
+from pam_faceid.daemon.decision import Decision
+from pam_faceid.daemon.engine import load_state
 from pam_faceid.vision.camera import encode_jpeg
 
 

@@ -17,10 +17,10 @@ import pytest
 from faceidd_util import Faceidd, daemon_dir, enrol, faceidd, require_model, run_as_nobody  # noqa: F401
 from conftest import session_frames, write_frames
 
-from pam_faceid.daemon import server as daemon
 from pam_faceid.common import protocol
-from pam_faceid.daemon.server import Decision, Verdict
+from pam_faceid.daemon.decision import Decision, Verdict
 from pam_faceid.daemon.lockout import LockoutStore
+from pam_faceid.daemon.session import MESSAGE_TIMEOUT
 from pam_faceid.common.store import Store
 
 # ---------------------------------------------------------------- the decision, a pure function of scores and time
@@ -434,7 +434,7 @@ def test_silent_client_in_a_session_gets_a_timeout_verdict(model_daemon):
         assert client.request("hello", protocol.hello_fields("root", "test"), timeout=5).type == "ready"
         verdict = client.recv(timeout=10)
     assert verdict.get("result") == "timeout" and verdict.get("frames") == 0
-    assert time.monotonic() - started >= daemon.MESSAGE_TIMEOUT
+    assert time.monotonic() - started >= MESSAGE_TIMEOUT
 
 
 def test_per_user_head_is_used_when_present_and_ignored_when_unsafe(model_daemon):

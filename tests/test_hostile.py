@@ -27,7 +27,8 @@ from faceidd_util import (PYTHON, daemon_dir, enrol, faceidd, model_available, r
 
 from pam_faceid.helper import main as helper
 from pam_faceid.common import protocol
-from pam_faceid.daemon.server import HELLO_TIMEOUT, PER_UID_CONNECTIONS, SESSION_MARGIN
+from pam_faceid.daemon.server import HELLO_TIMEOUT, PER_UID_CONNECTIONS
+from pam_faceid.daemon.session import SESSION_MARGIN
 
 ATTACK = r'''
 import base64, json, os, socket, struct, time

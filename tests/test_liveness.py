@@ -23,7 +23,7 @@ from faceidd_util import daemon_dir, enrol, faceidd, require_model  # noqa: F401
 from spoof_sessions import Source, add_glare, genuine_session, load_sources, make_session
 
 from pam_faceid.common import protocol
-from pam_faceid.daemon.server import Decision
+from pam_faceid.daemon.decision import Decision
 from pam_faceid.vision.faces import Face, FacePipeline, FaceRefused
 from pam_faceid.vision.liveness import MODES, LivenessCheck, looks_infrared
 

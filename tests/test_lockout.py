@@ -29,7 +29,8 @@ from faceidd_util import (HELPER, PYTHON, daemon_dir, enrol, faceidd, pam_files,
 from pam_faceid.helper import main as helper
 from pam_faceid.pamstack import pamconf
 from pam_faceid.common import protocol
-from pam_faceid.daemon.server import Daemon, Verdict
+from pam_faceid.daemon.decision import Verdict
+from pam_faceid.daemon.server import Daemon
 from pam_faceid.daemon.lockout import LockoutStore
 from pam_faceid.common.store import Store, StoreError, atomic_write_json
 
@@ -179,17 +180,17 @@ def test_daemon_hooks_count_failures_clear_on_match_and_tell_a_face_match_from_a
     state = daemon.state
     store = LockoutStore(tmp_path / "state")
     for result in ("no_face", "timeout", "error", "no_match"):
-        daemon.after_session("alice", Verdict(result, frames=3), state)
+        daemon.sessions.after_session("alice", Verdict(result, frames=3), state)
     assert len(store.read("alice").failures) == 1  # only no_match counts
-    daemon.after_session("alice", Verdict("match", 0.9, 2), state)
+    daemon.sessions.after_session("alice", Verdict("match", 0.9, 2), state)
     assert store.read("alice").failures == []
-    assert daemon.password_use("alice", state)[0] is False  # the face just matched: no password was used
+    assert daemon.sessions.password_use("alice", state)[0] is False  # the face just matched: no password was used
     assert store.read("alice").password_used is None
-    assert daemon.password_use("bob", state) == (True, None)
+    assert daemon.sessions.password_use("bob", state) == (True, None)
     assert store.read("bob").password_used == pytest.approx(time.time(), abs=5)
-    daemon.after_session("bob", Verdict("no_match", 0.1, 5), state)
+    daemon.sessions.after_session("bob", Verdict("no_match", 0.1, 5), state)
     assert "bob" not in store.locked()
-    daemon.after_session("bob", Verdict("not_live", 0.9, 5), state)  # a photo the liveness check refused
+    daemon.sessions.after_session("bob", Verdict("not_live", 0.9, 5), state)  # a photo the liveness check refused
     assert "bob" in store.locked() and "bob" in daemon.status()["lockouts"]
 
 

@@ -1,9 +1,9 @@
-"""faceidd: the root daemon that holds the model and the enrolments and answers "is this the user?".
+"""faceidd's serving half: the socket, its connections and signals; session.py decides what each one gets.
 
-Why a daemon: loading the model and every enrolment once keeps each PAM call
-under a second, and keeps biometric templates readable by root only while a
-screen locker running as the user can still ask. The PAM helper streams
-frames over the Unix socket (protocol.py); the daemon decides.
+Serving is systemd integration (socket activation, sd_notify), one thread per
+connection within the session slots, SIGHUP to reload and SIGTERM to stop,
+and the admin requests (status, reload); a hello or a password_used report
+is handed to session.Sessions.
 
 Security model: any local user may connect (socket 0666); SO_PEERCRED tells
 who is asking. Root may ask about any user, other uids only about their own
@@ -13,17 +13,15 @@ typed and reset auth.require_password_after). Every session is
 bounded in time, frames and message size, each frame's JPEG structure is
 checked before it is decoded (protocol.frame_problem), and each non-root uid
 may hold only a few connections, so a hostile local user cannot stall the
-owner's login.
+owner's login. The per-connection limits are enforced here, the per-user
+and per-frame ones in session.py and engine.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import dataclasses
 import logging
 import os
-import pwd
 import selectors
 import signal
 import socket
@@ -32,387 +30,25 @@ import struct
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
-from pam_faceid.daemon import journal
 from pam_faceid.common import protocol
-from pam_faceid.daemon import snapshots
-from pam_faceid.common.config import Config, ConfigError, load_config
-from pam_faceid.daemon.lockout import COUNTED_RESULTS, LockoutStore
-from pam_faceid.common.store import Enrolment, Store, StoreError, validate_user
-from pam_faceid.vision.userhead import UserHead, load_head
+from pam_faceid.common.config import ConfigError
+from pam_faceid.daemon import journal
+from pam_faceid.daemon.engine import load_state
+from pam_faceid.daemon.lockout import LockoutStore
+from pam_faceid.daemon.session import Sessions, protocol_error, send
 
 log = logging.getLogger("faceidd")
-audit = logging.getLogger(journal.AUDIT_LOGGER)
 
-SESSION_MARGIN = 3.0
-"""Seconds a session may run past auth.timeout (camera start, the last frames) before it is cut."""
 HELLO_TIMEOUT = 2.0
 """Seconds a new connection has to send its first whole message."""
-MESSAGE_TIMEOUT = 2.0
-"""Longest silence between two messages of a session."""
 QUEUE_WAIT = 3.0
 """Seconds an accepted connection waits for a free session slot before it is told "busy"."""
 PER_UID_CONNECTIONS = 3
 """Connections (waiting or served) one non-root uid may hold at once."""
 SHUTDOWN_GRACE = 1.0
 """Seconds SIGTERM waits for sessions in flight before the process exits."""
-FACE_MATCH_GRACE = 10.0
-"""A password_used report this soon after a face match for the same user is that match, not a password."""
-
-
-# ---------------------------------------------------------------- decision (pure)
-
-@dataclasses.dataclass(frozen=True)
-class Verdict:
-    """The one answer of a session (see protocol.RESULTS)."""
-
-    result: str
-    score: float | None = None
-    frames: int = 0
-    reason: str | None = None
-    liveness: str | None = dataclasses.field(default=None, compare=False)
-    """For the audit log only, never sent: "live", "off", "not_live:<reason>", or None (no liveness check)."""
-    matches: int = 0
-    """Frames whose score reached the threshold, so a client can say how many of min_matching_frames it saw."""
-
-    def fields(self) -> dict[str, Any]:
-        score = None if self.score is None else round(float(self.score), 4)
-        return {"result": self.result, "score": score, "frames": self.frames, "matches": self.matches,
-                "reason": self.reason}
-
-
-class Decision:
-    """Turns per-frame scores into a session verdict; pure (the caller passes the clock).
-
-    A frame matches when its best similarity to the user's templates is at
-    least ``threshold``. The session is a match once ``min_matching_frames``
-    frames have matched within ``timeout`` seconds of ``started``. It ends
-    without a match when the time is up, ``max_frames`` frames were seen or
-    the client has no more frames: ``no_face`` when no frame had a face,
-    ``no_match`` when faces were seen, ``timeout`` when no frame came at all.
-    The clock starts at ``started``, or at the first frame when None (the
-    camera's start-up does not eat the user's time).
-
-    With ``liveness`` (a liveness.mode: off, basic, strict) a match also needs
-    the liveness check to call the face live; the check sees only the frames
-    whose face matched (with their frame and Face), so a live stranger moving
-    before a photo of the user is shown lends the photo no motion. A session
-    whose face matched but was never found live ends ``not_live``, with the
-    liveness reason. Without ``liveness`` (None) there is no such check.
-    """
-
-    def __init__(self, threshold: float, min_matching_frames: int, timeout: float, max_frames: int,
-                 started: float | None = None, liveness: str | None = None):
-        self.threshold = float(threshold)
-        self.min_matching_frames = int(min_matching_frames)
-        self.timeout = float(timeout)
-        self.max_frames = int(max_frames)
-        self.started = started
-        self.frames = 0
-        self.faces = 0
-        self.matches = 0
-        self.best: float | None = None
-        self.last_reason: str | None = None
-        self.verdict: Verdict | None = None
-        if liveness is not None:
-            from pam_faceid.vision.liveness import MODES
-
-            if liveness not in MODES:
-                raise ValueError(f"liveness mode {liveness!r}: choose one of {', '.join(MODES)}")
-        self.liveness_mode = liveness
-        self.liveness: Any = None  # a liveness.LivenessCheck from the first matching frame on
-
-    def expired(self, now: float) -> bool:
-        return self.started is not None and now - self.started > self.timeout
-
-    def live(self) -> Any:
-        """The liveness.LivenessResult so far, or None when this decision has no liveness check."""
-        if self.liveness_mode is None:
-            return None
-        if self.liveness is None:
-            from pam_faceid.vision.liveness import LivenessCheck
-
-            return LivenessCheck(self.liveness_mode).verdict()
-        return self.liveness.verdict()
-
-    def liveness_word(self) -> str | None:
-        """The liveness result as the audit log shows it."""
-        result = self.live()
-        if result is None:
-            return None
-        if result.live:
-            return "off" if result.reason == "off" else "live"
-        return f"not_live:{result.reason}"
-
-    def _see_live(self, frame: Any, face: Any) -> None:
-        if self.liveness_mode is None or frame is None or face is None:
-            return
-        if self.liveness is None:
-            from pam_faceid.vision.liveness import LivenessCheck, looks_infrared
-
-            self.liveness = LivenessCheck(self.liveness_mode, ir=looks_infrared(frame))
-        self.liveness.add(frame, face)
-
-    def observe(self, score: float | None, reason: str | None, now: float, frame: Any = None,
-                face: Any = None) -> Verdict | None:
-        """Count one frame (score None = no usable face, with ``reason``); the verdict once decided.
-
-        ``frame`` (BGR array) and ``face`` (faces.Face) feed the liveness check; without them a
-        frame gives liveness no evidence.
-        """
-        if self.verdict is not None:
-            return self.verdict
-        if self.started is None:
-            self.started = now
-        if self.expired(now):
-            return self.finish(now, "time is up")
-        self.frames += 1
-        self.last_reason = reason
-        if score is not None:
-            self.faces += 1
-            self.best = score if self.best is None else max(self.best, score)
-            if score >= self.threshold:
-                self.matches += 1
-                self._see_live(frame, face)
-        live = self.live() if self.matches >= self.min_matching_frames else None
-        if self.matches >= self.min_matching_frames and (live is None or live.live):
-            self.verdict = Verdict("match", self.best, self.frames, None, self.liveness_word(), self.matches)
-        elif self.frames >= self.max_frames:
-            return self.finish(now, f"{self.max_frames} frames seen")
-        elif self.expired(now):
-            return self.finish(now, "time is up")
-        return self.verdict
-
-    def finish(self, now: float, why: str | None = None) -> Verdict:
-        """End the session without further frames; the verdict from what was seen."""
-        if self.verdict is not None:
-            return self.verdict
-        if self.frames == 0:
-            result = "timeout"
-        elif self.faces == 0:
-            result = "no_face"
-            why = self.last_reason or why
-        elif self.matches >= self.min_matching_frames:  # only liveness can have held the match back
-            result = "not_live"
-            live = self.live()
-            why = f"liveness {live.reason}: {live.message}"
-        else:
-            result = "no_match"
-        self.verdict = Verdict(result, self.best, self.frames, why, self.liveness_word(), self.matches)
-        return self.verdict
-
-    def progress(self) -> dict[str, Any]:
-        return {"frames": self.frames, "faces": self.faces, "matches": self.matches, "reason": self.last_reason}
-
-
-def verdict_fields(verdict: Verdict, uid: int) -> dict[str, Any]:
-    """The verdict as sent to a peer of ``uid``: no similarity score for a non-root one.
-
-    A process running as the user could otherwise climb the score with a
-    printed face, frame by frame, against that user's own templates; the
-    root helper and the admin CLI keep it (the audit log always has it).
-    """
-    fields = verdict.fields()
-    if uid != 0:
-        fields["score"] = None
-    return fields
-
-
-# ---------------------------------------------------------------- model and state
-
-DETECT_MAX_SIDE = 640
-"""Frames are scaled down to this long side before detection: the helper sends no more (camera.MAX_SEND_SIDE),
-and a client sending bigger frames must not buy more of the one serialised detector (three connections
-streaming 2048 px frames held an owner's login for 7 s)."""
-
-
-class FrameRefused(Exception):
-    """A frame no camera sends (progressive, arithmetic-coded, marker soup...): the session ends ``refused``."""
-
-
-class Engine:
-    """Frame bytes -> best similarity to a user's templates, through FacePipeline and Embedder.
-
-    One lock serialises the detector (OpenCV's FaceDetectorYN keeps per-call
-    state); on two cores nothing is lost by it.
-    """
-
-    def __init__(self, model_path: str, backend: str, pipeline: Any = None, lock: threading.Lock | None = None):
-        from pam_faceid.vision.embedder import Embedder, model_id_of
-        from pam_faceid.vision.faces import FacePipeline
-
-        self.key = (model_path, backend, _model_stamp(model_path))
-        self.embedder = Embedder(model_path or None, backend)
-        self.pipeline = pipeline if pipeline is not None else FacePipeline(spec=self.embedder.input)
-        self.model_id = model_id_of(self.embedder)
-        self.threshold = float(self.embedder.threshold)
-        self.lock = lock or threading.Lock()
-        # One embedding at load: warms the runtime up and tells the vector size enrolments must have.
-        size = self.embedder.input.size
-        self.dim = int(self.embedder.embed_one(np.zeros((size, size, 3), np.uint8)).size)
-
-    def examine(self, jpeg: bytes, templates: np.ndarray, head: UserHead | None = None,
-                dark_threshold: float = 0.0) -> tuple[float | None, str | None, Any, Any]:
-        """(best cosine similarity, None) or (None, why there is no usable face), plus the decoded frame and
-        the faces.Face scored (None when there is none).
-
-        With a per-user ``head`` (faceid retrain) the frame's vector is mapped
-        by it, as the templates were when they were loaded. A frame darker
-        than ``dark_threshold`` percent is ``too_dark`` (the helper sends an
-        image folder's JPEG files unchecked). Raises FrameRefused, before any
-        decoding, for a frame no camera sends (protocol.frame_problem).
-        """
-        import cv2
-
-        from pam_faceid.common.images import brightness_percent
-        from pam_faceid.vision.faces import FaceRefused, align
-
-        problem = protocol.frame_problem(jpeg)
-        if problem is not None:
-            raise FrameRefused(problem)
-        size = protocol.jpeg_size(jpeg) or (0, 0)  # never None here: frame_problem read its SOF
-        reduced = cv2.IMREAD_REDUCED_COLOR_2 if max(size) >= 2 * DETECT_MAX_SIDE else cv2.IMREAD_COLOR
-        frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), reduced)
-        if frame is None:
-            return None, "undecodable", None, None
-        scale = DETECT_MAX_SIDE / max(frame.shape[:2])
-        if scale < 1:
-            frame = cv2.resize(frame, (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale))),
-                               interpolation=cv2.INTER_AREA)
-        if dark_threshold > 0 and brightness_percent(frame) < dark_threshold:
-            return None, "too_dark", frame, None
-        with self.lock:
-            try:
-                face = self.pipeline.find(frame)
-                crop = align(frame, face, self.embedder.input)
-            except FaceRefused as refused:
-                return None, refused.reason or "no_face", frame, None
-            vector = self.embedder.embed_one(crop)
-        if head is not None:
-            vector = head.apply(vector)
-        return float(np.max(templates @ vector)), None, frame, face
-
-
-def _model_stamp(model_path: str) -> tuple[float, ...]:
-    """Modification times of the model files, so a reload notices a replaced model."""
-    from pam_faceid.vision.embedder import META_FILE, ONNX_FILE, default_model_dir
-
-    folder = Path(model_path) if model_path else default_model_dir()
-    stamps = []
-    for name in (ONNX_FILE, META_FILE):
-        try:
-            stamps.append(os.stat(folder / name).st_mtime)
-        except OSError:
-            stamps.append(0.0)
-    return tuple(stamps)
-
-
-@dataclasses.dataclass
-class UserEntry:
-    """One enrolled user as sessions need it: templates (mapped by the head, if any), engine, threshold, head."""
-
-    templates: np.ndarray
-    engine: Engine | None
-    threshold: float | None
-    head: UserHead | None = None
-
-
-@dataclasses.dataclass
-class State:
-    """Everything one session needs, swapped whole on reload so sessions in flight keep theirs."""
-
-    cfg: Config
-    socket_path: str
-    state_dir: str
-    engine: Engine | None
-    engine_error: str | None
-    threshold: float | None
-    users: dict[str, UserEntry]
-    skipped: dict[str, str]
-    loaded: float
-
-    def engines(self) -> list[Engine]:
-        return [self.engine] if self.engine is not None else []
-
-    def summary(self) -> str:
-        model = self.engine.model_id if self.engine else f"none ({self.engine_error})"
-        own = sum(entry.head is not None for entry in self.users.values())
-        return (f"config={self.cfg.path} state_dir={self.state_dir} users={len(self.users)} "
-                f"(own head: {own}) skipped={len(self.skipped)} model={model or 'unnamed'} "
-                f"threshold={self.threshold}")
-
-
-def load_state(config_path: str | None, overrides: dict[str, str], previous: State | None = None) -> State:
-    """Read config, model and enrolments. ConfigError propagates; a bad model or user file is recorded, not fatal."""
-    cfg = load_config(config_path)
-    socket_path = overrides.get("socket") or cfg.daemon.socket
-    state_dir = overrides.get("state_dir") or cfg.daemon.state_dir
-    cache = {e.key: e for e in previous.engines()} if previous is not None else {}
-    backend = cfg.model.backend
-    engine: Engine | None = None
-    engine_error: str | None = None
-    try:
-        engine = cache.get((cfg.model.path, backend, _model_stamp(cfg.model.path)))
-        if engine is None:
-            engine = Engine(cfg.model.path, backend)
-    except Exception as exc:  # a missing/corrupt model must not stop the daemon: sessions answer "error"
-        engine_error = _one_line(exc)
-        log.error("model not loaded: %s", engine_error)
-
-    def threshold_of(model: Engine | None) -> float | None:
-        if cfg.auth.threshold != "auto":
-            return float(cfg.auth.threshold)
-        return model.threshold if model else None
-
-    users: dict[str, UserEntry] = {}
-    skipped: dict[str, str] = {}
-    try:
-        good, bad = Store(state_dir).load_all()
-    except StoreError as exc:
-        good, bad = {}, {"*": str(exc)}
-        log.error("enrolments not loaded: %s", exc)
-    for user, reason in bad.items():
-        log.error("skipping user %s: %s", user, reason)
-        skipped[user] = reason
-    for user, enrolment in good.items():
-        problem = _enrolment_problem(enrolment, engine)
-        if problem:
-            log.error("skipping user %s: %s", user, problem)
-            skipped[user] = problem
-            continue
-        templates, threshold = enrolment.matrix(), threshold_of(engine)
-        head = load_head(state_dir, user, engine.model_id) if engine is not None else None
-        if head is not None and head.dim == templates.shape[1]:
-            templates = head.apply(templates)
-            if cfg.auth.threshold == "auto":
-                threshold = head.threshold
-        else:
-            head = None
-        users[user] = UserEntry(templates, engine, threshold, head)
-    return State(cfg, socket_path, state_dir, engine, engine_error, threshold_of(engine), users, skipped,
-                 time.time())
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc)
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _enrolment_problem(enrolment: Enrolment, engine: Engine | None) -> str | None:
-    if engine is None:
-        return None
-    stale = enrolment.stale_for(engine.model_id)
-    if stale:
-        return stale
-    dim = enrolment.matrix().shape[1]
-    if dim != engine.dim:
-        return (f"re-enrol: templates have {dim} values, model {engine.model_id} gives {engine.dim} "
-                f"(sudo faceid clear {enrolment.user} && sudo faceid enroll {enrolment.user})")
-    return None
 
 
 # ---------------------------------------------------------------- systemd integration
@@ -495,13 +131,6 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     return pid, uid, gid
 
 
-def user_name(uid: int) -> str | None:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return None
-
-
 # ---------------------------------------------------------------- the daemon
 
 class Slots:
@@ -561,13 +190,10 @@ class Daemon:
         self.reload_lock = threading.Lock()
         self.slots = Slots(lambda: int(self.state.cfg.daemon.max_sessions))
         self.started = time.time()
-        self.sessions_served = 0
-        self.counter_lock = threading.Lock()
         self.stopping = threading.Event()
         self.listener: socket.socket | None = None
         self.owned_socket: tuple[str, int, int] | None = None
-        self.face_matches: dict[str, float] = {}
-        """user -> time.monotonic() of the last face match granted (for password_used)."""
+        self.sessions = Sessions()
 
     # -- lifecycle
 
@@ -703,13 +329,6 @@ class Daemon:
             pass
         conn.close()
 
-    def _send(self, conn: socket.socket, msg_type: str, fields: dict[str, Any]) -> bool:
-        try:
-            protocol.send_message(conn, msg_type, fields, deadline=time.monotonic() + MESSAGE_TIMEOUT)
-            return True
-        except protocol.ProtocolError:
-            return False
-
     def _connection(self, conn: socket.socket, pid: int, uid: int) -> None:
         try:
             if not self.slots.acquire(uid, QUEUE_WAIT):
@@ -738,37 +357,33 @@ class Daemon:
             log.debug("pid=%d uid=%d closed without a request", pid, uid)
             return
         except protocol.ProtocolError as exc:
-            self._protocol_error(conn, pid, uid, exc)
+            protocol_error(conn, pid, uid, exc)
             return
         if msg.type in protocol.ADMIN_TYPES:
             self._admin(conn, msg, pid, uid)
         elif msg.type == "password_used":
-            self._password_used(conn, msg, pid, uid, state)
+            self.sessions.password_used(conn, msg, pid, uid, state)
         elif msg.type == "hello":
-            self._session(conn, msg, pid, uid, state)
+            self.sessions.authenticate(conn, msg, pid, uid, state)
         else:
-            self._protocol_error(conn, pid, uid, protocol.ProtocolError(
+            protocol_error(conn, pid, uid, protocol.ProtocolError(
                 f"{msg.type} before hello", "unexpected"))
-
-    def _protocol_error(self, conn: socket.socket, pid: int, uid: int, exc: protocol.ProtocolError) -> None:
-        log.warning("protocol error from pid=%d uid=%d: %s: %s", pid, uid, exc.code, exc)
-        self._send(conn, "error", {"code": exc.code, "message": str(exc)[:200]})
 
     # -- admin
 
     def _admin(self, conn: socket.socket, msg: protocol.Message, pid: int, uid: int) -> None:
         if uid != 0:
             log.warning("refused %s from pid=%d uid=%d: admin requests are root only", msg.type, pid, uid)
-            self._send(conn, "error", {"code": "refused", "message": f"{msg.type} is for root only"})
+            send(conn, "error", {"code": "refused", "message": f"{msg.type} is for root only"})
             return
         if msg.type == "status":
-            self._send(conn, "status", self.status())
+            send(conn, "status", self.status())
             log.info("status asked by pid=%d", pid)
             return
         ok, error = self.reload()
         state = self.state
-        self._send(conn, "reload", {"ok": ok, "error": error, "users": sorted(state.users),
-                                    "skipped": state.skipped})
+        send(conn, "reload", {"ok": ok, "error": error, "users": sorted(state.users),
+                               "skipped": state.skipped})
         log.info("reload asked by pid=%d: %s", pid, "ok" if ok else "failed")
 
     def status(self) -> dict[str, Any]:
@@ -787,195 +402,11 @@ class Daemon:
             "skipped": state.skipped,
             "model": {"loaded": engine is not None, "id": engine.model_id if engine else None,
                       "error": state.engine_error, "threshold": state.threshold},
-            "sessions": {"active": self.slots.active, "served": self.sessions_served,
+            "sessions": {"active": self.slots.active, "served": self.sessions.sessions_served,
                          "max": int(state.cfg.daemon.max_sessions)},
             "loaded": state.loaded,
             "lockouts": LockoutStore(state.state_dir).locked(),
         }
-
-    # -- authentication sessions
-
-    def _authorise(self, user: Any, pid: int, uid: int) -> Verdict | None:
-        """None when ``uid`` may ask about ``user``; otherwise the refusal."""
-        if uid == 0:
-            return None
-        own = user_name(uid)
-        if own is not None and own == user:
-            return None
-        audit.warning("refused hello for user=%r from pid=%d uid=%d (%s): may only ask about itself",
-                      user, pid, uid, own or "no passwd entry")
-        return Verdict("refused", reason="a non-root client may only ask about its own user")
-
-    def before_session(self, user: str, state: State) -> Verdict | None:
-        """Refuse an enrolled user's session before frames are taken: locked out, or the password is due.
-
-        The lockout file is read at every hello (no cache), so `faceid unlock`
-        and a restart both see the same state. Users not enrolled get their
-        not_enrolled answer unchanged.
-        """
-        if user not in state.users:
-            return None
-        found = LockoutStore(state.state_dir).refusal(user, time.time(), float(state.cfg.auth.require_password_after))
-        if found is None:
-            return None
-        return Verdict(found[0], reason=found[1])
-
-    def after_session(self, user: str, verdict: Verdict, state: State) -> None:
-        """Count a failed attempt (lockout.COUNTED_RESULTS) or clear the count on a match; never fails the session."""
-        store = LockoutStore(state.state_dir)
-        try:
-            if verdict.result == "match":
-                with self.counter_lock:
-                    self.face_matches[user] = time.monotonic()
-                store.record_success(user)
-            elif verdict.result in COUNTED_RESULTS:
-                lock = state.cfg.lockout
-                until = store.record_failure(user, time.time(), int(lock.max_failures), float(lock.window),
-                                             float(lock.duration))
-                if until is not None:
-                    audit.warning("lockout user=%s: %d failed face attempts within %d s: face auth refused until %s",
-                                  user, lock.max_failures, lock.window,
-                                  time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(until)))
-        except StoreError as exc:
-            log.error("lockout state of user=%s not updated: %s", user, exc)
-
-    def password_use(self, user: str, state: State) -> tuple[bool, str | None]:
-        """Record that the password authenticated ``user`` now, unless a face match was granted just before."""
-        with self.counter_lock:
-            matched = self.face_matches.get(user)
-        if matched is not None and time.monotonic() - matched < FACE_MATCH_GRACE:
-            return False, f"a face match was granted {time.monotonic() - matched:.1f} s ago: not a password use"
-        try:
-            LockoutStore(state.state_dir).record_password(user, time.time())
-        except StoreError as exc:
-            log.error("password use of user=%s not recorded: %s", user, exc)
-            return False, "state not writable: see the daemon log"
-        return True, None
-
-    def _valid_fields(self, conn: socket.socket, pid: int, uid: int, kind: str, user: Any,
-                      texts: dict[str, Any]) -> bool:
-        """Check a request's user name and text fields; answer a protocol error and return False when bad.
-
-        The text fields go into the audit line: a newline there would let any
-        local user forge audit lines, so they must be short printable text.
-        """
-        names = "/".join(texts)
-        if not isinstance(user, str) or not all(isinstance(v, str) for v in texts.values()):
-            problem = f"{kind} needs string user/{names}"
-        elif not all(v.isprintable() and len(v) <= 256 for v in texts.values()):
-            problem = f"{kind} {names} must be printable text of at most 256 characters"
-        else:
-            try:
-                validate_user(user)
-                return True
-            except StoreError as exc:
-                problem = str(exc)
-        self._protocol_error(conn, pid, uid, protocol.ProtocolError(problem))
-        return False
-
-    def _password_used(self, conn: socket.socket, msg: protocol.Message, pid: int, uid: int, state: State) -> None:
-        user, service = msg.get("user"), msg.get("service", "")
-        if not self._valid_fields(conn, pid, uid, msg.type, user, {"service": service}):
-            return
-        if uid != 0:
-            audit.warning("refused password_used for user=%r from pid=%d uid=%d (%s): password use is reported by "
-                          "root only", user, pid, uid, user_name(uid) or "no passwd entry")
-            self._send(conn, "error", {"code": "refused", "message": "password_used is accepted from root only"})
-            return
-        recorded, reason = self.password_use(user, state)
-        audit.info("password_used user=%s service=%s pid=%d uid=%d recorded=%s%s", user, service or "-", pid, uid,
-                   "yes" if recorded else "no", f" reason={reason!r}" if reason else "")
-        self._send(conn, "password_used", {"recorded": recorded, "reason": reason})
-
-    def _session(self, conn: socket.socket, hello: protocol.Message, pid: int, uid: int, state: State) -> None:
-        t0 = time.monotonic()
-        user, service = hello.get("user"), hello.get("service", "")
-        tty, rhost = hello.get("tty", ""), hello.get("rhost", "")
-        if not self._valid_fields(conn, pid, uid, hello.type, user, {"service": service, "tty": tty, "rhost": rhost}):
-            return
-        kept: collections.deque[bytes] = collections.deque(maxlen=snapshots.SNAPSHOT_FRAMES)
-        verdict, frames_taken = self._run_session(conn, user, pid, uid, state, t0,
-                                                  kept if state.cfg.snapshots.enabled else None)
-        if frames_taken:
-            self.after_session(user, verdict, state)
-        with self.counter_lock:
-            self.sessions_served += 1
-        ms = (time.monotonic() - t0) * 1000
-        audit.info("auth user=%s service=%s tty=%s rhost=%s pid=%d uid=%d verdict=%s score=%s frames=%d ms=%.0f "
-                   "liveness=%s%s", user, service or "-", tty or "-", rhost or "-", pid, uid, verdict.result,
-                   "-" if verdict.score is None else f"{verdict.score:.3f}", verdict.frames, ms,
-                   verdict.liveness or "-", f" reason={verdict.reason!r}" if verdict.reason else "")
-        self._send(conn, "verdict", verdict_fields(verdict, uid))
-        if frames_taken and kept:
-            info = {"user": user, "service": service, "tty": tty, "rhost": rhost, "pid": pid, "uid": uid,
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ms": round(ms), **verdict.fields(),
-                    "verdict": verdict.result, "liveness": verdict.liveness}
-            try:
-                snapshots.save(Path(state.state_dir), list(kept), info, int(state.cfg.snapshots.keep))
-            except (OSError, snapshots.SnapshotError) as exc:
-                log.error("snapshot for user=%s not saved: %s", user, exc)
-
-    def _run_session(self, conn: socket.socket, user: str, pid: int, uid: int, state: State,
-                     t0: float, kept: collections.deque[bytes] | None = None) -> tuple[Verdict, bool]:
-        """The verdict of one session and whether frames were taken; ``kept`` collects the frames for a snapshot."""
-        refusal = self._authorise(user, pid, uid) or self.before_session(user, state)
-        if refusal is not None:
-            return refusal, False
-        entry = state.users.get(user)
-        if entry is None:
-            if user in state.skipped:
-                why = state.skipped[user]
-                return Verdict("error", reason=why if why.startswith("re-enrol") else
-                               "enrolment unreadable: see the daemon log"), False
-            return Verdict("not_enrolled"), False
-        if entry.engine is None or entry.threshold is None:
-            return Verdict("error", reason="model not loaded"), False
-        engine = entry.engine
-        cfg = state.cfg
-        timeout = float(cfg.auth.timeout)
-        max_frames = int(cfg.daemon.max_frames_per_session)
-        dark_threshold = float(cfg.camera.dark_threshold)
-        decision = Decision(entry.threshold, cfg.auth.min_matching_frames, timeout, max_frames,
-                            liveness=cfg.liveness.mode)
-        if not self._send(conn, "ready", {"timeout": timeout, "max_frames": max_frames,
-                                         "min_matching_frames": int(cfg.auth.min_matching_frames)}):
-            return decision.finish(time.monotonic(), "client went away"), False
-        session_deadline = t0 + timeout + SESSION_MARGIN
-        max_bytes = int(cfg.daemon.max_message_bytes)
-        while True:
-            now = time.monotonic()
-            try:
-                msg = protocol.recv_message(conn, deadline=min(session_deadline, now + MESSAGE_TIMEOUT),
-                                            max_bytes=max_bytes, allowed_types=protocol.CLIENT_TYPES)
-            except protocol.ProtocolTimeout:
-                return decision.finish(time.monotonic(), "client stopped sending"), decision.frames > 0
-            except protocol.ConnectionClosed:
-                return decision.finish(time.monotonic(), "client went away"), decision.frames > 0
-            except protocol.ProtocolError as exc:
-                self._protocol_error(conn, pid, uid, exc)
-                return decision.finish(time.monotonic(), f"protocol error: {exc.code}"), decision.frames > 0
-            if msg.type == "end":
-                return decision.finish(time.monotonic(), "client ended"), decision.frames > 0
-            if msg.type != "frame":
-                self._protocol_error(conn, pid, uid, protocol.ProtocolError(
-                    f"{msg.type} during a session", "unexpected"))
-                return decision.finish(time.monotonic(), "protocol error"), decision.frames > 0
-            if kept is not None:
-                kept.append(msg.payload)
-            try:
-                score, reason, frame, face = engine.examine(msg.payload, entry.templates, entry.head, dark_threshold)
-                verdict = decision.observe(score, reason, time.monotonic(), frame, face)
-            except FrameRefused as refused:
-                return Verdict("refused", decision.best, decision.frames, f"frame refused: {refused}",
-                               matches=decision.matches), True
-            except Exception as exc:  # a model or liveness failure ends this session with "error", never the daemon
-                log.exception("scoring a frame for user=%s failed", user)
-                return Verdict("error", decision.best, decision.frames, f"internal error: {type(exc).__name__}",
-                               matches=decision.matches), True
-            if verdict is not None:
-                return verdict, True
-            if not self._send(conn, "progress", decision.progress()):
-                return decision.finish(time.monotonic(), "client went away"), True
 
 
 def _package_version() -> str:
