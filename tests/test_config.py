@@ -167,14 +167,66 @@ def test_values_sections_and_access(folder: Path) -> None:
     assert cfg.liveness.mode == "off"  # YAML 1.1 would have made this False
     assert cfg.camera.width == 640 and cfg.snapshots.keep == 5
     assert cfg.as_dict()["camera"]["rotate"] == 90 and cfg.camera.as_dict()["device"] == "/tmp/frames"
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match=r"^config section 'auth' has no key 'timout'$"):
         cfg.auth.timout
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match=r"^config has no section 'nosection'$"):
         cfg.nosection
     with pytest.raises(KeyError):
         cfg.get("auth.nope")
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match="read-only"):
         cfg.auth.timeout = 1
+    assert cfg.camera == load_config(str(path)).camera and cfg.camera != C.defaults().camera
+    assert cfg.auth != tuple(cfg.auth)  # a section equals only the same section
+
+
+# The exact types a loaded value may have: bool is an int to isinstance, 3 from YAML is no float.
+EXACT_TYPES = {bool: {bool}, int: {int}, float: {float}, str: {str}, C.FLOAT_OR_AUTO: {float, str}}
+
+
+def assert_schema_types(cfg: C.Config) -> None:
+    """Every value has its key's type, exactly, and is the field of its section's NamedTuple."""
+    for key in C.SCHEMA:
+        section = getattr(cfg, key.section)
+        value = getattr(section, key.field)
+        assert cfg.get(key.name) is value
+        assert type(value) in EXACT_TYPES[key.type], f"{key.name} = {value!r} is a {type(value).__name__}"
+        assert isinstance(value, type(section).__annotations__[key.field])
+        if key.type == C.FLOAT_OR_AUTO and isinstance(value, str):
+            assert value == "auto"
+
+
+def test_each_section_is_a_namedtuple_generated_from_the_schema() -> None:
+    cfg = C.defaults()
+    for name in C.SECTIONS:
+        keys = [k for k in C.SCHEMA if k.section == name]
+        section = getattr(cfg, name)
+        assert isinstance(section, tuple) and type(section) is C.SECTION_TYPES[name]
+        assert section._fields == tuple(k.field for k in keys)
+        assert type(section).__annotations__ == {k.field: k.value_type for k in keys}
+        assert section.as_dict() == {k.field: k.default for k in keys}
+    assert C.SECTION_TYPES["auth"].__annotations__["threshold"] == float | str
+
+
+def test_defaults_have_their_schema_types(folder: Path) -> None:
+    assert_schema_types(C.defaults())
+    assert_schema_types(load_config(str(write(folder, ""))))
+    assert_schema_types(load_config(str(REPO / "config" / "config.yaml"), check_permissions=False))
+
+
+def test_whole_numbers_for_float_keys_load_as_floats(folder: Path) -> None:
+    floats = [k for k in C.SCHEMA if k.type in (float, C.FLOAT_OR_AUTO)]
+    assert {k.name for k in floats} >= {"auth.timeout", "auth.threshold", "camera.dark_threshold"}
+    wanted = {k.name: round((k.min + k.max) / 2) for k in floats}
+    text = "".join(f"{section}:\n" + "".join(f"  {k.field}: {wanted[k.name]}\n" for k in floats if k.section == section)
+                   for section in {k.section: None for k in floats})
+    assert "timeout: 15\n" in text  # whole numbers, as an admin writes them
+    cfg = load_config(str(write(folder, text)))
+    assert_schema_types(cfg)
+    assert {name: cfg.get(name) for name in wanted} == wanted
+    set_cfg = set_value(str(folder / "config.yaml"), "auth.timeout", "3")
+    assert set_cfg.auth.timeout == 3.0 and type(set_cfg.auth.timeout) is float
+    assert_schema_types(set_cfg)
+    assert_schema_types(load_config(str(folder / "config.yaml")))
 
 
 @pytest.mark.parametrize("text", ["", "# only comments\n", "auth:\n", "auth: ~\n"])
@@ -417,7 +469,7 @@ def test_concurrent_sets_lose_nothing(folder: Path) -> None:
 
 
 def test_import_stays_light() -> None:
-    code = ("import sys, pam_faceid.common.config; heavy = {'numpy', 'torch', 'cv2', 'onnxruntime', 'ruamel'};"
+    code = ("import sys, pam_faceid.common.config; heavy = {'numpy', 'torch', 'cv2', 'onnxruntime', 'ruamel', 'dataclasses', 'inspect'};"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -87,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = common.load_cfg(args)
     store = common.open_store(cfg)
     embedder = common.load_embedder(cfg)
-    pipeline = FacePipeline(dark_threshold=float(cfg.camera.dark_threshold), spec=embedder.input)
-    wanted = args.frames or (MAX_TEMPLATES if args.sources else int(cfg.enroll.frames))
+    pipeline = FacePipeline(dark_threshold=cfg.camera.dark_threshold, spec=embedder.input)
+    wanted = args.frames or (MAX_TEMPLATES if args.sources else cfg.enroll.frames)
     label = args.label or _dt.datetime.now().strftime("enrol-%Y%m%d-%H%M%S")
 
     if args.sources:

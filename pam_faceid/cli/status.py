@@ -171,7 +171,7 @@ def _lockouts(cfg: Any) -> dict[str, Any]:
         return {"error": "lockout state is readable by root only: run with sudo"}
     now = time.time()
     good, bad = LockoutStore(cfg.daemon.state_dir).entries()
-    hours = float(cfg.auth.require_password_after)
+    hours = cfg.auth.require_password_after
     password: dict[str, Any] = {}
     if hours > 0:
         password = {user: None if state.password_used is None else round((now - state.password_used) / 3600, 2)

@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--frames must be at least 1", EXIT_USAGE)
     cfg = common.load_cfg(args)
     frames = _jpeg_frames(args, cfg)
-    socket_path = str(cfg.daemon.socket)
+    socket_path = cfg.daemon.socket
     started = time.monotonic()
     try:
         with protocol.Client(socket_path, 2.0) as client:
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
                       f"(auth.min_matching_frames), {timeout:g} s (auth.timeout)", flush=True)
                 answer = _session(client, itertools.islice(frames, args.frames), need, timeout + 5.0)
             else:
-                need = int(cfg.auth.min_matching_frames)
+                need = cfg.auth.min_matching_frames
     except protocol.DaemonError as exc:
         hint = f" ({START_HINT})" if "not running" in str(exc) else ""
         raise CommandError(f"{exc}{hint}", EXIT_FAILURE) from None

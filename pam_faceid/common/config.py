@@ -57,6 +57,11 @@ class Key(NamedTuple):
         return self.name.split(".", 1)[1]
 
     @property
+    def value_type(self) -> Any:
+        """The type of this key's loaded value: its section's field type."""
+        return float | str if self.type == FLOAT_OR_AUTO else self.type
+
+    @property
     def type_name(self) -> str:
         if self.type == FLOAT_OR_AUTO:
             return "float or auto"
@@ -419,41 +424,59 @@ def check_socket_folder(path: str | None, socket_path: str) -> None:
 # ---------------------------------------------------------------- the Config object
 
 class Section:
-    """Read-only attribute access to one section's values (cfg.auth.timeout)."""
+    """What every section's generated NamedTuple adds: as_dict, read-only errors that name the key.
 
-    __slots__ = ("_name", "_values")
+    Equality needs the same section, not only equal tuples.
+    """
 
-    def __init__(self, name: str, values: dict[str, Any]):
-        object.__setattr__(self, "_name", name)
-        object.__setattr__(self, "_values", dict(values))
+    __slots__ = ()
+    _section: str  # the section's name, set on each generated class
 
     def __getattr__(self, field: str) -> Any:
-        try:
-            return self._values[field]
-        except KeyError:
-            raise AttributeError(f"config section {self._name!r} has no key {field!r}") from None
+        raise AttributeError(f"config section {self._section!r} has no key {field!r}")
 
     def __setattr__(self, field: str, value: Any) -> None:
         raise AttributeError("config values are read-only; use set_value() to change the file")
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Section) and (self._name, self._values) == (other._name, other._values)
+        return type(self) is type(other) and tuple.__eq__(self, other)
 
-    def __repr__(self) -> str:
-        return f"Section({self._name!r}, {self._values!r})"
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = tuple.__hash__
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self._values)
+        return self._asdict()
+
+
+def _section_types() -> dict[str, type]:
+    """One NamedTuple class per section, its fields and their types read from SCHEMA (cfg.auth: AuthSection).
+
+    A NamedTuple, like Key, because the PAM helper imports this module; the
+    loader guarantees every value has its field's type (ints never bool,
+    floats always float).
+    """
+    types: dict[str, type] = {}
+    for section in SECTIONS:
+        fields = [(key.field, key.value_type) for key in SCHEMA if key.section == section]
+        name = f"{section.title()}Section"
+        fields_type = NamedTuple(f"_{name}Fields", fields)
+        types[section] = type(name, (Section, fields_type), {
+            "__slots__": (), "__module__": __name__, "__annotations__": dict(fields), "_section": section})
+    return types
+
+
+SECTION_TYPES: dict[str, type] = _section_types()
 
 
 class Config:
-    """Validated settings: one attribute per section, plus where they came from."""
+    """Validated settings: one section NamedTuple per attribute, plus where they came from."""
 
     def __init__(self, values: dict[str, dict[str, Any]], path: str, from_file: bool):
         self.path = path
         self.from_file = from_file  # False when the default file is absent and all values are defaults
-        self._values = {name: dict(values[name]) for name in SECTIONS}
-        self._sections = {name: Section(name, body) for name, body in self._values.items()}
+        self._sections = {name: SECTION_TYPES[name](**values[name]) for name in SECTIONS}
 
     def __getattr__(self, section: str) -> Section:
         sections = self.__dict__.get("_sections", {})
@@ -467,13 +490,13 @@ class Config:
         if name not in KEYS:
             raise KeyError(name)
         key = KEYS[name]
-        return self._values[key.section][key.field]
+        return getattr(self._sections[key.section], key.field)
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
-        return {name: dict(body) for name, body in self._values.items()}
+        return {name: body.as_dict() for name, body in self._sections.items()}
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Config) and self._values == other._values
+        return isinstance(other, Config) and self._sections == other._sections
 
     def __repr__(self) -> str:
         return f"Config(path={self.path!r}, from_file={self.from_file})"

@@ -194,7 +194,7 @@ def authenticate(env: Mapping[str, str], config_path: str | None) -> int:
         cfg = load_config(config_path)
     except ConfigError as exc:
         raise Abort(EXIT_CONFIG, f"config: {exc}") from None
-    _arm_watchdog(float(cfg.auth.timeout) + 3.0)
+    _arm_watchdog(cfg.auth.timeout + 3.0)
     if not cfg.auth.enabled:
         raise Abort(EXIT_SKIPPED, "face authentication is disabled (auth.enabled: false)")
     if cfg.auth.abort_if_ssh:
@@ -205,7 +205,7 @@ def authenticate(env: Mapping[str, str], config_path: str | None) -> int:
         raise Abort(EXIT_SKIPPED, "laptop lid is closed: skipped (auth.abort_if_lid_closed)")
 
     preload = None
-    if not sends_as_is(str(cfg.camera.device), int(cfg.camera.rotate)):
+    if not sends_as_is(cfg.camera.device, cfg.camera.rotate):
         preload = threading.Thread(target=_preload_opencv, name="preload", daemon=True)
         preload.start()
     try:
@@ -226,7 +226,7 @@ def authenticate(env: Mapping[str, str], config_path: str | None) -> int:
 
 def _stream(client: protocol.Client, cfg: Any, timeout: float, user: str, service: str) -> int:
     """Send frames lock-step until the daemon's verdict, the end of the source or the timeout."""
-    shown = bool(cfg.auth.detection_notice)
+    shown = cfg.auth.detection_notice
     deadline = time.monotonic() + timeout
     try:
         source = FrameSource.from_config(cfg.camera)

@@ -139,14 +139,14 @@ class FrameSource:
     def from_config(cls, camera: Any) -> "FrameSource":
         """Open the source a config's ``camera`` section describes (``cfg.camera``)."""
         return open_source(
-            str(camera.device),
-            width=int(camera.width),
-            height=int(camera.height),
-            fps=float(camera.fps),
-            force_mjpeg=bool(camera.force_mjpeg),
-            exposure=float(camera.exposure),
-            rotate=int(camera.rotate),
-            dark_threshold=float(camera.dark_threshold),
+            camera.device,
+            width=camera.width,
+            height=camera.height,
+            fps=camera.fps,
+            force_mjpeg=camera.force_mjpeg,
+            exposure=camera.exposure,
+            rotate=camera.rotate,
+            dark_threshold=camera.dark_threshold,
         )
 
     def _read_raw(self) -> np.ndarray | None:
