@@ -254,11 +254,18 @@ def test_missing_or_empty_dataset_is_one_line(tmp_path):
 
 
 def test_pairs_embed_each_image_once_and_count_missing(tmp_path, person_images):
+    # Each real image gets a 2-D unit vector at a chosen angle (degrees), so every pair's score is a known cosine.
+    # P = PERSON, O = OTHER_PERSON; P1 0, P2 40, P3 -80, O1 90, O2 150, O3 100.
+    angles = {(PERSON, 1): 0, (PERSON, 2): 40, (PERSON, 3): -80,
+              (OTHER_PERSON, 1): 90, (OTHER_PERSON, 2): 150, (OTHER_PERSON, 3): 100}
+    known: list[tuple[np.ndarray, np.ndarray]] = []
     for name in (PERSON, OTHER_PERSON):
         folder = tmp_path / "data" / name
         folder.mkdir(parents=True)
-        for src in person_images(name, limit=3):
+        for number, src in enumerate(person_images(name, limit=3), 1):
             os.symlink(src, folder / src.name)
+            r = np.radians(angles[name, number])
+            known.append((ev.load_image(src), np.array([np.cos(r), np.sin(r)], np.float32)))
     pairs = write(tmp_path / "pairs.txt", "\n".join([
         "2 2",
         f"{PERSON} 1 2", f"{PERSON} 1 3",
@@ -272,13 +279,25 @@ def test_pairs_embed_each_image_once_and_count_missing(tmp_path, person_images):
     def counting_embed(image):
         with lock:
             calls.append(1)
-        return pixel_embed(image)
+        return next(vector for pixels, vector in known if np.array_equal(pixels, image))
 
     r = ev.evaluate(tmp_path / "data", counting_embed, pairs=pairs, threshold=0.3, workers=2)
     assert len(calls) == 6 == r["images"]  # 3 + 3 distinct images, each once though used in several pairs
     assert r["pairs"] == 8 and r["pairs_missing_image"] == 2 and r["pairs_scored"] == 6
     assert r["folds"] == 2 and r["identities"] == 2
-    assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["auc"] <= 1.0
+    # Scored: fold 0 genuine P1-P2 cos40 = .766, P1-P3 cos80 = .174; impostor P1-O1 cos90 = 0, P2-O1 cos50 = .643.
+    #         fold 1 genuine O1-O2 cos60 = .5; impostor P3-O3 cos180 = -1.
+    # Genuine beat impostors in 3 + 2 + 2 of 9 pairs: AUC 7/9.
+    # ROC points (FPR, TPR) down the scores: (0,1/3) (1/3,1/3) (1/3,2/3): FPR = FNR = 1/3 there, the EER.
+    # 3 impostors allow none at FAR 1e-2 or 1e-3: threshold above .643 accepts .766 only, TAR 1/3.
+    # Fold 0 tested at fold 1's threshold, midway between -1 and .5 (-0.25): all accepted, 2 of 4 right.
+    # Fold 1 tested at fold 0's: the lowest cut with 3 of 4 right, midway between 0 and .174; .5 in, -1 out: 2/2.
+    # At threshold 0.3: .766 .5 accepted, 0 -1 refused right; .174 refused, .643 accepted wrong: 4/6.
+    assert r["auc"] == pytest.approx(7 / 9) and r["eer"] == pytest.approx(1 / 3)
+    assert r["tar_at_far_1e-2"] == pytest.approx(1 / 3) and r["tar_at_far_1e-3"] == pytest.approx(1 / 3)
+    assert r["fold_thresholds"] == pytest.approx([-0.25, np.cos(np.radians(80)) / 2], abs=1e-6)
+    assert r["fold_accuracies"] == [0.5, 1.0] and r["accuracy"] == 0.75 and r["accuracy_std"] == 0.25
+    assert r["pairs_accuracy_at_threshold"] == pytest.approx(4 / 6)
     assert r["genuine_attempts"] is None and r["far"] is None
     assert set(ev.RESULT_KEYS) <= set(json.loads(ev.to_json(r)))
     from pam_faceid.cli.evaluate import format_table
@@ -417,19 +436,11 @@ FACEID = [sys.executable, "-c", "import sys; from pam_faceid.cli import main; sy
 
 
 TEST_MODEL = os.environ.get("FACEID_TEST_MODEL")
-"""A model folder to use instead of the bundled one (to check this test before the shipped model exists)."""
+"""A model folder to use instead of the bundled one (to try a candidate model)."""
 
 
-def _model_ready() -> bool:
-    pkg = REPO / "pam_faceid"
-    model = Path(TEST_MODEL) if TEST_MODEL else pkg / "data" / "model"
-    return ((pkg / "faces.py").is_file() and (pkg / "embedder.py").is_file()
-            and (model / "embedder.onnx").is_file() and (model / "model.json").is_file())
-
-
-@pytest.mark.skipif(not _model_ready(), reason="faces.py, embedder.py or the bundled model are not there yet")
 def test_faceid_evaluate_end_to_end(tmp_path, shared_faces, person_images, hostile_dataset):
-    """The real command on a few real identities: JSON keys, sane values, and the hostile folder calmly."""
+    """The real command on a few real identities: JSON keys, the figures known for them, the hostile folder calmly."""
     data = tmp_path / "lfw"
     names = [PERSON, OTHER_PERSON, "Abel_Pacheco"]
     for name in names:
@@ -439,7 +450,7 @@ def test_faceid_evaluate_end_to_end(tmp_path, shared_faces, person_images, hosti
     pairs = write(tmp_path / "pairs.txt", "\n".join([
         "2 2",
         f"{PERSON} 1 2", f"{OTHER_PERSON} 1 2", f"{PERSON} 1 {OTHER_PERSON} 1", f"{PERSON} 2 Abel_Pacheco 1",
-        f"{PERSON} 3 4", f"Abel_Pacheco 1 3", f"{OTHER_PERSON} 3 Abel_Pacheco 2", f"{PERSON} 4 Abel_Pacheco 4",
+        f"{PERSON} 3 4", "Abel_Pacheco 1 3", f"{OTHER_PERSON} 3 Abel_Pacheco 2", f"{PERSON} 4 Abel_Pacheco 4",
     ]) + "\n")
     model = ["--model", TEST_MODEL] if TEST_MODEL else []
     cmd = FACEID + ["evaluate", str(data), "--pairs", str(pairs), "--enroll", "2", "--json", "--flip"] + model
@@ -449,14 +460,18 @@ def test_faceid_evaluate_end_to_end(tmp_path, shared_faces, person_images, hosti
     assert len(lines) == 1
     r = json.loads(lines[0])
     assert set(ev.RESULT_KEYS) <= set(r)
-    assert r["images"] == 12 and r["identities"] == 3
+    assert r["images"] == 12 and r["identities"] == 3 and r["no_face"] == 0  # a face in each photo
     assert r["genuine_attempts"] == 3 * 2 and r["impostor_attempts"] == 3 * 8
-    assert 0.5 <= r["accuracy"] <= 1.0 and 0.5 <= r["auc"] <= 1.0
-    assert 0.0 <= r["far"] <= 1.0 and 0.0 <= r["frr"] <= 1.0 and -1.0 <= r["threshold"] <= 1.0
-    assert r["no_face"] <= 2 and r["seconds"] > 0 and r["faces_per_second"] > 0
+    # Three people the model tells apart: every genuine pair outscores every impostor pair, and at the model's
+    # own threshold enrol-2 lets every genuine attempt in and no impostor.
+    assert r["auc"] == 1.0 and r["eer"] == 0.0 and r["tar_at_far_1e-2"] == r["tar_at_far_1e-3"] == 1.0
+    model_dir = Path(TEST_MODEL) if TEST_MODEL else REPO / "pam_faceid" / "data" / "model"
+    assert r["threshold"] == json.loads((model_dir / "model.json").read_text())["threshold"]
+    assert (r["far"], r["frr"], r["false_accepts"], r["false_rejects"]) == (0.0, 0.0, 0, 0)
+    assert r["seconds"] > 0 and r["faces_per_second"] > 0
 
     copy = tmp_path / "model"
-    shutil.copytree(Path(TEST_MODEL) if TEST_MODEL else REPO / "pam_faceid" / "data" / "model", copy)
+    shutil.copytree(model_dir, copy)
     out = subprocess.run(FACEID + ["evaluate", str(data), "--enroll", "2", "--json", "--model", str(copy),
                                    "--set-threshold"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr
@@ -474,4 +489,4 @@ def test_faceid_evaluate_end_to_end(tmp_path, shared_faces, person_images, hosti
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert r["images"] == expected["images"] and r["skipped_reasons"] == expected["skipped"]
-    assert r["no_face"] >= 1  # the flat grey image at least
+    assert r["no_face"] == 1  # the flat grey image; the real face is found in every odd format
