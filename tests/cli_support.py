@@ -1,6 +1,6 @@
 """Support for the admin CLI tests: a real faceidd on a temporary socket, the CLI as a subprocess, temp users.
 
-Tests import the fixtures from here (``from cli_support import *``). The model
+Its fixtures are registered in conftest.py (``pytest_plugins``); tests import its helpers. The model
 is the bundled one (pam_faceid/data/model), or $FACEID_TEST_MODEL when set
 (a development model); tests skip with the reason when neither exists.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from faces_support import PERSON, session_frames, write_frames
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -148,6 +149,7 @@ class PamService:
 
 @pytest.fixture
 def temp_user() -> Iterator[TempUser]:
+    """A fresh system user with a password (TempUser); removed at teardown, also on failure."""
     user = TempUser()
     try:
         yield user
@@ -157,9 +159,7 @@ def temp_user() -> Iterator[TempUser]:
 
 @pytest.fixture
 def cli_env(tmp_path: Path, person_images) -> Iterator[tuple[Path, Path]]:
-    """(config, camera folder): a config whose camera shows the test person as enrolled (conftest.session_frames)."""
-    from conftest import PERSON, session_frames, write_frames
-
+    """(config, camera folder): a config whose camera shows the test person as enrolled (faces_support.session_frames)."""
     require_root()
     tmp_path.chmod(0o700)
     camera = write_frames(session_frames(person_images(PERSON)[:3]), tmp_path / "camera")
@@ -168,6 +168,7 @@ def cli_env(tmp_path: Path, person_images) -> Iterator[tuple[Path, Path]]:
 
 @pytest.fixture
 def daemon(cli_env: tuple[Path, Path]) -> Iterator[Daemon]:
+    """faceidd running on cli_env's config; stopped at teardown."""
     proc = Daemon(cli_env[0])
     try:
         yield proc

@@ -2,7 +2,8 @@
 
 Sockets live under a short /tmp folder (a Unix socket path must fit in 108
 bytes) whose modes let the ``nobody`` user reach the socket; readiness is
-taken from a NOTIFY_SOCKET the harness binds, as systemd would.
+taken from a NOTIFY_SOCKET the harness binds, as systemd would. Its fixtures are registered in
+conftest.py (``pytest_plugins``); tests import only its helpers.
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ def short_tmp() -> Path:
 
 @pytest.fixture
 def daemon_dir():
+    """A short /tmp folder for daemons' sockets and state (see short_tmp); removed at teardown."""
     base = short_tmp()
     try:
         yield base
@@ -233,6 +235,15 @@ def pam_files():
     finally:
         for path in made:
             path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def pam_service(pam_files):
+    """``pam_service(config_path)`` -> name of a fresh /etc/pam.d service that runs the helper with that config."""
+    return lambda config_path: pam_files(
+        f"auth    [success=done default=ignore] pam_exec.so quiet stdout seteuid {HELPER} --config {config_path}\n"
+        "auth    requisite pam_deny.so\n"
+        "account required pam_permit.so\n")
 
 
 @pytest.fixture

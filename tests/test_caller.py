@@ -18,8 +18,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PERSON, session_frames, write_frames
-from faceidd_util import HELPER, daemon_dir, enrol, faceidd, make_user, require_model  # noqa: F401
+from faces_support import PERSON, session_frames, write_frames
+from faceidd_util import HELPER, enrol, require_model
 
 from pam_faceid.helper import caller
 from pam_faceid.helper import main as helper

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import PERSON
+from faces_support import PERSON
 from pam_faceid.vision import camera
 from pam_faceid.common import protocol
 from pam_faceid.vision.camera import CameraError, FrameSource, open_source

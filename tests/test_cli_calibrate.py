@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from cli_support import cli_env, faceid, temp_user  # noqa: F401 (fixtures)
-from conftest import PERSON
+from cli_support import faceid
+from faces_support import PERSON
 
 
 def test_calibrate_user_with_negative_bank_plot_and_apply(cli_env, temp_user, person_images, shared_faces, tmp_path):

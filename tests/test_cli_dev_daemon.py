@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from cli_support import FACEID, PamService, faceid, require_root, temp_user  # noqa: F401 (fixture)
+from cli_support import FACEID, PamService, faceid, require_root
 
 SAMPLE = Path(__file__).resolve().parents[1] / "pam_faceid" / "data" / "samples" / "sample_person"
 

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from cli_support import FACEID, cli_env, daemon, faceid, temp_user  # noqa: F401 (fixtures)
-from conftest import OTHER_PERSON, PERSON
+from cli_support import FACEID, faceid
+from faces_support import OTHER_PERSON, PERSON
 
 
 def _users_file(config: Path, user: str) -> Path:

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from cli_support import FACEID, HELPER, TempUser, faceid, require_root, temp_user  # noqa: F401
-from faceidd_util import PYTHON, daemon_dir, faceidd, pam_files  # noqa: F401
+from cli_support import FACEID, HELPER, TempUser, faceid, require_root
+from faceidd_util import PYTHON
 
 from pam_faceid.pamstack import pamconf
 

@@ -12,10 +12,8 @@ import time
 import cv2
 import pytest
 
-from cli_support import (Daemon, PamService, cli_env, daemon, faceid, model_dir, temp_user,  # noqa: F401 (fixtures)
-                         write_config)
-from conftest import OTHER_PERSON, PERSON, session_frames, write_frames
-from faceidd_util import faceidd, daemon_dir, make_user  # noqa: F401 (fixtures)
+from cli_support import Daemon, PamService, faceid, model_dir, write_config
+from faces_support import OTHER_PERSON, PERSON, fill_image_folder, session_frames, write_frames
 
 
 @pytest.fixture
@@ -220,8 +218,6 @@ def test_a_user_may_test_only_itself_and_sees_no_score(faceidd, make_user, perso
     """Without root, faceid test asks the daemon as that uid: another user is refused, its own verdict has no score."""
     from cli_support import FACEID
     from faceidd_util import enrol
-
-    from conftest import fill_image_folder
 
     owner, stranger = make_user(), make_user()
     d = faceidd({"auth": {"min_matching_frames": 1, "abort_if_ssh": False}, "liveness": {"mode": "off"}})

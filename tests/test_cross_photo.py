@@ -9,8 +9,8 @@ photos are what this test is about (tests/test_liveness.py covers spoofs).
 from __future__ import annotations
 
 import pytest
-from faceidd_util import daemon_dir, enrol, faceidd, pam_files, require_model  # noqa: F401
-from test_pam import authenticate, images_folder, make_user, pam_service  # noqa: F401
+from faceidd_util import enrol, require_model
+from test_pam import authenticate, images_folder
 
 from pam_faceid.helper import main as helper
 

@@ -14,8 +14,8 @@ import time
 import cv2
 import numpy as np
 import pytest
-from faceidd_util import Faceidd, daemon_dir, enrol, faceidd, require_model, run_as_nobody  # noqa: F401
-from conftest import session_frames, write_frames
+from faceidd_util import Faceidd, enrol, require_model, run_as_nobody
+from faces_support import session_frames
 
 from pam_faceid.common import protocol
 from pam_faceid.daemon.decision import Decision, Verdict
@@ -342,9 +342,9 @@ def run_session(path: str, user: str, payloads: list[bytes]) -> tuple[list[proto
 
 @pytest.fixture
 def model_daemon(faceidd, person_images):
-    """faceidd with the real model and root enrolled from 4 real images of conftest.PERSON."""
+    """faceidd with the real model and root enrolled from 4 real images of faces_support.PERSON."""
     require_model()
-    from conftest import OTHER_PERSON, PERSON
+    from faces_support import OTHER_PERSON, PERSON
 
     d = faceidd({"liveness": {"mode": "off"}})  # frames here are different photos: liveness is test_liveness.py's
     genuine = person_images(PERSON)

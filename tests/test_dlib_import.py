@@ -20,7 +20,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed (./install.sh --dev)")
 
-from conftest import REPO, require_shared_faces  # noqa: E402
+from faces_support import REPO, require_shared_faces  # noqa: E402
 from pam_faceid.model import dlib_format, resnet  # noqa: E402
 
 

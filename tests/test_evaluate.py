@@ -21,7 +21,7 @@ import pytest
 
 from pam_faceid.model import evaluate as ev
 from pam_faceid.cli import main as cli_main
-from conftest import OTHER_PERSON, PERSON, REPO
+from faces_support import OTHER_PERSON, PERSON, REPO
 
 
 def pixel_embed(image: np.ndarray) -> np.ndarray | None:

@@ -13,7 +13,7 @@ from pam_faceid.vision import faces
 from pam_faceid.vision.embedder import Embedder, ModelError, default_input, default_model_dir
 from pam_faceid.vision.faces import DetectorError, FaceDetector, FacePipeline, FaceRefused, align
 from pam_faceid.common.images import read_image as load_image
-from tests.conftest import OTHER_PERSON, PERSON, images_of
+from faces_support import OTHER_PERSON, PERSON, images_of
 
 
 @pytest.fixture(scope="module")

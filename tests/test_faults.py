@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from attack_support import enrol_random, jpegs, plain_policy
-from cli_support import FACEID, PamService, temp_user  # noqa: F401
-from faceidd_util import PYTHON, daemon_dir, enrol, faceidd, model_available, require_model  # noqa: F401
+from cli_support import FACEID, PamService
+from faceidd_util import PYTHON, enrol, model_available, require_model
+from faces_support import OTHER_PERSON, PERSON
 
 from pam_faceid.common import protocol
 from pam_faceid.common.store import Store, StoreError, checksum
@@ -144,8 +145,6 @@ def tmpfs():
 @pytest.mark.parametrize("damage", ["missing", "corrupt_onnx", "corrupt_json"])
 def test_missing_or_corrupt_model_is_one_clear_error_and_the_password_still_works(faceidd, temp_user, person_images,
                                                                                   damage):
-    from conftest import PERSON
-
     from pam_faceid.vision.embedder import default_model_dir
 
     d = faceidd()
@@ -266,8 +265,6 @@ def test_kill_9_inside_a_write_never_leaves_a_half_written_enrolment(daemon_dir)
 def test_read_only_state_folder_serves_and_refuses_changes_with_one_line(faceidd, tmpfs, temp_user, person_images):
     """Sessions still get their verdict (snapshots and lockout counts are logged as not saved); every command
     that would change the state says so in one line, and nothing changes."""
-    from conftest import PERSON
-
     d = faceidd({"snapshots": {"enabled": True}})
     tmpfs(d.state_dir, "1m")
     frames = []
@@ -303,8 +300,6 @@ def test_read_only_state_folder_serves_and_refuses_changes_with_one_line(faceidd
 def enrolled_daemon(faceidd, temp_user, person_images):
     """faceidd with the model, the temp user enrolled from 4 real images; frames of them and of another person."""
     require_model()
-    from conftest import OTHER_PERSON, PERSON
-
     genuine = person_images(PERSON)
     d = faceidd({**plain_policy(), "snapshots": {"enabled": True, "keep": 3}})
     enrol(d.state_dir, temp_user.name, genuine[:4])

@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 from attack_support import enrol_random, jpegs, plain_policy, reading_notifications
-from faceidd_util import daemon_dir, faceidd, model_available  # noqa: F401
+from faceidd_util import model_available
+from faces_support import PERSON
 from fuzz_inputs import cases, decode_stream, expand, send_to_daemon, vm_rss_kib
 from hypothesis import HealthCheck, Phase, given, settings
 
@@ -74,8 +75,6 @@ def collect_inputs(n_cases: int, variants: int, jpegs: list[bytes]) -> list[byte
 
 def test_live_daemon_survives_fuzzed_connections_with_flat_memory(faceidd, person_images):
     """3,000 inputs on fresh connections, half of them inside a session (after a valid hello) when a model exists."""
-    from conftest import PERSON
-
     d = faceidd(plain_policy())
     seeds = JPEGS
     prefixes = [b""]

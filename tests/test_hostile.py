@@ -22,8 +22,8 @@ import time
 
 import pytest
 from attack_support import crafted_progressive_jpeg, enrol_random, jpegs, plain_policy
-from faceidd_util import (PYTHON, daemon_dir, enrol, faceidd, model_available, require_model,  # noqa: F401
-                          run_as_nobody)
+from faceidd_util import PYTHON, enrol, model_available, require_model, run_as_nobody
+from faces_support import OTHER_PERSON, PERSON
 
 from pam_faceid.helper import main as helper
 from pam_faceid.common import protocol
@@ -196,8 +196,6 @@ def test_hostile_user_is_refused_or_cut_off_and_the_owner_keeps_logging_in(facei
     frames: list[bytes] = []
     nobody_frame = ""
     if model_available():
-        from conftest import OTHER_PERSON, PERSON
-
         genuine = person_images(PERSON)
         enrol(d.state_dir, "root", genuine[:4])
         enrol_random(d.state_dir, "nobody")
@@ -349,8 +347,6 @@ def test_an_enrolled_user_streaming_huge_frames_does_not_hold_up_the_owner(facei
     daemon's downscaling removed).
     """
     require_model()
-    from conftest import PERSON
-
     d = faceidd(plain_policy())
     genuine = person_images(PERSON)
     enrol(d.state_dir, "root", genuine[:4])
@@ -406,8 +402,6 @@ def test_crafted_progressive_jpegs_are_refused_before_decoding_and_counted(facei
     enrolled user's connections: each session ends refused within a second, counts as a failed attempt (so the
     fourth is locked out at hello), and the owner's login is untouched. Before, each held a session ~40 s+."""
     require_model()
-    from conftest import PERSON
-
     d = faceidd({**plain_policy(), "lockout": {"max_failures": 3, "window": 600, "duration": 600}})
     genuine = person_images(PERSON)
     enrol(d.state_dir, "root", genuine[:4])

@@ -9,7 +9,6 @@ import syslog
 from pathlib import Path
 
 import pytest
-from faceidd_util import daemon_dir, faceidd  # noqa: F401
 
 from pam_faceid.common import protocol
 from pam_faceid.cli import CommandError, demo

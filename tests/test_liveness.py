@@ -1,7 +1,7 @@
 """Liveness on camera sessions rendered from real photographs: photos and screens refused, a moving head live.
 
 Sessions come from tests/spoof_sessions.py (the renderer bench/spoof_set.py
-writes the benchmark set with): real dev/lfw photos of conftest.PERSON shown to
+writes the benchmark set with): real dev/lfw photos of faces_support.PERSON shown to
 a simulated webcam as a held print, a moved print, a screen, or as a head
 turning a few degrees through a face-shaped depth map. A live person's session
 is continuous frames of one head moving a little, never a run of different
@@ -18,8 +18,8 @@ import math
 import cv2
 import numpy as np
 import pytest
-from conftest import OTHER_PERSON, PERSON, images_of
-from faceidd_util import daemon_dir, enrol, faceidd, require_model  # noqa: F401
+from faces_support import OTHER_PERSON, PERSON, images_of
+from faceidd_util import enrol, require_model
 from spoof_sessions import Source, add_glare, genuine_session, load_sources, make_session
 
 from pam_faceid.common import protocol

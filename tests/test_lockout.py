@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import threading
 import time
@@ -22,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_support import faceid, temp_user  # noqa: F401
-from faceidd_util import (HELPER, PYTHON, daemon_dir, enrol, faceidd, pam_files, require_model,  # noqa: F401
-                          run_as_nobody, write_config)
+from cli_support import faceid
+from faceidd_util import HELPER, PYTHON, enrol, require_model, run_as_nobody, write_config
+from faces_support import OTHER_PERSON, PERSON, fill_image_folder
 
 from pam_faceid.helper import main as helper
 from pam_faceid.pamstack import pamconf
@@ -430,8 +429,6 @@ def test_password_used_line_is_quick_and_silent_when_the_daemon_is_down(faceidd,
 @pytest.fixture
 def impostor_setup(faceidd, temp_user, person_images, pam_stack):
     require_model()
-    from conftest import OTHER_PERSON, PERSON, fill_image_folder
-
     user = temp_user.name
     genuine = person_images(PERSON)
     # The frames are different photos: liveness would refuse them all (test_liveness.py covers it).
@@ -458,7 +455,6 @@ def test_failed_faces_lock_out_and_a_match_after_unlock_clears_the_count(imposto
     assert faceid(d.config_path, "unlock", user).returncode == 0
     assert not pam_login(service, user, "")[0]
     assert len(LockoutStore(d.state_dir).read(user).failures) == 1
-    from conftest import fill_image_folder
 
     # The enrolled photos themselves: this is about lockout, not about how well the model recognises.
     camera = fill_image_folder(genuine[:4], d.base / "genuine", copy=True)

@@ -23,25 +23,15 @@ import time
 import uuid
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from faceidd_util import HELPER, PYTHON, daemon_dir, enrol, faceidd, make_user, pam_files, require_model  # noqa: F401
-from conftest import session_frames, write_frames
+from faceidd_util import HELPER, PYTHON, enrol, require_model
+from faces_support import session_frames, write_frames
 
 from pam_faceid.helper import main as helper
 from pam_faceid.common import protocol
 
 MESSAGES_NONE: list[str] = []
-
-
-@pytest.fixture
-def pam_service(pam_files):
-    """``pam_service(config_path)`` -> name of a fresh /etc/pam.d service that runs the helper with that config."""
-    return lambda config_path: pam_files(
-        f"auth    [success=done default=ignore] pam_exec.so quiet stdout seteuid {HELPER} --config {config_path}\n"
-        "auth    requisite pam_deny.so\n"
-        "account required pam_permit.so\n")
 
 
 PAM_CLIENT = """
@@ -273,7 +263,7 @@ def test_helper_imports_no_model_code_and_sends_a_first_frame_fast(daemon_dir, p
     or torch (seconds) still fails it. bench/helper_start.py gives the
     figure for the README.
     """
-    from conftest import PERSON
+    from faces_support import PERSON
 
     camera = images_folder(daemon_dir, person_images(PERSON, limit=3))
     path = str(daemon_dir / "fake.sock")
@@ -326,9 +316,9 @@ def test_helper_imports_no_model_code_and_sends_a_first_frame_fast(daemon_dir, p
 
 @pytest.fixture
 def enrolled(faceidd, make_user, person_images):
-    """A fresh user enrolled from 4 real images of conftest.PERSON, and a running faceidd; needs the model."""
+    """A fresh user enrolled from 4 real images of faces_support.PERSON, and a running faceidd; needs the model."""
     require_model()
-    from conftest import OTHER_PERSON, PERSON
+    from faces_support import OTHER_PERSON, PERSON
 
     user = make_user()
     genuine = person_images(PERSON)

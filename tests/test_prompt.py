@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 from cli_support import FACEID
-from conftest import session_frames, write_frames
-from faceidd_util import HELPER, PYTHON, daemon_dir, enrol, faceidd, pam_files, require_model  # noqa: F401
+from faceidd_util import HELPER, PYTHON, enrol, require_model
+from faces_support import OTHER_PERSON, PERSON, session_frames, write_frames
 
 from pam_faceid.helper import main as helper
 from pam_faceid.helper import pam_prompt
@@ -114,8 +114,6 @@ def finish(child: "pexpect.spawn") -> tuple[int, str]:
 def setup(faceidd, sudo_user, person_images):
     """(namespace, faceidd, user, password, genuine folder, stranger folder): the user enrolled from real images."""
     require_model()
-    from conftest import OTHER_PERSON, PERSON
-
     user, password = sudo_user
     genuine = person_images(PERSON)
     d = faceidd({"liveness": {"mode": "off"}, "auth": {"timeout": 4.0}})

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from faces_support import require_shared_faces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -178,8 +179,6 @@ def test_frame_problem_takes_what_cameras_cv2_and_pillow_write():
 
 def test_frame_problem_takes_every_real_photo(tmp_path):
     """Every tenth JPEG of ../shared/faces (4,856 files) is a frame the daemon takes; walking each is cheap."""
-    from conftest import require_shared_faces
-
     root = require_shared_faces()
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[::10]
     assert len(paths) > 1000

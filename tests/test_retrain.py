@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PERSON, REPO, images_of, require_shared_faces
+from faces_support import PERSON, REPO, images_of, require_shared_faces
 
 FACEID = str(Path(sys.executable).parent / "faceid")
 TRAIN_ROOTS = ["train/lfw", "train/celeba", "train/glint", "train/yaleb"]

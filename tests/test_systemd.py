@@ -10,7 +10,8 @@ from pathlib import Path
 
 import cv2
 import pytest
-from faceidd_util import FACEIDD, PYTHON, daemon_dir, enrol, faceidd, model_available  # noqa: F401
+from faceidd_util import FACEIDD, PYTHON, enrol, model_available
+from faces_support import PERSON
 
 from pam_faceid.common import config
 from pam_faceid.common import protocol
@@ -87,8 +88,6 @@ def test_daemon_works_under_memory_deny_write_execute(faceidd, person_images):
     """
     d = faceidd()
     if model_available():
-        from conftest import PERSON
-
         images = person_images(PERSON)
         enrol(d.state_dir, "root", images[:3])
     d.start(command=[str(PYTHON), "-c", MDWE_WRAPPER, "--config", str(d.config_path)], wait=False)

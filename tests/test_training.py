@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pam_faceid.model.training import augment, triplet_loss_and_miner
-from tests.conftest import REPO, fill_image_folder
+from faces_support import REPO, fill_image_folder
 
 
 def unit(deg: float) -> list[float]:
