@@ -27,14 +27,14 @@ def main() -> int:
     if entry.engine is None or entry.threshold is None:
         raise SystemExit(f"model not loaded: {state.engine_error}")
     cfg = state.cfg
-    decision = Decision(entry.threshold, cfg.auth.min_matching_frames, float(cfg.auth.timeout),
-                        int(cfg.daemon.max_frames_per_session), liveness=cfg.liveness.mode)
+    decision = Decision(entry.threshold, cfg.auth.min_matching_frames, cfg.auth.timeout,
+                        cfg.daemon.max_frames_per_session, liveness=cfg.liveness.mode)
     started = time.monotonic()
     source = FrameSource.from_config(cfg.camera)
     camera_open = time.monotonic() - started
     verdict = None
     with source:
-        for frame in source.frames(timeout=float(cfg.auth.timeout)):
+        for frame in source.frames(timeout=cfg.auth.timeout):
             score, reason, decoded, face = entry.engine.examine(encode_jpeg(frame), entry.templates, entry.head)
             verdict = decision.observe(score, reason, time.monotonic(), decoded, face)
             if verdict is not None:

@@ -43,7 +43,12 @@ JPEGS = noise_jpegs()
 
 def test_decoder_takes_100k_inputs_without_a_crash_or_a_wait_and_reaches_past_the_first_message():
     """decode_stream raises on a crash, a foreign error code or a wait; the inputs are not all rejected at the
-    first byte either: more than a tenth decode one message or more, so the fuzz reaches the later states."""
+    first byte either: more than one in twenty decode one message or more, so the fuzz reaches the later states.
+
+    The share is 9-11 % depending on which project modules are imported before the test (hypothesis mixes
+    constants from loaded local modules into what it draws), so the bound is half of that; a decoder that
+    refused every well-formed first message would give 0 %.
+    """
     decoded: collections.Counter[int] = collections.Counter()
 
     @settings(max_examples=DECODER_CASES, deadline=None, database=None, derandomize=True,
@@ -56,7 +61,7 @@ def test_decoder_takes_100k_inputs_without_a_crash_or_a_wait_and_reaches_past_th
     fuzz()
     total = sum(decoded.values())
     assert total == DECODER_CASES * DECODER_VARIANTS, decoded
-    assert decoded[1] + decoded[2] + decoded[3] > total // 10, decoded
+    assert decoded[1] + decoded[2] + decoded[3] > total // 20, decoded
 
 
 def collect_inputs(n_cases: int, variants: int, jpegs: list[bytes]) -> list[bytes]:

@@ -167,7 +167,7 @@ def load_state(config_path: str | None, overrides: dict[str, str], previous: Sta
 
     def threshold_of(model: Engine | None) -> float | None:
         if cfg.auth.threshold != "auto":
-            return float(cfg.auth.threshold)
+            return cfg.auth.threshold
         return model.threshold if model else None
 
     users: dict[str, UserEntry] = {}

@@ -188,7 +188,7 @@ class Daemon:
         self.overrides = overrides
         self.state = load_state(config_path, overrides)
         self.reload_lock = threading.Lock()
-        self.slots = Slots(lambda: int(self.state.cfg.daemon.max_sessions))
+        self.slots = Slots(lambda: self.state.cfg.daemon.max_sessions)
         self.started = time.time()
         self.stopping = threading.Event()
         self.listener: socket.socket | None = None
@@ -349,7 +349,7 @@ class Daemon:
 
     def _dispatch(self, conn: socket.socket, pid: int, uid: int) -> None:
         state = self.state
-        max_bytes = int(state.cfg.daemon.max_message_bytes)
+        max_bytes = state.cfg.daemon.max_message_bytes
         try:
             msg = protocol.recv_message(conn, deadline=time.monotonic() + HELLO_TIMEOUT, max_bytes=max_bytes,
                                         allowed_types=protocol.CLIENT_TYPES)
@@ -403,7 +403,7 @@ class Daemon:
             "model": {"loaded": engine is not None, "id": engine.model_id if engine else None,
                       "error": state.engine_error, "threshold": state.threshold},
             "sessions": {"active": self.slots.active, "served": self.sessions.sessions_served,
-                         "max": int(state.cfg.daemon.max_sessions)},
+                         "max": state.cfg.daemon.max_sessions},
             "loaded": state.loaded,
             "lockouts": LockoutStore(state.state_dir).locked(),
         }

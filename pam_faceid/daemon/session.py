@@ -87,7 +87,7 @@ class Sessions:
         """
         if user not in state.users:
             return None
-        found = LockoutStore(state.state_dir).refusal(user, time.time(), float(state.cfg.auth.require_password_after))
+        found = LockoutStore(state.state_dir).refusal(user, time.time(), state.cfg.auth.require_password_after)
         if found is None:
             return None
         return Verdict(found[0], reason=found[1])
@@ -102,8 +102,8 @@ class Sessions:
                 store.record_success(user)
             elif verdict.result in COUNTED_RESULTS:
                 lock = state.cfg.lockout
-                until = store.record_failure(user, time.time(), int(lock.max_failures), float(lock.window),
-                                             float(lock.duration))
+                until = store.record_failure(user, time.time(), lock.max_failures, lock.window,
+                                             lock.duration)
                 if until is not None:
                     audit.warning("lockout user=%s: %d failed face attempts within %d s: face auth refused until %s",
                                   user, lock.max_failures, lock.window,
@@ -183,7 +183,7 @@ class Sessions:
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ms": round(ms), **verdict.fields(),
                     "verdict": verdict.result, "liveness": verdict.liveness}
             try:
-                snapshots.save(Path(state.state_dir), list(kept), info, int(state.cfg.snapshots.keep))
+                snapshots.save(Path(state.state_dir), list(kept), info, state.cfg.snapshots.keep)
             except (OSError, snapshots.SnapshotError) as exc:
                 log.error("snapshot for user=%s not saved: %s", user, exc)
 
@@ -204,16 +204,16 @@ class Sessions:
             return Verdict("error", reason="model not loaded"), False
         engine = entry.engine
         cfg = state.cfg
-        timeout = float(cfg.auth.timeout)
-        max_frames = int(cfg.daemon.max_frames_per_session)
-        dark_threshold = float(cfg.camera.dark_threshold)
+        timeout = cfg.auth.timeout
+        max_frames = cfg.daemon.max_frames_per_session
+        dark_threshold = cfg.camera.dark_threshold
         decision = Decision(entry.threshold, cfg.auth.min_matching_frames, timeout, max_frames,
                             liveness=cfg.liveness.mode)
         if not send(conn, "ready", {"timeout": timeout, "max_frames": max_frames,
-                                    "min_matching_frames": int(cfg.auth.min_matching_frames)}):
+                                    "min_matching_frames": cfg.auth.min_matching_frames}):
             return decision.finish(time.monotonic(), "client went away"), False
         session_deadline = t0 + timeout + SESSION_MARGIN
-        max_bytes = int(cfg.daemon.max_message_bytes)
+        max_bytes = cfg.daemon.max_message_bytes
         while True:
             now = time.monotonic()
             try:
