@@ -136,16 +136,27 @@ def _collapsed(model_id: str):
     return UserHead(np.zeros((128, 128), np.float32), np.eye(128, dtype=np.float32)[0], 0.5, model_id)
 
 
+def _enrolled_root(tmp_path: Path, model: tuple[Path, str, np.ndarray], captures: np.ndarray,
+                   head=None) -> Path:
+    """The config of a tmp_path/state where root is enrolled from ``captures`` (and holds ``head``, if given)."""
+    from pam_faceid.vision.userhead import save_head
+
+    if os.geteuid() != 0:
+        pytest.skip("faceid retrain needs root")
+    model_dir, model_id, _bank = model
+    _enrol(tmp_path / "state", captures, model_id)
+    if head is not None:
+        save_head(tmp_path / "state", "root", head)
+    return _config(tmp_path, model_dir)
+
+
 def test_retrain_command_on_10_real_captures_under_60s(tmp_path: Path, model: tuple[Path, str, np.ndarray],
                                                        captures: np.ndarray) -> None:
     """With the base model alone every held-out capture of this person already passes: no new head can do better."""
     from pam_faceid.vision.userhead import HEAD_FILE, head_dir, load_head
 
-    if os.geteuid() != 0:
-        pytest.skip("faceid retrain needs root")
-    model_dir, model_id, _bank = model
-    config = _config(tmp_path, model_dir)
-    _enrol(tmp_path / "state", captures, model_id)
+    model_id = model[1]
+    config = _enrolled_root(tmp_path, model, captures)
     started = time.monotonic()
     done = _faceid(config, "retrain", "root")
     elapsed = time.monotonic() - started
@@ -162,15 +173,10 @@ def test_retrain_command_on_10_real_captures_under_60s(tmp_path: Path, model: tu
 def test_retrain_command_replaces_a_head_that_refuses_everyone(tmp_path: Path, model: tuple[Path, str, np.ndarray],
                                                                captures: np.ndarray) -> None:
     """Against a current head with FRR 1 the trained head (FRR 0 on this person's held-out captures) is kept."""
-    from pam_faceid.vision.userhead import load_head, read_head, save_head
+    from pam_faceid.vision.userhead import load_head, read_head
 
-    if os.geteuid() != 0:
-        pytest.skip("faceid retrain needs root")
-    model_dir, model_id, _bank = model
-    state = tmp_path / "state"
-    _enrol(state, captures, model_id)
-    save_head(state, "root", _collapsed(model_id))
-    done = _faceid(_config(tmp_path, model_dir), "retrain", "root")
+    model_id, state = model[1], tmp_path / "state"
+    done = _faceid(_enrolled_root(tmp_path, model, captures, head=_collapsed(model_id)), "retrain", "root")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "kept the new head: FRR at FAR 0.001 fell from 1.000 to 0.000" in done.stdout
     assert "daemon not reloaded" in done.stderr  # no daemon runs: said, not fatal
@@ -269,17 +275,12 @@ def test_retrain_decides_on_the_held_out_captures(current: str | None, before: f
 def test_rejected_head_leaves_current_head_untouched(tmp_path: Path, model: tuple[Path, str, np.ndarray],
                                                      captures: np.ndarray) -> None:
     """A saved head that passes every held-out capture (the identity does, for this person) cannot be beaten."""
-    from pam_faceid.vision.userhead import HEAD_FILE, PREV_FILE, UserHead, head_dir, save_head
+    from pam_faceid.vision.userhead import HEAD_FILE, PREV_FILE, UserHead, head_dir
 
-    if os.geteuid() != 0:
-        pytest.skip("faceid retrain needs root")
-    model_dir, model_id, _bank = model
-    state = tmp_path / "state"
-    _enrol(state, captures, model_id)
-    save_head(state, "root", UserHead.identity(threshold=0.9, model_id=model_id))
-    folder = head_dir(state, "root")
+    config = _enrolled_root(tmp_path, model, captures, head=UserHead.identity(threshold=0.9, model_id=model[1]))
+    folder = head_dir(tmp_path / "state", "root")
     before = (folder / HEAD_FILE).read_bytes()
-    done = _faceid(_config(tmp_path, model_dir), "retrain", "root")
+    done = _faceid(config, "retrain", "root")
     assert done.returncode == 3, done.stdout + done.stderr
     assert "before (the head saved" in done.stdout and "FRR 0.000 on 3 held-out captures" in done.stdout
     assert "kept the head saved" in done.stdout
