@@ -87,8 +87,8 @@ def fit_template(root: Path, identities: int, per_identity: int, weights: str | 
             **report}
 
 
-def export_onnx(model, path: Path, size: int = SIZE) -> None:
-    """Affines folded into the convs, exported with a dynamic batch axis; weights stored as fp16, cast at load."""
+def export_onnx(model, size: int = SIZE) -> bytes:
+    """The ONNX file's bytes: affines folded into the convs, a dynamic batch axis, fp16 weights cast at load."""
     import io
 
     import onnx
@@ -120,7 +120,7 @@ def export_onnx(model, path: Path, size: int = SIZE) -> None:
     del graph.node[:]
     graph.node.extend(nodes)
     onnx.checker.check_model(proto)
-    path.write_bytes(proto.SerializeToString())
+    return proto.SerializeToString()
 
 
 def training_summary(path: Path) -> dict:
@@ -142,9 +142,7 @@ def write_model(out: Path, *, template: dict, weights: str | None, flip: bool, c
     model, net, dat, version = load_network(weights, dat)
     spec = spec_of(net, template["template"])
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (ONNX_FILE + ".tmp")
-    export_onnx(model, tmp, spec.size)
-    tmp.replace(out / ONNX_FILE)
+    atomic_write_bytes(out / ONNX_FILE, export_onnx(model, spec.size), mode=0o644)
     meta = {
         "name": "dlib-resnet-v1" + ("+finetuned" if weights else ""),
         "architecture": "dlib's face descriptor ResNet (29 conv layers, 5.6 M parameters), 128-d, compared by cosine",
