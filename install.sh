@@ -9,7 +9,8 @@
 # Options:
 #   --root DIR   system install/uninstall under DIR instead of / (for tests and staging). Paths written into
 #                files point inside DIR so the result runs; apt, systemctl and pam-auth-update are not used.
-#   --no-apt     never call apt-get; fail with the command to run when a package is missing.
+#   --no-apt     never call apt-get (also FACEID_NO_APT=1). --dev then goes on without the missing packages (the
+#                tests that need them skip, saying why); the system install fails with the command to run.
 #
 # What the system install puts where:
 #   /opt/pam_faceid/                 venv from /usr/bin/python3, package installed non-editable, runtime deps only
@@ -30,8 +31,21 @@ umask 022
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON=/usr/bin/python3
 TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
-# libpam-python loads pam_faceid/helper/pam_prompt.py (face or password, whichever comes first); the rest of DEV_APT
-# is what tests/test_prompt.py drives: real sudo, a screen locker under Xvfb, xdotool for its keys.
+# Debian packages, each with why: printed before apt-get runs, so nothing is installed without a word.
+declare -A APT_WHY=(
+    [python3-venv]="makes the virtual environment"
+    [python3-dev]="headers for Python packages that pip may have to compile"
+    [libpam-modules]="pam_exec, which runs faceid-helper from a PAM stack"
+    [libpam-runtime]="pam-auth-update, which 'faceid pam enable' uses"
+    [libpam0g]="libpam, which python-pam calls ('faceid test --pam')"
+    [systemd]="systemd-analyze, which the tests use to check the units"
+    [libpam-python]="pam_python, which loads the face-or-password prompt module"
+    [sudo]="tests: a real sudo authenticating through PAM"
+    [pamtester]="tests: PAM stacks driven without a terminal"
+    [xvfb]="tests: a virtual X screen for the screen-locker test"
+    [i3lock]="tests: a real screen locker that authenticates through PAM"
+    [xdotool]="tests: types keys into i3lock"
+)
 DEV_APT=(python3-venv python3-dev libpam-modules libpam-runtime libpam0g systemd libpam-python sudo pamtester xvfb
          i3lock xdotool)
 SYSTEM_APT=(python3-venv libpam-modules libpam-runtime libpam-python)
@@ -40,6 +54,7 @@ MODE=system
 PURGE=0
 ROOT=""
 NO_APT=0
+[[ ${FACEID_NO_APT:-0} == 0 ]] || NO_APT=1
 
 step() { printf '==> %s\n' "$*"; }
 note() { printf '    %s\n' "$*"; }
@@ -100,9 +115,19 @@ ensure_apt_packages() {
         step "system packages present: $*"
         return
     fi
+    step "system packages missing: ${missing[*]}"
+    for pkg in "${missing[@]}"; do
+        note "$pkg: ${APT_WHY[$pkg]:-needed}"
+    done
     if ((NO_APT)) || [[ -n $ROOT ]] || ((EUID != 0)); then
+        if [[ $MODE == dev ]]; then
+            step "not installing them (--no-apt, FACEID_NO_APT or not root): the tests that need them skip, saying why"
+            note "to install them later: sudo apt-get install ${missing[*]}"
+            return
+        fi
         die "missing packages: ${missing[*]}; install them with: sudo apt-get install ${missing[*]}"
     fi
+    step "installing them with apt-get (to skip: ./install.sh --no-apt, or FACEID_NO_APT=1)"
     step "apt-get update"
     apt-get update
     step "apt-get install ${missing[*]}"
