@@ -519,13 +519,18 @@ def test_cli_bad_value_is_one_line_and_changes_nothing(folder: Path) -> None:
     assert snapshot(path) == before
 
 
-def test_cli_broken_or_missing_file_is_one_line(folder: Path) -> None:
+def test_cli_broken_or_missing_file_is_one_line_and_exit_2(folder: Path) -> None:
+    """Exit 2, bad input, as the README's exit-code table says for a missing file or a bad config value."""
     path = write(folder, "auth:\n  timeout: [1,\n")
-    assert_one_line_error(faceid(path), 1, f"{path}: invalid YAML at line 3")
+    assert_one_line_error(faceid(path), 2, f"{path}: invalid YAML at line 3")
     path.write_text("auth:\n  timeout: 3\n")
     path.chmod(0o664)
-    assert_one_line_error(faceid(path, "auth.timeout"), 1, f"run: chmod go-w {path}")
-    assert_one_line_error(faceid(folder / "absent.yaml"), 1, "absent.yaml: no such config file")
+    assert_one_line_error(faceid(path, "auth.timeout"), 2, f"run: chmod go-w {path}")
+    assert_one_line_error(faceid(folder / "absent.yaml"), 2, "absent.yaml: no such config file")
+    for command in (("status",), ("list",), ("test", "root")):
+        other = subprocess.run([str(FACEID), "--config", str(folder / "absent.yaml"), *command], capture_output=True,
+                               text=True, timeout=60)
+        assert other.returncode == 2 and other.stderr.strip().endswith("absent.yaml: no such config file"), other
 
 
 def test_cli_help_has_an_example() -> None:

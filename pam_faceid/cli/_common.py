@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -34,14 +35,68 @@ def require_root(what: str) -> None:
         raise CommandError(f"{what} needs root: run it with sudo", EXIT_NOT_ROOT)
 
 
+DEV_RECORD = "faceid-dev-daemon.config"
+"""File in the venv (sys.prefix) where 'faceid dev-daemon' notes the config it made, for the other commands' notes."""
+
+
+def faceid_command() -> str:
+    """This faceid's own path, shell-quoted: in a dev install it is not on the PATH."""
+    return shlex.quote(str(Path(sys.executable).parent / "faceid"))
+
+
+def dev_checkout() -> Path | None:
+    """The source checkout this package runs from (an editable development install), else None."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "setup.cfg").is_file() and (root / "install.sh").is_file() else None
+
+
+def dev_daemon_config() -> str | None:
+    """The config the last 'faceid dev-daemon' of this venv made, if any."""
+    try:
+        return (Path(sys.prefix) / DEV_RECORD).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def record_dev_daemon(config: Path) -> None:
+    """Remember the dev daemon's config in the venv, so a command run without --config can point at it."""
+    try:
+        (Path(sys.prefix) / DEV_RECORD).write_text(f"{config}\n")
+    except OSError:
+        pass
+
+
 def load_cfg(args: argparse.Namespace) -> Any:
-    """The config the daemon reads (--config, $FACEID_CONFIG or the default), or a one-line error."""
-    from pam_faceid.common.config import ConfigError, load_config
+    """The config the daemon reads (--config, $FACEID_CONFIG or the default), or a one-line error (exit 2)."""
+    from pam_faceid.common.config import ConfigError, load_config, resolve_path
 
     try:
-        return load_config(getattr(args, "config", None))
+        cfg = load_config(getattr(args, "config", None))
     except ConfigError as exc:
-        raise CommandError(str(exc), EXIT_FAILURE) from None
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    if not resolve_path(getattr(args, "config", None))[1] and dev_checkout() is not None:
+        print(f"faceid: note: {which_daemon(cfg)}", file=sys.stderr)
+    return cfg
+
+
+def which_daemon(cfg: Any) -> str:
+    """In a dev checkout without --config: which config and daemon this is, and how to reach the dev daemon."""
+    made = dev_daemon_config()
+    made = made if made and os.path.exists(made) else None
+    where = (f"using the system config {cfg.path}{'' if cfg.from_file else ' (absent: built-in defaults)'} "
+             f"and the system daemon's socket {cfg.daemon.socket}")
+    if made:
+        return f"{where}, not this checkout's dev daemon: add --config {shlex.quote(made)} to reach it"
+    return f"{where}; for a development daemon: sudo {faceid_command()} dev-daemon --dir DIR, then --config DIR/config.yaml"
+
+
+def start_hint(cfg: Any) -> str:
+    """The command that brings back the daemon this config talks to: its dev-daemon folder, or the system unit."""
+    folder = Path(cfg.path).parent
+    if cfg.from_file and Path(cfg.daemon.socket) == folder / "faceidd.sock" \
+            and Path(cfg.daemon.state_dir) == folder / "state":
+        return f"start it: sudo {faceid_command()} dev-daemon --dir {shlex.quote(str(folder))}"
+    return "start it: sudo systemctl start faceidd (without systemd: sudo /usr/local/bin/faceidd &)"
 
 
 def check_user(user: str) -> pwd.struct_passwd:

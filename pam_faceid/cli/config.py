@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from pam_faceid.cli import EXIT_FAILURE, EXIT_NOT_ROOT, EXIT_USAGE, CommandError
+from pam_faceid.cli import EXIT_NOT_ROOT, EXIT_USAGE, CommandError
 from pam_faceid.common.config import KEYS, SCHEMA, SECTIONS, ConfigError, format_value, load_config, parse_value, \
     resolve_path, set_value
 
@@ -74,7 +74,7 @@ def _show(path: str | None, key: str | None) -> int:
     try:
         cfg = load_config(path)
     except ConfigError as exc:
-        raise CommandError(str(exc), EXIT_FAILURE) from None
+        raise CommandError(str(exc), EXIT_USAGE) from None
     if key is None:
         origin = "" if cfg.from_file else " (no file: all defaults)"
         print(f"# {cfg.path}{origin}")
@@ -113,7 +113,7 @@ def _set(path_arg: str | None, key: str, value: str) -> int:
         old = load_config(path).get(key) if os.path.lexists(path) else KEYS[key].default
         cfg = set_value(path, key, value)
     except ConfigError as exc:
-        raise CommandError(str(exc), EXIT_FAILURE) from None
+        raise CommandError(str(exc), EXIT_USAGE) from None
     new = cfg.get(key)
     change = f"(was {_display(old)})" if old != new else "(unchanged)"
     print(f"{key} = {_display(new)} {change} in {path}")

@@ -24,7 +24,7 @@ from pam_faceid.cli import EXIT_USAGE, CommandError
 from pam_faceid.cli import _common as common
 
 EXAMPLE = """examples:
-  sudo .venv/bin/faceid dev-daemon --dir /tmp/faceid-dev --camera pam_faceid/data/samples/person
+  sudo .venv/bin/faceid dev-daemon --dir /tmp/faceid-dev --camera pam_faceid/data/samples/sample_person
   sudo .venv/bin/faceid --config /tmp/faceid-dev/config.yaml status     # in another shell"""
 
 SYSTEMD_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET")
@@ -51,9 +51,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
+def camera_problem(device: str) -> str | None:
+    """Why faceidd could not read camera.device at all (relative, missing, unreadable), else None."""
+    if not os.path.isabs(device):
+        return "not an absolute path (faceidd does not run in this folder)"
+    if not os.path.exists(device):
+        return "no such device, file or folder"
+    wanted = os.R_OK | (os.X_OK if os.path.isdir(device) else 0)
+    if not os.access(device, wanted):
+        return "not readable"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Prepare DIR/config.yaml, say how to reach the daemon, then exec faceidd on it."""
-    from pam_faceid.common.config import ConfigError, set_value
+    from pam_faceid.common.config import ConfigError, load_config, set_value
 
     common.require_root("running faceidd")
     if args.config:
@@ -70,15 +82,27 @@ def run(args: argparse.Namespace) -> int:
     config = folder / "config.yaml"
     settings = [("daemon.socket", str(folder / "faceidd.sock")), ("daemon.state_dir", str(folder / "state"))]
     if args.camera:
-        camera = os.path.abspath(args.camera) if os.path.exists(args.camera) else args.camera
+        camera = os.path.abspath(args.camera)
+        problem = camera_problem(camera)
+        if problem:
+            raise CommandError(f"--camera {args.camera}: {problem}", EXIT_USAGE)
         settings.append(("camera.device", camera))
     try:
         for key, value in settings:
             set_value(str(config), key, value)
     except ConfigError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
-    faceid = shlex.quote(str(Path(sys.executable).parent / "faceid"))
+    try:
+        device = load_config(str(config)).camera.device
+    except ConfigError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    problem = camera_problem(device)
+    faceid = common.faceid_command()
     print(f"faceidd for development: config {config}, socket {folder / 'faceidd.sock'}, state {folder / 'state'}")
+    print(f"camera: {device}: " + (f"WARNING: {problem}; set one: {faceid} --config {shlex.quote(str(config))} "
+                                   "config camera.device PATH" if problem else "exists and is readable"))
+    if common.dev_checkout() is not None:
+        common.record_dev_daemon(config)
     print(f"reach it from another shell, as root: {faceid} --config {shlex.quote(str(config))} status")
     print(f"Ctrl-C stops it; {folder} keeps the config and enrolments (rm -r {shlex.quote(str(folder))} removes them)")
     sys.stdout.flush()

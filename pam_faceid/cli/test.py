@@ -89,8 +89,6 @@ def _pam(args: argparse.Namespace, user: str) -> int:
 
 SERVICE = "faceid-test"
 """The PAM service name the session gives faceidd, so its audit line says the attempt was a test."""
-START_HINT = ("start it: sudo systemctl start faceidd, or for the development venv: "
-              "sudo .venv/bin/faceid dev-daemon (README)")
 
 
 def _jpeg_frames(args: argparse.Namespace, cfg: Any) -> Iterator[tuple[bytes, str]]:
@@ -173,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 need = cfg.auth.min_matching_frames
     except protocol.DaemonError as exc:
-        hint = f" ({START_HINT})" if "not running" in str(exc) else ""
+        hint = f" ({common.start_hint(cfg)})" if "not running" in str(exc) else ""
         raise CommandError(f"{exc}{hint}", EXIT_FAILURE) from None
     if answer.type != "verdict":
         raise CommandError(f"faceidd answered with {answer.type}, not a verdict", EXIT_FAILURE)

@@ -129,7 +129,19 @@ def training_summary(path: Path) -> dict:
     keep = ("tar_at_far_1e-3", "auc")
     return {"command": report.get("command"), "commit": report.get("commit"), "seconds": report.get("seconds"),
             "best_epoch": report["best"]["epoch"], "decision": report["decision"],
+            "decide_faces": (report.get("data") or {}).get("decide_faces"),
             "held_out_decide": {name: {k: round(v[k], 5) for k in keep} for name, v in report["decide"].items()}}
+
+
+VALIDATION_DATA = "held-out identities of the training data that decide imported against fine-tuned"
+
+
+def validation_section(summary: dict, fine_tuned: bool) -> dict:
+    """model.json's metrics.validation: the shipped network's held-out figures from its training run."""
+    chosen = summary["held_out_decide"]["fine_tuned" if fine_tuned else "imported"]
+    faces = summary.get("decide_faces")
+    data = VALIDATION_DATA + (f" ({faces} faces)" if faces else "")
+    return {"data": data, **chosen}
 
 
 def write_model(out: Path, *, template: dict, weights: str | None, flip: bool, command: list[str],
@@ -165,6 +177,8 @@ def write_model(out: Path, *, template: dict, weights: str | None, flip: bool, c
             "date": datetime.date.today().isoformat(),
         },
     }
+    if train_report:
+        meta["metrics"] = {"validation": validation_section(meta["provenance"]["fine_tune_run"], bool(weights))}
     atomic_write_bytes(out / META_FILE, (json.dumps(meta, indent=2) + "\n").encode(), mode=0o644)
     return out
 
