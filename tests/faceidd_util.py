@@ -116,13 +116,22 @@ class Faceidd:
         except OSError:
             return ""
 
-    def wait_log(self, text: str, timeout: float = 5) -> str:
+    def mark(self) -> int:
+        """Where the log ends now: wait_log(after=mark) then sees only what the daemon writes from here on."""
+        return len(self.logs())
+
+    def wait_log(self, text: str, timeout: float = 5, after: int = 0) -> str:
+        """The log once ``text`` appears in it after offset ``after`` (see mark); lines written before do not count."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in self.logs():
+            if text in self.logs()[after:]:
                 return self.logs()
             time.sleep(0.05)
-        raise AssertionError(f"{text!r} not in faceidd log:\n{self.logs()}")
+        raise AssertionError(f"{text!r} not in faceidd log after offset {after}:\n{self.logs()}")
+
+    def audit_line(self, *parts: str, after: int = 0) -> str | None:
+        """The first log line after offset ``after`` holding every one of ``parts``, or None."""
+        return next((line for line in self.logs()[after:].splitlines() if all(p in line for p in parts)), None)
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None

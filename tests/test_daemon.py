@@ -261,19 +261,24 @@ def test_protocol_abuse_gets_an_error_or_a_drop_and_others_are_served(faceidd):
 
 
 def test_silent_and_trickling_clients_are_dropped_without_holding_others(faceidd):
-    d = faceidd({"daemon": {"max_sessions": 2}})
+    d = faceidd({"daemon": {"max_sessions": 2}, "logging": {"level": "debug"}})
     d.start()
+    mark = d.mark()
     hogs = [raw_connect(d.socket) for _ in range(2)]
     hogs[1].sendall(protocol.encode("hello", {"user": "root"})[:5])
-    time.sleep(0.2)  # settle: both hogs take a session slot (were the status first, it would just be served)
-    # Both slots are held: the status request waits in the queue (QUEUE_WAIT, 3 s, then "busy") and is
-    # served only because a hog is cut off at the hello timeout (2 s): an answer at all proves it.
+    d.wait_log("took a session slot (2 in use)", after=mark)  # both hogs hold the two slots
+    # The status request waits in the queue (QUEUE_WAIT, 3 s, then "busy") and is served only once a hog
+    # is cut off at the hello timeout (2 s): the daemon's log shows that order.
     reply = protocol.request_status(d.socket, timeout=10)
     assert reply["pid"] == d.proc.pid
     for hog in hogs:
         message = answer(hog, timeout=5)
         assert (message.type, message.get("code")) == ("error", "timeout"), message
         hog.close()
+    lines = d.logs()[mark:].splitlines()
+    dropped = next(i for i, line in enumerate(lines) if "protocol error from pid=" in line and ": timeout:" in line)
+    served = next(i for i, line in enumerate(lines) if "status asked by pid=" in line)
+    assert dropped < served, "\n".join(lines)
 
 
 def test_a_hostile_uid_cannot_hold_more_than_a_few_connections(faceidd):

@@ -336,6 +336,7 @@ class Daemon:
                             pid, uid, QUEUE_WAIT)
                 self._reject(conn, "busy", "all sessions are in use; try again")
                 return
+            log.debug("pid=%d uid=%d took a session slot (%d in use)", pid, uid, self.slots.active)
             try:
                 self._dispatch(conn, pid, uid)
             finally:
