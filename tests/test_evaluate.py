@@ -236,9 +236,9 @@ def test_enrol_protocol_counts_on_a_folder(tmp_path):
 
 def test_enrol_needs_a_threshold_and_k(tmp_path):
     make_identity_images(tmp_path / "A", 0, 2)
-    with pytest.raises(ev.EvaluateError):
+    with pytest.raises(ev.EvaluateError, match=r"^the enrol protocol needs a threshold$"):
         ev.evaluate(tmp_path, pixel_embed, enroll=2)
-    with pytest.raises(ev.EvaluateError):
+    with pytest.raises(ev.EvaluateError, match=r"^--enroll needs K >= 1, got 0$"):
         ev.evaluate(tmp_path, pixel_embed, enroll=0, threshold=0.5)
 
 
