@@ -88,7 +88,7 @@ def test_another_user_cannot_su_to_an_enrolled_user_by_their_face(face_at_camera
     own = run_private(pam_dir, f"runuser -u {victim} -- su {victim} -c id")
     assert own.returncode == 0 and f"({victim})" in own.stdout, own.stdout + own.stderr + d.logs()
     assert helper.NOTICE_MATCH in own.stdout
-    assert audit_lines(d, victim) == 1 and "verdict=match" in d.logs()
+    assert audit_lines(d, victim) == 1 and d.audit_line(f"auth user={victim} ", "verdict=match"), d.logs()
 
 
 @pytest.fixture
