@@ -1,9 +1,9 @@
-"""The one configuration schema, its strict loader and its generated documents.
+"""The one configuration schema, its strict loader and its editor.
 
 Everything about a setting lives in ``SCHEMA``: the loader validates against it,
-and the shipped ``config/config.yaml`` and the README's reference table are
-generated from it (``python -m pam_faceid.common.config yaml|markdown|update``), so the
-three cannot drift apart. The PAM helper imports this module, so it uses only
+and the shipped ``config/config.yaml``, ``docs/config.md`` and the typed sections
+(``config_sections.py``) are generated from it by ``tools/generate.py``, so they
+cannot drift apart. The PAM helper imports this module, so it uses only
 the standard library and PyYAML.
 """
 
@@ -18,11 +18,11 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from pam_faceid.common import config_sections
+
 DEFAULT_PATH = "/etc/pam_faceid/config.yaml"
 ENV_VAR = "FACEID_CONFIG"
 MAX_FILE_BYTES = 1 << 20  # a config is a few KiB; refuse anything absurd before parsing it
-README_START = "<!-- config-reference:start -->"
-README_END = "<!-- config-reference:end -->"
 
 FLOAT_OR_AUTO = "float_or_auto"
 
@@ -451,7 +451,7 @@ class Section:
 
 
 def _section_types() -> dict[str, type]:
-    """One NamedTuple class per section, its fields and their types read from SCHEMA (cfg.auth: AuthSection).
+    """One NamedTuple class per section (config_sections.py, generated from SCHEMA), with Section's behaviour.
 
     A NamedTuple, like Key, because the PAM helper imports this module; the
     loader guarantees every value has its field's type (ints never bool,
@@ -461,7 +461,9 @@ def _section_types() -> dict[str, type]:
     for section in SECTIONS:
         fields = [(key.field, key.value_type) for key in SCHEMA if key.section == section]
         name = f"{section.title()}Section"
-        fields_type = NamedTuple(f"_{name}Fields", fields)
+        fields_type = getattr(config_sections, name, None)
+        if fields_type is None or fields_type._fields != tuple(field for field, _ in fields):
+            fields_type = NamedTuple(f"_{name}Fields", fields)  # stale config_sections.py: tests/test_docs.py says so
         types[section] = type(name, (Section, fields_type), {
             "__slots__": (), "__module__": __name__, "__annotations__": dict(fields), "_section": section})
     return types
@@ -470,7 +472,7 @@ def _section_types() -> dict[str, type]:
 SECTION_TYPES: dict[str, type] = _section_types()
 
 
-class Config:
+class Config(config_sections.Sections):
     """Validated settings: one section NamedTuple per attribute, plus where they came from."""
 
     def __init__(self, values: dict[str, dict[str, Any]], path: str, from_file: bool):
@@ -715,7 +717,7 @@ def render_yaml() -> str:
     """The shipped config/config.yaml: every key at its default, documented."""
     lines = [
         "# pam_faceid configuration (default location: /etc/pam_faceid/config.yaml).",
-        "# Generated from SCHEMA in pam_faceid/common/config.py by: python -m pam_faceid.common.config yaml",
+        "# Generated from SCHEMA in pam_faceid/common/config.py by tools/generate.py.",
         "# Every key is shown at its default. Unknown keys and bad values are refused with one line",
         "# naming the key; the file and its folder must not be writable by anyone but root.",
         "# Change a key safely with: sudo faceid config KEY VALUE",
@@ -731,88 +733,3 @@ def render_yaml() -> str:
                 lines += [doc, f"  # {allowed}"]
             lines.append(f"  {key.field}: {format_value(key.default)}")
     return "\n".join(lines) + "\n"
-
-
-def render_markdown() -> str:
-    """The README's configuration reference: one table row per key."""
-
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|")
-
-    lines = [
-        f"The configuration file is `{DEFAULT_PATH}` (`--config FILE` or `${ENV_VAR}` choose another).",
-        "A missing default file means every key takes its default. Unknown keys, wrong types and",
-        "out-of-range values are refused with one line naming the file, key, value and what is allowed.",
-        "The file and its folder must be owned by root and not writable by group or others.",
-        "Change a key with `sudo faceid config KEY VALUE` (validated, written atomically, daemon reloaded).",
-        "",
-        "| Key | Type | Default | Allowed | Meaning |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for key in SCHEMA:
-        default = format_value(key.default)
-        lines.append(f"| `{key.name}` | {key.type_name} | `{cell(default)}` | {cell(key.allowed())} "
-                     f"| {cell(key.doc)} |")
-    return "\n".join(lines) + "\n"
-
-
-def update_readme(text: str) -> str:
-    """Replace the reference between the README markers (creating a minimal README if empty)."""
-    if not text.strip():
-        text = f"# pam_faceid\n\n## Configuration reference\n\n{README_START}\n{README_END}\n"
-    start, end = text.find(README_START), text.find(README_END)
-    if start < 0 or end < start:
-        raise ConfigError(f"README has no {README_START} ... {README_END} markers")
-    return text[:start + len(README_START)] + "\n" + render_markdown() + text[end:]
-
-
-def _repo_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def write_generated(root: str | None = None) -> list[str]:
-    """Write config/config.yaml and the README table from the schema; return the files changed."""
-    root = root or _repo_root()
-    changed = []
-    targets = [(os.path.join(root, "config", "config.yaml"), lambda _old: render_yaml()),
-               (os.path.join(root, "README.md"), update_readme)]
-    for target, render in targets:
-        old = open(target, encoding="utf-8").read() if os.path.exists(target) else ""
-        new = render(old)
-        if new != old:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "w", encoding="utf-8") as handle:
-                handle.write(new)
-            changed.append(target)
-    return changed
-
-
-def _main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m pam_faceid.common.config",
-        description="Print or write the documents generated from the config schema.",
-        epilog="example: python -m pam_faceid.common.config update   # after changing SCHEMA",
-    )
-    parser.add_argument("what", choices=["yaml", "markdown", "update"],
-                        help="yaml: the shipped config.yaml; markdown: the README table; "
-                             "update: write both into the repository")
-    args = parser.parse_args(argv)
-    if args.what == "yaml":
-        sys.stdout.write(render_yaml())
-    elif args.what == "markdown":
-        sys.stdout.write(render_markdown())
-    else:
-        try:
-            changed = write_generated()
-        except ConfigError as exc:
-            print(f"python -m pam_faceid.common.config: {exc}", file=sys.stderr)
-            return 1
-        for target in changed:
-            print(f"wrote {target}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())
