@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run every benchmark on this machine, then write bench/results.md, bench/*.png and README.md's Benchmarks
-# section (between its bench markers; not on --quick) from their results.
+# Run every benchmark on this machine, then write bench/results.md and bench/*.png from their results
+# (the README links bench/results.md).
 #
 #   sudo bench/run_all.sh                  # the reported run (< 20 minutes on 2 cores)
 #   sudo bench/run_all.sh --model DIR      # another model folder (default: the bundled one)
@@ -45,7 +45,5 @@ step "faceidd memory";                $PY bench/daemon_memory.py "${MODEL[@]}" "
 step "embedder speed, memory, accuracy"; $PY bench/embedder.py "${MODEL[@]}" "${PAIRS[@]}" --out "$OUT/embedder.json"
 step "per-user retraining vs the seed"; $PY bench/retrain.py "${MODEL[@]}" "${RETRAIN[@]}" --out "$OUT/retrain.json"
 step "report"
-README=()
-((QUICK)) || README=(--readme README.md)  # a quick run never reaches the README
-$PY bench/report.py --results "$OUT" --out-dir bench --command "$COMMAND" --elapsed $((SECONDS - started)) "${README[@]}"
+$PY bench/report.py --results "$OUT" --out-dir bench --command "$COMMAND" --elapsed $((SECONDS - started))
 echo "== done in $((SECONDS - started)) s; raw results in $OUT"

@@ -54,7 +54,7 @@ def test_evaluate_shows_progress_on_a_terminal_and_says_it_measured_speed_only(t
 def test_a_missing_config_file_exits_2_as_the_readme_table_says(tmp_path):
     done = _run("--config", str(tmp_path / "typo.yaml"), "status")
     assert done.returncode == 2 and done.stderr.strip() == f"faceid status: {tmp_path / 'typo.yaml'}: no such config file"
-    table = (REPO / "README.md").read_text()
+    table = (REPO / "docs" / "exit-codes.md").read_text()
     assert re.search(r"\| 2 \| bad arguments or bad input \(a missing file", table)
 
 
