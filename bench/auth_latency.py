@@ -322,12 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.model, args.person, args.attempts, args.warmup, args.frames, args.enrol, args.threshold,
                  args.match_attempts, args.sudo_attempts, args.stranger)
     save_json(args.out, result)
-    for name, path in result["paths"].items():
+    for _name, path in result["paths"].items():
         ms, cam = path["ms"], path["camera_open_ms"]
         print(f"{path['label']:<50} p50 {ms['p50']:7.1f} ms  p95 {ms['p95']:7.1f} ms  "
               f"(camera open p50 {cam['p50']:.1f} ms)  match {100 * path['match_rate']:.0f} %  "
               f"frames p50 {path['frames']['p50']}")
-    for name, path in result["matching"].items():
+    for _name, path in result["matching"].items():
         ms = path["ms"]
         print(f"{path['label']:<50} p50 {ms['p50']:7.1f} ms  p95 {ms['p95']:7.1f} ms  "
               f"match {100 * path['match_rate']:.0f} %  frames p50 {path['frames']['p50']}")

@@ -111,7 +111,7 @@ def one_round(model: Path, vectors: np.ndarray, embedder: object, frames: list[b
                     peak = [0.0]
                     done = threading.Event()
 
-                    def sample() -> None:
+                    def sample(done: threading.Event = done, peak: list[float] = peak) -> None:
                         while not done.is_set():
                             peak[0] = max(peak[0], proc_memory(daemon.pid)["rss_mb"])
                             time.sleep(0.05)

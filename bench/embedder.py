@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     result = run(args.model, args.quick, [b for b in args.backends.split(",") if b])
     save_json(args.out, result)
-    for name, r in result["backends"].items():
+    for _name, r in result["backends"].items():
         acc = r["accuracy"]["accuracy"]
         print(f"{r['label']:<34} {r['ms_per_face']:6.2f} ms/face  {r['faces_per_second']:6.1f} faces/s  "
               f"end-to-end {r['end_to_end_ms_per_photo']:6.1f} ms/photo  RSS {r['memory']['rss_mb']:5.0f} MiB  "

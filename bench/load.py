@@ -166,7 +166,7 @@ def run(processes: int, sessions: int, model: Path | None, max_sessions: int) ->
 def check(results: list[dict[str, Any]], logs: str, total: int, reference: dict[str, str]) -> dict[str, Any]:
     """Every session one verdict, the one its kind gets alone (``reference``), and that one in its audit line."""
     audit: dict[str, list[str]] = {}
-    for user, tag, verdict in AUDIT.findall(logs):
+    for _user, tag, verdict in AUDIT.findall(logs):
         audit.setdefault(tag, []).append(verdict)
     wrong, crossed = [], []
     for r in results:

@@ -77,7 +77,7 @@ def plot_dev(emb: dict, out_dir: Path) -> list[str]:
     plt.close(fig)
 
     fig, axes = plt.subplots(1, len(backends), figsize=(4 * len(backends), 3.4), squeeze=False)
-    for ax, (name, r) in zip(axes[0], backends.items()):
+    for ax, (_name, r) in zip(axes[0], backends.items()):
         labels, scores = np.asarray(r["labels"], bool), np.asarray(r["scores"])
         bins = np.linspace(-0.2, 1.0, 61)
         ax.hist(np.clip(scores[labels], -0.2, 1.0), bins=bins, alpha=0.6, color="tab:green", label="same person")

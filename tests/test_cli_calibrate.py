@@ -17,7 +17,7 @@ def test_calibrate_user_with_negative_bank_plot_and_apply(cli_env, temp_user, pe
                   "--limit", "150", "--plot", str(png), "--apply")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "negative bank: " in done.stdout and "scores for " + user in done.stdout
-    line = next(l for l in done.stdout.splitlines() if l.startswith("threshold for FAR <= 0.01"))
+    line = next(text for text in done.stdout.splitlines() if text.startswith("threshold for FAR <= 0.01"))
     threshold = float(line.split(":")[1].split()[0])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert yaml.safe_load(config.read_text())["auth"]["threshold"] == round(threshold, 4)

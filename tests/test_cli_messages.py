@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import pexpect
 import pytest

@@ -145,9 +145,9 @@ def test_values_sections_and_access(folder: Path) -> None:
     assert cfg.camera.width == 640 and cfg.snapshots.keep == 5
     assert cfg.as_dict()["camera"]["rotate"] == 90 and cfg.camera.as_dict()["device"] == "/tmp/frames"
     with pytest.raises(AttributeError, match=r"^config section 'auth' has no key 'timout'$"):
-        cfg.auth.timout
+        _ = cfg.auth.timout
     with pytest.raises(AttributeError, match=r"^config has no section 'nosection'$"):
-        cfg.nosection
+        _ = cfg.nosection
     with pytest.raises(KeyError):
         cfg.get("auth.nope")
     with pytest.raises(AttributeError, match="read-only"):

@@ -72,8 +72,8 @@ def render_sections() -> str:
             kind = "float | str" if key.type == C.FLOAT_OR_AUTO else TYPE_NAMES[key.type]
             lines.append(f"    {key.field}: {kind}")
         lines += ["", "    def as_dict(self) -> dict[str, Any]:", "        return self._asdict()"]
-    lines += ["", "", "class Sections:", '    """Config\'s attributes, one per section (annotations only: Config fills them)."""',
-              ""]
+    lines += ["", "", "class Sections:",
+              '    """Config\'s attributes, one per section (annotations only: Config fills them)."""', ""]
     lines += [f"    {section}: {section.title()}Section" for section in C.SECTIONS]
     return "\n".join(lines) + "\n"
 

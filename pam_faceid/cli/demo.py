@@ -98,8 +98,8 @@ def camera_frames(face: np.ndarray, count: int, seed: int) -> list[np.ndarray]:
         frame = base.copy()
         x0, y0 = int((width - side) / 2 + dx), int((height - side) / 2 + dy)
         frame[y0:y0 + side, x0:x0 + side] = face_img
-        frame = frame * gain + rng.normal(0, 3, frame.shape)
-        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
+        noisy = frame * gain + rng.normal(0, 3, frame.shape)
+        frames.append(np.clip(noisy, 0, 255).astype(np.uint8))
     return frames
 
 

@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "evaluate",
         help="measure the face model on DATASET/IDENTITY/IMAGE folders",
         description="Measure the face model on a folder DATASET/IDENTITY/IMAGE: LFW-style pairs (accuracy over "
-                    "the folds the pairs file declares, each at the threshold fitted on the others; AUC, EER, TAR at FAR) and/or an enrol-K login protocol "
+                    "the folds the pairs file declares, each at the threshold fitted on the others; AUC, EER, "
+                    "TAR at FAR) and/or an enrol-K login protocol "
                     "(FAR, FRR at the threshold). Unreadable files are skipped and counted. With neither --pairs nor "
                     "--enroll it measures speed only (faces per second).",
         epilog=EXAMPLE,

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
 from pam_faceid.cli import EXIT_FAILURE, EXIT_USAGE, CommandError
 from pam_faceid.cli import _common as common
+
+if TYPE_CHECKING:
+    from pam_faceid.pamstack import pamconf
 
 EXAMPLE = """examples:
   sudo faceid pam enable                    # pam-auth-update profile, or the usual services

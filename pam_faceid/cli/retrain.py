@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 from pathlib import Path
 
 from pam_faceid.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandError
@@ -56,11 +57,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
-def _describe(head: object | None) -> str:
+def _describe(head: Any) -> str:
     if head is None:
         return "the base model alone"
     meta = getattr(head, "meta", {})
-    return f"the head saved {meta.get('saved', '?')}, threshold {getattr(head, 'threshold'):.4f}"
+    return f"the head saved {meta.get('saved', '?')}, threshold {head.threshold:.4f}"
 
 
 def _revert(cfg: object, user: str) -> int:

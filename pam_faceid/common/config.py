@@ -13,8 +13,7 @@ import math
 import os
 import re
 import stat
-import sys
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import yaml
 
@@ -234,7 +233,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _scalar_type(text: str, loader: type = yaml.SafeLoader) -> type:
+def _scalar_type(text: str, loader: Any = yaml.SafeLoader) -> type:
     """The type a loader (YAML 1.1 by default) gives a plain scalar; text like ``off`` gets quoted for every reader."""
     for tag, rx in loader.yaml_implicit_resolvers.get(text[:1], []):
         if rx.match(text):
@@ -406,7 +405,7 @@ def check_socket_folder(path: str | None, socket_path: str) -> None:
         except FileNotFoundError:
             st = None
         except OSError as exc:
-            raise _error(path, "daemon.socket", socket_path, f"cannot check folder {folder}: {exc.strerror}")
+            raise _error(path, "daemon.socket", socket_path, f"cannot check folder {folder}: {exc.strerror}") from None
         if st is not None:
             writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
             sticky = st.st_mode & stat.S_ISVTX
@@ -439,7 +438,7 @@ class Section:
         raise AttributeError("config values are read-only; use set_value() to change the file")
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and tuple.__eq__(self, other)
+        return type(self) is type(other) and tuple.__eq__(cast(tuple, self), other)
 
     def __ne__(self, other: object) -> bool:
         return not self == other
@@ -461,9 +460,10 @@ def _section_types() -> dict[str, type]:
     for section in SECTIONS:
         fields = [(key.field, key.value_type) for key in SCHEMA if key.section == section]
         name = f"{section.title()}Section"
-        fields_type = getattr(config_sections, name, None)
+        fields_type: Any = getattr(config_sections, name, None)
         if fields_type is None or fields_type._fields != tuple(field for field, _ in fields):
-            fields_type = NamedTuple(f"_{name}Fields", fields)  # stale config_sections.py: tests/test_docs.py says so
+            make: Any = NamedTuple  # stale config_sections.py (tests/test_docs.py says so): built from SCHEMA
+            fields_type = make(f"_{name}Fields", fields)
         types[section] = type(name, (Section, fields_type), {
             "__slots__": (), "__module__": __name__, "__annotations__": dict(fields), "_section": section})
     return types

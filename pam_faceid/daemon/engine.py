@@ -166,7 +166,7 @@ def load_state(config_path: str | None, overrides: dict[str, str], previous: Sta
         log.error("model not loaded: %s", engine_error)
 
     def threshold_of(model: Engine | None) -> float | None:
-        if cfg.auth.threshold != "auto":
+        if isinstance(cfg.auth.threshold, float):  # else "auto": the model's own
             return cfg.auth.threshold
         return model.threshold if model else None
 

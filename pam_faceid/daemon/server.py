@@ -252,8 +252,8 @@ class Daemon:
             pending.append(signum)
 
         signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, on_signal)
+        for wanted in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(wanted, on_signal)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         self.listener.setblocking(False)
         selector = selectors.DefaultSelector()

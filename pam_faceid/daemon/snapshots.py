@@ -100,7 +100,7 @@ def save(state_dir: Path, frames: list[bytes], info: dict[str, Any], keep: int) 
     return state_dir / SNAPSHOTS_DIR / name
 
 
-def _attempt_names(root: int | str) -> list[str]:
+def _attempt_names(root: int | str | os.PathLike[str]) -> list[str]:
     with os.scandir(root) as entries:
         return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
 

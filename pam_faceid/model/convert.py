@@ -17,6 +17,7 @@ import logging
 import subprocess
 import sys
 import warnings
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +156,7 @@ def write_model(out: Path, *, template: dict, weights: str | None, flip: bool, c
     spec = spec_of(net, template["template"])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / ONNX_FILE, export_onnx(model, spec.size), mode=0o644)
-    meta = {
+    meta: dict[str, Any] = {
         "name": "dlib-resnet-v1" + ("+finetuned" if weights else ""),
         "architecture": "dlib's face descriptor ResNet (29 conv layers, 5.6 M parameters), 128-d, compared by cosine",
         "input": spec.to_metadata(),

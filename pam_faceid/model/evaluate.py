@@ -24,7 +24,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -481,8 +481,8 @@ def enrol_scores(groups: Sequence[np.ndarray], found: Sequence[np.ndarray], k: i
     top = np.zeros(0, dtype=np.float32)
     if m == 0 or total == 0:
         return EnrolResult(genuine_attempts, impostor_attempts, 0, 0, 0, np.zeros(0), top, 0)
-    templates = np.stack([np.asarray(groups[i][:k], dtype=np.float32) for i in enrolled])  # [m, k, d]
-    template_ok = np.stack([np.asarray(found[i][:k], dtype=bool) for i in enrolled])  # [m, k]
+    templates = np.stack([np.asarray(groups[int(i)][:k], dtype=np.float32) for i in enrolled])  # [m, k, d]
+    template_ok = np.stack([np.asarray(found[int(i)][:k], dtype=np.bool_) for i in enrolled])  # [m, k]
     flat_templates = templates.reshape(m * k, dim).T
     vectors = np.concatenate([np.asarray(g, dtype=np.float32).reshape(-1, dim) for g in groups])
     ok = np.concatenate([np.asarray(f, dtype=bool) for f in found])
@@ -567,7 +567,7 @@ def evaluate(root: Path | str, embed: EmbedFn, *, pairs: Path | str | None = Non
 
     if pairs_file is not None:
         result.update(_run_pairs(resolved, emb, threshold))
-    if enroll is not None:
+    if enroll is not None and threshold is not None:  # checked above: the enrol protocol has a threshold
         result.update(_run_enrol(dataset, emb, enroll, threshold))
 
     used = [p for p in dict.fromkeys(wanted) if emb.status(p) in ("face", "no_face")]
@@ -606,7 +606,7 @@ def _run_pairs(resolved: list[tuple[Pair, Path | None, Path | None]], emb: Embed
         scores.append(score)
         labels.append(pair.same)
         folds.append(pair.fold)
-    out = {
+    out: dict[str, Any] = {
         "pairs": len(resolved),
         "pairs_scored": len(scores),
         "pairs_missing_image": missing,

@@ -170,7 +170,7 @@ def identity_folders(roots: Sequence[str | os.PathLike[str]], limit: int) -> lis
     total = sum(len(p) for p in per_root)
     if total <= limit:
         return [person for people in per_root for person in people]
-    picked = []
+    picked: list[list[Path]] = []
     for people in per_root:  # each root keeps its share, evenly spaced through its sorted identities
         share = max(1, round(limit * len(people) / total))
         picked.extend(people[int(i * len(people) / share)] for i in range(min(share, len(people))))

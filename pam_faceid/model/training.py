@@ -84,7 +84,7 @@ class PKSampler:
         self.cfg = cfg
         self.by_id: dict[int, list[int]] = {}
         for i in np.flatnonzero(labels >= 0):
-            self.by_id.setdefault(int(labels[i]), []).append(i)
+            self.by_id.setdefault(int(labels[i]), []).append(int(i))
         self.ids = np.array([k for k, v in self.by_id.items() if len(v) >= 2])
 
     def batch(self) -> np.ndarray:

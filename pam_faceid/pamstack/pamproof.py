@@ -209,7 +209,7 @@ def _prove_services(names: list[str], spec: dict, stand_ins: bool) -> Proof:
             for password in (spec["password"], spec["password"] + "x")]
     with ThreadPoolExecutor(max_workers=8) as pool:
         answers = list(pool.map(lambda job: _authenticate(job[0], spec["user"], spec["uid"], job[2]), jobs))
-    for (service, what, _, right), (ok, reason) in zip(jobs, answers):
+    for (_service, what, _, right), (ok, reason) in zip(jobs, answers):
         if right and not ok:
             return Proof(False, f"the right password was refused{what} ({reason})")
         if not right and ok:
