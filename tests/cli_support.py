@@ -1,5 +1,8 @@
 """Support for the admin CLI tests: a real faceidd on a temporary socket, the CLI as a subprocess, temp users.
 
+The scaffolding itself (throwaway users, faceidd started and waited for, config files, the console scripts'
+paths) is pam_faceid.common.scaffold, shared with the demo, the PAM proof and the benchmarks.
+
 Its fixtures are registered in conftest.py (``pytest_plugins``); tests import its helpers. The model
 is the bundled one (pam_faceid/data/model), or $FACEID_TEST_MODEL when set
 (a development model); tests skip with the reason when neither exists.
@@ -11,19 +14,18 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from faces_support import PERSON, session_frames, write_frames
 
+from pam_faceid.common import scaffold
+
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-FACEID = str(BIN / "faceid")
-FACEIDD = str(BIN / "faceidd")
-HELPER = str(BIN / "faceid-helper")
+FACEID = str(scaffold.script("faceid"))
+FACEIDD = str(scaffold.script("faceidd"))
+HELPER = str(scaffold.script("faceid-helper"))
 
 
 def model_dir() -> Path:
@@ -46,16 +48,7 @@ def write_config(folder: Path, camera: Path | str, **extra: dict[str, object]) -
     }
     for section, values in extra.items():
         sections.setdefault(section, {}).update(values)
-    lines = []
-    for section, values in sections.items():
-        lines.append(f"{section}:")
-        for key, value in values.items():
-            text = str(value).lower() if isinstance(value, bool) else str(value)
-            lines.append(f"  {key}: {text}")
-    path = folder / "config.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o600)
-    return path
+    return scaffold.write_config(folder / "config.yaml", sections, mode=0o600)
 
 
 def faceid(config: Path | None, *args: str, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -65,29 +58,13 @@ def faceid(config: Path | None, *args: str, input: str | None = None, timeout: f
     return subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout, env=env)
 
 
-class Daemon:
-    """faceidd as a subprocess on the config's temporary socket."""
+class Daemon(scaffold.Daemon):
+    """faceidd as a subprocess on the config's temporary socket (beside the config), started and waited for."""
 
     def __init__(self, config: Path):
-        self.config = config
+        super().__init__(config, config.parent / "faceidd.log")
         self.socket = str(config.parent / "faceidd.sock")
-        self.log = open(config.parent / "faceidd.log", "w")
-        self.proc = subprocess.Popen([FACEIDD, "--config", str(config)], stdout=self.log, stderr=subprocess.STDOUT)
-        self.wait_ready()
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        from pam_faceid.common.protocol import DaemonError, request_status
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"faceidd exited {self.proc.returncode}: {self.read_log()}")
-            try:
-                request_status(self.socket, timeout=1.0)
-                return
-            except DaemonError:
-                time.sleep(0.1)
-        raise RuntimeError(f"faceidd not ready after {timeout} s: {self.read_log()}")
+        self.start()
 
     def status(self) -> dict:
         from pam_faceid.common.protocol import request_status
@@ -95,18 +72,7 @@ class Daemon:
         return request_status(self.socket)
 
     def read_log(self) -> str:
-        self.log.flush()
-        return (self.config.parent / "faceidd.log").read_text()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        return self.logs()
 
 
 def require_root() -> None:
@@ -114,21 +80,15 @@ def require_root() -> None:
         pytest.skip("needs root (enrolments, /etc/pam.d and test users are root's)")
 
 
-class TempUser:
-    """A throwaway local user with a random password, removed by ``remove`` (also after a failed test)."""
+class TempUser(scaffold.ThrowawayUser):
+    """A throwaway local user with a random password (scaffold.ThrowawayUser), made at once; needs root."""
 
-    def __init__(self, prefix: str = "fidt"):
+    def __init__(self, prefix: str = "fidt", shell: str = "/usr/sbin/nologin"):
         require_root()
         if not shutil.which("useradd"):
             pytest.skip("useradd not available")
-        self.name = f"{prefix}{secrets.token_hex(4)}"
-        self.password = secrets.token_urlsafe(18)
-        subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", self.name], check=True, capture_output=True)
-        subprocess.run(["chpasswd"], input=f"{self.name}:{self.password}\n", text=True, check=True,
-                       capture_output=True)
-
-    def remove(self) -> None:
-        subprocess.run(["userdel", self.name], capture_output=True)
+        super().__init__(prefix, shell)
+        self.create()
 
 
 class PamService:
@@ -173,4 +133,4 @@ def daemon(cli_env: tuple[Path, Path]) -> Iterator[Daemon]:
     try:
         yield proc
     finally:
-        proc.stop()
+        proc.close()

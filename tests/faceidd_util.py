@@ -10,24 +10,20 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
 import pytest
-import yaml
+
+from pam_faceid.common import scaffold
 
 REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-FACEIDD = VENV_BIN / "faceidd"
-HELPER = VENV_BIN / "faceid-helper"
-PYTHON = VENV_BIN / "python"
+FACEIDD = scaffold.script("faceidd")
+HELPER = scaffold.script("faceid-helper")
+PYTHON = scaffold.script("python")
 MODEL_DIR = Path(os.environ.get("FACEID_TEST_MODEL") or REPO / "pam_faceid" / "data" / "model")
 """The model the tests use: the bundled one, or the folder in $FACEID_TEST_MODEL (to try a candidate model)."""
 
@@ -42,11 +38,8 @@ def require_model() -> None:
 
 
 def write_config(path: Path, values: dict[str, dict[str, Any]]) -> Path:
-    """A config file the loader accepts (0600 in a folder only root can write)."""
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(values))
-    os.chmod(path, 0o644)
-    return path
+    """A config file the loader accepts (0644 in a folder only root can write): scaffold.write_config."""
+    return scaffold.write_config(path, values)
 
 
 def run_as_nobody(code: str, timeout: float = 10) -> subprocess.CompletedProcess:
@@ -55,66 +48,26 @@ def run_as_nobody(code: str, timeout: float = 10) -> subprocess.CompletedProcess
                           capture_output=True, text=True, timeout=timeout, env={"PATH": "/usr/bin:/bin"})
 
 
-class Faceidd:
-    """faceidd as a subprocess with its own config, socket and state folder."""
+class Faceidd(scaffold.Daemon):
+    """faceidd as a subprocess with its own config, socket and state folder (scaffold.Daemon: READY=1 waited for)."""
 
     def __init__(self, base: Path, config: dict[str, dict[str, Any]] | None = None):
         self.base = base
         self.socket = str(base / "run" / "faceidd.sock")
         self.state_dir = base / "state"
         self.config_path = base / "etc" / "config.yaml"
-        self.log_path = base / "faceidd.log"
-        self.notify_path = str(base / "notify.sock")
         values: dict[str, dict[str, Any]] = {"daemon": {"socket": self.socket, "state_dir": str(self.state_dir)},
                                              "model": {"path": str(MODEL_DIR)}}
         for section, keys in (config or {}).items():
             values.setdefault(section, {}).update(keys)
         self.values = values
         write_config(self.config_path, values)
-        self.proc: subprocess.Popen | None = None
-        self.notify: socket.socket | None = None
+        super().__init__(self.config_path, base / "faceidd.log")
 
     def rewrite_config(self, config: dict[str, dict[str, Any]]) -> None:
         for section, keys in config.items():
             self.values.setdefault(section, {}).update(keys)
         write_config(self.config_path, self.values)
-
-    def command(self) -> list[str]:
-        return [str(FACEIDD), "--config", str(self.config_path)]
-
-    def start(self, command: Sequence[str] | None = None, wait: bool = True, timeout: float = 30) -> "Faceidd":
-        """Start it and wait for READY=1 on our NOTIFY_SOCKET (what Type=notify waits for)."""
-        if self.notify is None:
-            self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self.notify.bind(self.notify_path)
-        env = {"PATH": "/usr/bin:/bin", "NOTIFY_SOCKET": self.notify_path}
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(list(command or self.command()), stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True)
-        if wait:
-            self.wait_notify("READY=1", timeout)
-        return self
-
-    def wait_notify(self, word: str, timeout: float = 30) -> str:
-        assert self.notify is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or (self.proc is not None and self.proc.poll() is not None):
-                raise AssertionError(f"faceidd never sent {word}; log:\n{self.logs()}")
-            self.notify.settimeout(min(left, 0.2))
-            try:
-                message = self.notify.recv(4096).decode()
-            except socket.timeout:
-                continue
-            if word in message.split("\n"):
-                return message
-
-    def logs(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
     def mark(self) -> int:
         """Where the log ends now: wait_log(after=mark) then sees only what the daemon writes from here on."""
@@ -136,27 +89,6 @@ class Faceidd:
     def signal(self, signum: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(signum)
-
-    def stop(self, timeout: float = 10) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
-        code = self.proc.returncode
-        self.proc = None
-        return code
-
-    def close(self) -> None:
-        self.stop()
-        if self.notify is not None:
-            self.notify.close()
-            self.notify = None
 
 
 def short_tmp() -> Path:
@@ -257,19 +189,16 @@ def pam_service(pam_files):
 
 @pytest.fixture
 def make_user():
-    """``make_user(shell=nologin)`` -> name of a fresh system user (no home, no password); deleted at teardown."""
-    made: list[str] = []
+    """``make_user(shell=nologin)`` -> name of a fresh system user (scaffold.ThrowawayUser); deleted at teardown."""
+    made: list[scaffold.ThrowawayUser] = []
 
     def make(shell: str = "/usr/sbin/nologin") -> str:
-        name = f"fidt{uuid.uuid4().hex[:8]}"
-        subprocess.run(["useradd", "--no-create-home", "--shell", shell, "--user-group", name],
-                       check=True, capture_output=True)
-        made.append(name)
-        return name
+        user = scaffold.ThrowawayUser(shell=shell)
+        made.append(user)
+        return user.create().name
 
     try:
         yield make
     finally:
-        for name in made:
-            subprocess.run(["userdel", name], capture_output=True)
-            subprocess.run(["groupdel", name], capture_output=True)
+        for user in made:
+            user.remove()

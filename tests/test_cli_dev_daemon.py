@@ -10,10 +10,11 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from cli_support import FACEID, PamService, faceid, require_root
+
+from pam_faceid.common import scaffold
 
 SAMPLE = Path(__file__).resolve().parents[1] / "pam_faceid" / "data" / "samples" / "sample_person"
 
@@ -25,18 +26,10 @@ def _start(*args: str) -> subprocess.Popen:
 
 
 def _wait_ready(proc: subprocess.Popen, sock: Path, timeout: float = 30.0) -> None:
-    from pam_faceid.common.protocol import DaemonError, request_status
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"dev-daemon exited {proc.returncode}: {proc.stdout.read()}")
-        try:
-            request_status(str(sock), timeout=1.0)
-            return
-        except DaemonError:
-            time.sleep(0.1)
-    raise AssertionError(f"dev-daemon not answering on {sock} after {timeout} s")
+    try:
+        scaffold.wait_ready(proc, str(sock), timeout)
+    except scaffold.ScaffoldError as exc:
+        raise AssertionError(f"{exc}: {proc.stdout.read() if proc.poll() is not None and proc.stdout else ''}") from None
 
 
 def test_dev_daemon_serves_the_cli_and_a_pam_login_then_stops_on_ctrl_c(tmp_path, temp_user):

@@ -63,7 +63,7 @@ def test_status_shows_the_held_out_validation_figures_on_their_own_line(tmp_path
     config.chmod(0o644)
     shown = _run("--config", str(config), "status").stdout
     lines = [line.strip() for line in shown.splitlines()]
-    validation = [line for line in lines if line.startswith("on validation: held-out identities")]
+    validation = [line for line in lines if line.startswith("on validation, held-out identities")]
     assert len(validation) == 1, shown
     assert re.search(r"auc=0\.99\d*, tar_at_far_1e-3=0\.6\d*$", validation[0]), validation[0]
     assert any(line.startswith("on dev pairs ") for line in lines), shown

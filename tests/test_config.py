@@ -13,12 +13,11 @@ import pytest
 import yaml
 
 from pam_faceid.common import config as C
+from pam_faceid.common import scaffold
 from pam_faceid.common.config import ConfigError, load_config, set_value
 
 REPO = Path(__file__).resolve().parents[1]
-FACEID = REPO / ".venv" / "bin" / "faceid"
-if not FACEID.exists():
-    FACEID = Path(sys.executable).parent / "faceid"
+FACEID = scaffold.script("faceid")
 
 # The keys the design contract (notes/DESIGN.md) names; adding one means updating both.
 CONTRACT_KEYS = {

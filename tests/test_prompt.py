@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import secrets
 import shutil
 import signal
 import subprocess
@@ -25,6 +24,7 @@ from cli_support import FACEID
 from faceidd_util import HELPER, PYTHON, enrol, require_model
 from faces_support import OTHER_PERSON, PERSON, session_frames, write_frames
 
+from pam_faceid.common import scaffold
 from pam_faceid.helper import main as helper
 from pam_faceid.helper import pam_prompt
 from pam_faceid.pamstack import pamconf
@@ -49,13 +49,8 @@ def require_tools() -> None:
 def sudo_user():
     """A throwaway user with a password the test knows; removed afterwards."""
     require_tools()
-    name, password = f"fidp{secrets.token_hex(4)}", f"pw-{secrets.token_hex(6)}"
-    subprocess.run(["useradd", "-M", "-s", "/bin/sh", name], check=True, capture_output=True)
-    try:
-        subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True, capture_output=True)
-        yield name, password
-    finally:
-        subprocess.run(["userdel", "-f", name], capture_output=True)
+    with scaffold.ThrowawayUser(prefix="fidp", shell="/bin/sh") as user:
+        yield user.name, user.password
 
 
 class Namespace:

@@ -31,7 +31,9 @@ import pytest
 
 from faces_support import PERSON, REPO, images_of, require_shared_faces
 
-FACEID = str(Path(sys.executable).parent / "faceid")
+from pam_faceid.common import scaffold
+
+FACEID = str(scaffold.script("faceid"))
 TRAIN_ROOTS = ["train/lfw", "train/celeba", "train/glint", "train/yaleb"]
 SMALL_BANK = 800
 

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from pam_faceid.cli import EXIT_FAILURE, EXIT_NOT_ROOT, EXIT_USAGE, CommandError
+from pam_faceid.common import scaffold
 
 CAMERA_TIMEOUT = 30.0
 """Seconds a live capture may take before it gives up on the missing good frames."""
@@ -41,7 +42,7 @@ DEV_RECORD = "faceid-dev-daemon.config"
 
 def faceid_command() -> str:
     """This faceid's own path, shell-quoted: in a dev install it is not on the PATH."""
-    return shlex.quote(str(Path(sys.executable).parent / "faceid"))
+    return shlex.quote(str(scaffold.script("faceid")))
 
 
 def dev_checkout() -> Path | None:
@@ -66,15 +67,18 @@ def record_dev_daemon(config: Path) -> None:
         pass
 
 
-def load_cfg(args: argparse.Namespace) -> Any:
-    """The config the daemon reads (--config, $FACEID_CONFIG or the default), or a one-line error (exit 2)."""
+def load_cfg(args: argparse.Namespace, uses_daemon: bool = True) -> Any:
+    """The config the daemon reads (--config, $FACEID_CONFIG or the default), or a one-line error (exit 2).
+
+    ``uses_daemon``: the command works on that config's daemon and state, so a dev checkout says which.
+    """
     from pam_faceid.common.config import ConfigError, load_config, resolve_path
 
     try:
         cfg = load_config(getattr(args, "config", None))
     except ConfigError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
-    if not resolve_path(getattr(args, "config", None))[1] and dev_checkout() is not None:
+    if uses_daemon and not resolve_path(getattr(args, "config", None))[1] and dev_checkout() is not None:
         print(f"faceid: note: {which_daemon(cfg)}", file=sys.stderr)
     return cfg
 

@@ -28,11 +28,11 @@ import tempfile
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from pam_faceid.common import atomic
+from pam_faceid.common import atomic, scaffold
 from pam_faceid.pamstack import pamconf
 from pam_faceid.cli import EXIT_FAILURE, CommandError
 from pam_faceid.cli import _common as common
@@ -156,31 +156,6 @@ def _write_config(work: Path, model_path: str, liveness: str | None) -> Path:
     return path
 
 
-def _program(name: str) -> list[str]:
-    """A console script of this installation (next to the running Python), or ``python -m`` as fallback."""
-    script = Path(sys.executable).parent / name
-    if script.is_file():
-        return [str(script)]
-    module = {"faceidd": "pam_faceid.daemon.server", "faceid": "pam_faceid.cli", "faceid-helper": "pam_faceid.helper.main"}[name]
-    return [sys.executable, "-m", module]
-
-
-def _wait_ready(proc: subprocess.Popen, socket_path: str, log: Path, timeout: float = 60.0) -> dict[str, Any]:
-    from pam_faceid.common.protocol import DaemonError, request_status
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
-            last = re.sub(r"^<\d>", "", " ".join(tail))  # without its sd-daemon priority prefix
-            raise CommandError(f"faceidd exited with {proc.returncode}: {last}", EXIT_FAILURE)
-        try:
-            return request_status(socket_path, timeout=1.0)
-        except DaemonError:
-            time.sleep(0.1)
-    raise CommandError(f"faceidd did not answer within {timeout:.0f} s (log: {log})", EXIT_FAILURE)
-
-
 def _daemon_verdict(log: Path, user: str) -> dict[str, str]:
     """verdict, liveness and reason of the last audit line faceidd logged for ``user`` (empty if none)."""
     lines = [line for line in log.read_text(errors="replace").splitlines() if f"auth user={user} " in line]
@@ -214,7 +189,7 @@ def _pam_attempt(user: str, service: str, steps: Steps, expect_success: bool, wh
 def run(args: argparse.Namespace) -> int:
     """Run every step; clean up in reverse order whatever happened."""
     common.require_root("faceid demo (it creates a temporary user and PAM service)")
-    cfg = common.load_cfg(args)
+    cfg = common.load_cfg(args, uses_daemon=False)  # its own daemon and state
     model_path = cfg.model.path
     common.load_embedder(cfg)
     sample, other = sample_image("sample_person"), sample_image("other_person")
@@ -238,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_steps(steps: Steps, work: Path, model_path: str, sample: np.ndarray, other: np.ndarray,
                cleanup: list[tuple[str, Callable[[], object]]]) -> int:
-    from pam_faceid.common.protocol import request_reload
+    from pam_faceid.common.protocol import DaemonError, request_reload, request_status
 
     work.chmod(0o700)
     config = _write_config(work, model_path, "off")
@@ -248,38 +223,31 @@ def _run_steps(steps: Steps, work: Path, model_path: str, sample: np.ndarray, ot
 
     with steps.step(f"starting faceidd on {socket_path} (state in {work / 'state'})") as note:
         log = work / "faceidd.log"
-        log_fh = open(log, "w")
-        proc = subprocess.Popen(_program("faceidd") + ["--config", str(config)], stdout=log_fh,
-                                stderr=subprocess.STDOUT)
+        daemon = scaffold.Daemon(config, log)
+        cleanup.append(("stopped faceidd", daemon.close))  # before it starts: an interrupt leaves none running
+        try:
+            daemon.start()
+            status = request_status(socket_path)
+        except (scaffold.ScaffoldError, DaemonError) as exc:
+            raise CommandError(f"faceidd did not start: {scaffold.last_log_line(log) or exc}", EXIT_FAILURE) from None
+        note["result"] = (f"ready, pid {status.get('pid')}, "
+                          f"model {(status.get('model') or {}).get('id') or 'loaded'}")
 
-        def stop() -> None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            log_fh.close()
-
-        cleanup.append((f"stopped faceidd (pid {proc.pid})", stop))
-        status = _wait_ready(proc, socket_path, log)
-        note["result"] = f"ready, pid {status.get('pid')}, model {(status.get('model') or {}).get('id') or 'loaded'}"
-
-    user = f"fiddemo{secrets.token_hex(3)}"
+    throwaway = scaffold.ThrowawayUser(prefix="fiddemo", comment="faceid demo")
+    user = throwaway.name
     with steps.step(f"creating throwaway user {user}") as note:
         # Undo registered first: an interrupt during useradd must not leave the user behind.
-        cleanup.append((f"deleted user {user}", lambda: subprocess.run(["userdel", "-f", user], capture_output=True)))
-        subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "-c", "faceid demo", user], check=True,
-                       capture_output=True)
-        subprocess.run(["chpasswd"], input=f"{user}:{secrets.token_urlsafe(24)}\n", text=True, check=True,
-                       capture_output=True)
+        cleanup.append((f"deleted user {user}", throwaway.remove))
+        try:
+            throwaway.create()
+        except scaffold.ScaffoldError as exc:
+            raise CommandError(str(exc), EXIT_FAILURE) from None
         note["result"] = "created (random password nobody knows)"
 
     enrol = write_folder(work / "enrol", camera_frames(sample, ENROL_FRAMES, seed=1))
     with steps.step(f"enrolling the sample person for {user}: faceid enroll {user} --from {ENROL_FRAMES} frames") \
             as note:
-        done = subprocess.run(_program("faceid") + ["--config", str(config), "enroll", user, "--from", str(enrol),
+        done = subprocess.run(scaffold.program("faceid") + ["--config", str(config), "enroll", user, "--from", str(enrol),
                                                     "--label", "demo"], capture_output=True, text=True, timeout=120)
         lines = done.stdout.strip().splitlines()
         if done.returncode:
@@ -290,7 +258,7 @@ def _run_steps(steps: Steps, work: Path, model_path: str, sample: np.ndarray, ot
     service = f"faceid-demo-{secrets.token_hex(3)}"
     service_path = Path("/etc/pam.d") / service
     with steps.step(f"writing PAM service /etc/pam.d/{service}: faceid-helper, then pam_unix") as note:
-        helper = " ".join(_program("faceid-helper"))
+        helper = " ".join(scaffold.program("faceid-helper"))
         cleanup.append((f"removed {service_path}", lambda: service_path.unlink(missing_ok=True)))  # before writing
         service_path.write_text(pamconf.insert_line("auth required pam_unix.so\naccount required pam_permit.so\n",
                                                     f"{helper} --config {config}"))  # the lines 'faceid pam' writes

@@ -97,7 +97,7 @@ def _camera(cfg: Any) -> dict[str, Any]:
 FIGURES = ("accuracy", "auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "enroll_frr_at_far_1e-3")
 """The accuracy figures shown from model.json; counts and training internals stay in --json."""
 
-SECTION_DATA = {"validation": "held-out identities of the training data"}
+SECTION_DATA = {"validation": "held-out identities of the training data (they chose the epoch)"}
 """What data each metrics section of model.json was measured on, where model.json does not say."""
 
 
@@ -112,7 +112,7 @@ def figures(meta: dict[str, Any]) -> list[dict[str, Any]]:
     for name, metrics in (meta.get("metrics") or {}).items():
         if isinstance(metrics, dict):
             data = metrics.get("data") or SECTION_DATA.get(name, "data not recorded in model.json")
-            found.append({"data": f"{name}: {data}",
+            found.append({"data": f"{name}, {data}",
                           "metrics": metrics})
     return found
 

@@ -23,17 +23,16 @@ deleted; the copy too.
 from __future__ import annotations
 
 import json
-import pwd
-import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
+
+from pam_faceid.common import scaffold
 
 PAM_DIR = Path("/etc/pam.d")
 CHECK_TIMEOUT = 60.0
@@ -65,28 +64,18 @@ class Proof:
     detail: str
 
 
-class ThrowawayUser:
-    """A local user with a random password and no login shell, deleted on exit (also on errors)."""
+class ThrowawayUser(scaffold.ThrowawayUser):
+    """The proof's user (common.scaffold's, named fidchk...); a failure to make it is a PamConfError."""
 
-    def __enter__(self) -> "ThrowawayUser":
-        self.name = f"fidchk{secrets.token_hex(5)}"
-        self.password = secrets.token_urlsafe(24)
-        run = subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "-c", "pam_faceid PAM check", self.name],
-                             capture_output=True, text=True)
-        if run.returncode:
-            raise PamConfError(f"cannot create a throwaway user to prove the password path: {run.stderr.strip()}")
+    def __init__(self) -> None:
+        super().__init__(prefix="fidchk", comment="pam_faceid PAM check")
+
+    def create(self) -> ThrowawayUser:
         try:
-            run = subprocess.run(["chpasswd"], input=f"{self.name}:{self.password}\n", capture_output=True, text=True)
-            if run.returncode:
-                raise PamConfError(f"cannot set the throwaway user's password: {run.stderr.strip()}")
-            self.uid = pwd.getpwnam(self.name).pw_uid
-        except BaseException:
-            self.__exit__()
-            raise
+            super().create()
+        except scaffold.ScaffoldError as exc:
+            raise PamConfError(f"cannot make a throwaway user to prove the password path: {exc}") from None
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        subprocess.run(["userdel", "-f", self.name], capture_output=True)
 
 
 @dataclass
@@ -151,7 +140,7 @@ def prove(copy: PrivateCopy, after: list[str], before: tuple[str, ...] = (), wri
                 "password": user.password, "before": list(before), "writes": writes or {}, "command": command,
                 "after": after, "helpers": list(helpers)}
         argv = ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-I", "-m",
-                "pam_faceid.pamstack.pamproof"]
+                "pam_faceid.pamstack.proof_child"]
         try:
             done = subprocess.run(argv, input=json.dumps(spec), capture_output=True, text=True, cwd="/",
                                   timeout=PROOF_TIMEOUT, env={"PATH": SAFE_PATH})
@@ -169,81 +158,3 @@ def prove(copy: PrivateCopy, after: list[str], before: tuple[str, ...] = (), wri
     if not result["after"]["ok"]:
         raise PamConfError(f"after the change {result['after']['detail']}")
     return result["after"]["detail"]
-
-
-# ---------------------------------------------------------------- inside the private mount namespace
-
-
-def _authenticate(service: str, user: str, uid: int, password: str) -> tuple[bool, str]:
-    """python-pam in a child whose real uid is the user (euid root, like setuid sudo), so pam_rootok is no shortcut."""
-    try:
-        done = subprocess.run([sys.executable, "-I", "-c", _CHECK_CHILD, service, user, str(uid)], input=password,
-                              capture_output=True, text=True, timeout=CHECK_TIMEOUT, cwd="/",
-                              env={"PATH": SAFE_PATH})
-    except subprocess.TimeoutExpired:
-        return False, f"PAM did not answer within {CHECK_TIMEOUT:.0f} s"
-    last = (done.stdout.strip().splitlines() or [""])[-1]
-    if done.returncode or not last[:1].isdigit():
-        return False, f"PAM check crashed: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
-    flag, _, reason = last.partition(" ")
-    return flag == "1", reason
-
-
-def _prove_services(names: list[str], spec: dict, stand_ins: bool) -> Proof:
-    """Right password accepted, wrong refused, for each service (and its stand-in variants); run side by side."""
-    from pam_faceid.pamstack import pamconf
-
-    checks: list[tuple[str, str]] = []
-    for name in names:
-        checks.append((name, ""))
-        text = (PAM_DIR / name).read_text()
-        for face, report in STAND_INS if stand_ins else ():
-            variant = pamconf.with_programs(text, face, report, tuple(spec["helpers"]))
-            if variant == text:
-                break
-            alias = f"faceid-proof-{secrets.token_hex(5)}"
-            (PAM_DIR / alias).write_text(variant)
-            checks.append((alias, f" with our lines replaced by stand-ins (face line {face}, "
-                                  f"password-used line {report})"))
-    jobs = [(service, what, password, password == spec["password"]) for service, what in checks
-            for password in (spec["password"], spec["password"] + "x")]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        answers = list(pool.map(lambda job: _authenticate(job[0], spec["user"], spec["uid"], job[2]), jobs))
-    for (_service, what, _, right), (ok, reason) in zip(jobs, answers):
-        if right and not ok:
-            return Proof(False, f"the right password was refused{what} ({reason})")
-        if not right and ok:
-            return Proof(False, f"a wrong password was accepted{what}: the stack no longer checks passwords")
-    extra = ", with the real helper and with stand-ins for it" if len(checks) > len(names) else ""
-    return Proof(True, f"proven: a right password is accepted and a wrong one refused{extra}")
-
-
-def _main() -> int:
-    """The child under ``unshare --mount``: mount the copies, prove, change, prove; one JSON line on stdout."""
-    spec = json.load(sys.stdin)
-    for copy, target in spec["mounts"]:
-        subprocess.run(["mount", "--bind", copy, target], check=True, capture_output=True)
-    result: dict[str, object] = {}
-    if spec["before"]:
-        before = _prove_services(spec["before"], spec, stand_ins=False)
-        result["before"] = before.__dict__
-        if not before.ok:
-            print(json.dumps(result))
-            return 0
-    for name, text in spec["writes"].items():
-        (PAM_DIR / name).write_text(text)
-    if spec["command"]:
-        run = subprocess.run(spec["command"], capture_output=True, text=True,
-                             env={"PATH": SAFE_PATH, "DEBIAN_FRONTEND": "noninteractive"})
-        if run.returncode:
-            result["command"] = (f"{' '.join(spec['command'])} failed: "
-                                 f"{run.stderr.strip() or run.stdout.strip()}")
-            print(json.dumps(result))
-            return 0
-    result["after"] = _prove_services(spec["after"], spec, stand_ins=True).__dict__
-    print(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())
