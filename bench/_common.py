@@ -14,9 +14,7 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +24,9 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+from pam_faceid import source_commit
+from pam_faceid.common import scaffold
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
@@ -110,7 +111,24 @@ def machine() -> dict[str, Any]:
     }
 
 
+def model_id(model: Path | str | None) -> str | None:
+    """The id faceidd gives the model in ``model`` (embedder.model_id_of), from its files alone; None if unreadable."""
+    from types import SimpleNamespace
+
+    from pam_faceid.vision.embedder import ModelError, load_metadata, model_id_of
+
+    folder = Path(model) if model else default_model()
+    try:
+        return model_id_of(SimpleNamespace(metadata=load_metadata(folder), model_dir=folder)) or None
+    except ModelError:
+        return None
+
+
 def save_json(path: Path, obj: Any) -> None:
+    """Write a result, stamped with the commit it was measured at and the id of the model it measured."""
+    if isinstance(obj, dict):
+        obj.setdefault("commit", source_commit())
+        obj.setdefault("model_id", model_id(obj.get("model")))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
@@ -148,16 +166,8 @@ def short_tmp(prefix: str = "fidb") -> Path:
 
 
 def write_config(path: Path, values: dict[str, dict[str, Any]]) -> Path:
-    """A config file the loader accepts: 0644, in a 0755 folder only root writes."""
-    import yaml
-
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o755)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(values))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
+    """A config file the loader accepts: 0644, in a 0755 folder only root writes (scaffold.write_config)."""
+    return scaffold.write_config(path, values)
 
 
 def person_images(name: str, root: Path = DEV_LFW) -> list[Path]:
@@ -180,76 +190,24 @@ def camera_folder(folder: Path, paths: Sequence[Path]) -> Path:
 
 # ---------------------------------------------------------------- the daemon
 
-class Faceidd:
-    """faceidd as a subprocess on temporary paths; ready when it sends READY=1 to our NOTIFY_SOCKET."""
+class Faceidd(scaffold.Daemon):
+    """faceidd as a subprocess on temporary paths (scaffold.Daemon): ready when it sends READY=1."""
 
     def __init__(self, base: Path, config: Path, socket_path: str, state_dir: Path,
                  env: dict[str, str] | None = None):
         self.base = base
-        self.env = env or {}
-        self.config = config
         self.socket = socket_path
         self.state_dir = state_dir
-        self.log_path = base / f"faceidd-{uuid.uuid4().hex[:6]}.log"
-        self.proc: subprocess.Popen | None = None
+        super().__init__(config, base / f"faceidd-{uuid.uuid4().hex[:6]}.log", env={**CLEAN_ENV, **(env or {})},
+                         args=["--socket", socket_path, "--state-dir", str(state_dir)])
 
-    def start(self, timeout: float = 60.0) -> "Faceidd":
-        notify_path = str(self.base / f"n{uuid.uuid4().hex[:6]}.sock")
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(notify_path)
+    def start(self, command: Sequence[str] | None = None, wait: bool = True, timeout: float = 60.0) -> "Faceidd":
         try:
-            self._log = open(self.log_path, "ab")
-            self.started = time.monotonic()
-            self.proc = subprocess.Popen(
-                [str(VENV_BIN / "faceidd"), "--config", str(self.config), "--socket", self.socket,
-                 "--state-dir", str(self.state_dir)],
-                stdout=self._log, stderr=subprocess.STDOUT,
-                env={**CLEAN_ENV, **self.env, "NOTIFY_SOCKET": notify_path},
-                start_new_session=True)
-            deadline = time.monotonic() + timeout
-            while True:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"faceidd did not get ready; log:\n{self.logs()}")
-                notify.settimeout(0.2)
-                try:
-                    if "READY=1" in notify.recv(4096).decode().split("\n"):
-                        self.ready_seconds = time.monotonic() - self.started
-                        return self
-                except socket.timeout:
-                    continue
-        finally:
-            notify.close()
-            os.unlink(notify_path)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def logs(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-        self.proc = None
-
-    def __enter__(self) -> "Faceidd":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+            super().start(command, wait, timeout)
+        except scaffold.ScaffoldError as exc:
+            raise RuntimeError(str(exc)) from None
+        self.stop_listening()  # nobody reads it from here on: sd_notify must not wait on a full queue
+        return self
 
 
 def unit_environment() -> dict[str, str]:
@@ -293,15 +251,9 @@ def cleanup_on_sigterm() -> None:
 
 @contextmanager
 def temp_user(prefix: str = "fidb") -> Iterator[str]:
-    """A fresh system user (no home, no login shell), deleted afterwards."""
-    name = f"{prefix}{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name],
-                   check=True, capture_output=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["userdel", name], capture_output=True)
-        subprocess.run(["groupdel", name], capture_output=True)
+    """A fresh system user (scaffold.ThrowawayUser: no home, no login shell), deleted afterwards."""
+    with scaffold.ThrowawayUser(prefix=prefix) as user:
+        yield user.name
 
 
 @contextmanager

@@ -20,7 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from _common import VENV_BIN, summary
+from bench._common import VENV_BIN, summary
 
 from pam_faceid.pamstack import pamconf
 

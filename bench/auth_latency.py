@@ -45,18 +45,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _sudo_race  # noqa: E402
+from bench import _sudo_race
 
 try:
     import _howdy_attempt as howdy  # dlib: the bench extra
 except ImportError as exc:
     howdy = None
     HOWDY_MISSING = str(exc)
-from _common import (BENCH, BENCH_POLICY, CLEAN_ENV, DEFAULT_OUT, PYTHON, Faceidd, camera_folder,  # noqa: E402
-                     cleanup_on_sigterm, daemon_config, default_model, embed_images, enrol, machine, pam_service,
-                     person_images, require_faces, require_model, save_json, short_tmp, summary, temp_user,
-                     unit_environment, write_config)
+from bench._common import (BENCH, BENCH_POLICY, CLEAN_ENV, DEFAULT_OUT, PYTHON, Faceidd, camera_folder,
+                           cleanup_on_sigterm, daemon_config, default_model, embed_images, enrol, machine, pam_service,
+                           person_images, require_faces, require_model, save_json, short_tmp, summary, temp_user,
+                           unit_environment, write_config)
 
 PATHS = ("daemon", "per_attempt", "howdy")
 MATCH_PATHS = ("daemon_match", "per_attempt_match")

@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DEFAULT_OUT, DEV_LFW, Faceidd, daemon_config, default_model, embed_images,  # noqa: E402
-                     machine, median, person_images, proc_memory, require_faces, require_model, save_json,
-                     short_tmp, unit_environment, write_config)
+from bench._common import (DEFAULT_OUT, DEV_LFW, Faceidd, daemon_config, default_model, embed_images,
+                           machine, median, person_images, proc_memory, require_faces, require_model, save_json,
+                           short_tmp, unit_environment, write_config)
 
-from pam_faceid.common import protocol  # noqa: E402
+from pam_faceid.common import protocol
 
 TEMPLATES_PER_USER = 5
 SESSIONS = 8

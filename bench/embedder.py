@@ -36,9 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DEFAULT_OUT, DEV_LFW, DEV_PAIRS, PYTHON, default_model, machine, median,  # noqa: E402
-                     proc_memory, require_faces, require_model, save_json)
+from bench._common import (DEFAULT_OUT, DEV_LFW, DEV_PAIRS, PYTHON, default_model, machine, median,
+                           proc_memory, require_faces, require_model, save_json)
 
 BACKENDS = ("onnx", "torch", "dlib")
 LABELS = {"onnx": "pam_faceid model, onnxruntime", "torch": "pam_faceid model, torch",

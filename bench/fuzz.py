@@ -1,6 +1,6 @@
 """Fuzz a live faceidd over its socket: 100,000 inputs, each on a fresh connection; no crash, no hang, flat memory.
 
-Inputs come from tests/fuzz_inputs.py: hypothesis draws a case (1-4
+Inputs come from bench/fuzz_inputs.py: hypothesis draws a case (1-4
 messages: valid ones with hostile fields, raw bytes, lying length and header
 lengths, JPEG, broken-JPEG and noise frames) and each case is sent as drawn
 plus --variants - 1 seeded byte-level mutations. With a model, every second
@@ -32,15 +32,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(BENCH.parent / "tests"))
-from _common import (DEFAULT_OUT, Faceidd, daemon_config, default_model, machine, person_images,  # noqa: E402
-                     require_model, save_json, short_tmp, unit_environment, write_config)
-from fuzz_inputs import FuzzFailure, cases, expand, send_to_daemon, vm_rss_kib  # noqa: E402
-from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from pam_faceid.common import protocol  # noqa: E402
+from bench._common import (DEFAULT_OUT, Faceidd, daemon_config, default_model, machine, person_images,
+                           require_model, save_json, short_tmp, unit_environment, write_config)
+from bench.fuzz_inputs import FuzzFailure, cases, expand, send_to_daemon, vm_rss_kib
+from pam_faceid.common import protocol
+
+BENCH = Path(__file__).resolve().parent
 
 CHUNK_CASES = 250
 WORKERS = 4

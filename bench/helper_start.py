@@ -23,11 +23,10 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (CLEAN_ENV, DEFAULT_OUT, PYTHON, VENV_BIN, camera_folder, machine, person_images,  # noqa: E402
-                     require_faces, save_json, short_tmp, summary, write_config)
+from bench._common import (CLEAN_ENV, DEFAULT_OUT, PYTHON, VENV_BIN, camera_folder, machine, person_images,
+                           require_faces, save_json, short_tmp, summary, write_config)
 
-from pam_faceid.common import protocol  # noqa: E402
+from pam_faceid.common import protocol
 
 BUDGET_MS = 150.0
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bench._common import machine, save_json
 from bench.spoof_set import ATTACK_KINDS, GENUINE_KINDS, KINDS, generate, read_sessions
 
 KIND_TEXT = {
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="basic,strict", help="comma-separated modes (default basic,strict)")
     parser.add_argument("--keep", action="store_true", help="keep the generated set and say where")
     parser.add_argument("--scores", action="store_true", help="also print score percentiles per kind")
+    parser.add_argument("--out", type=Path, help="also write the sessions' outcomes as JSON (bench/run_all.sh does)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cv2.setNumThreads(1)  # the cost per frame is reported for one core
@@ -217,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             print(score_summary(rows, mode))
     if made is not None and args.keep:
         print(f"\nsessions kept in {made}")
+    if args.out:
+        save_json(args.out, {"machine": machine(), "command": "bench/liveness.py " + " ".join(argv or sys.argv[1:]),
+                             "modes": modes, "sessions": rows, "table": table(rows, modes),
+                             "add_ms_median": {m: float(np.median(t)) * 1000 for m, t in times.items() if t}})
     return 0
 
 

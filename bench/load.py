@@ -40,12 +40,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DEFAULT_OUT, Faceidd, daemon_config, default_model, embed_images, enrol, machine,  # noqa: E402
-                     person_images, proc_memory, require_faces, require_model, save_json, short_tmp, summary,
-                     unit_environment, write_config)
+from bench._common import (DEFAULT_OUT, Faceidd, daemon_config, default_model, embed_images, enrol, machine,
+                           person_images, proc_memory, require_faces, require_model, save_json, short_tmp, summary,
+                           unit_environment, write_config)
 
-from pam_faceid.common import protocol  # noqa: E402
+from pam_faceid.common import protocol
 
 PERSON = "Tony_Blair"
 OTHER = "Hugo_Chavez"

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BENCH, DEFAULT_OUT  # noqa: E402
+from bench._common import BENCH, DEFAULT_OUT
 
 COLOURS = {"onnx": "tab:blue", "torch": "tab:green", "dlib": "tab:red",
            "daemon": "tab:blue", "per_attempt": "tab:orange", "howdy": "tab:red",

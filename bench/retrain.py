@@ -42,10 +42,11 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (CLEAN_ENV, DEFAULT_OUT, DEV_LFW, FACES, VENV_BIN, cleanup_on_sigterm, daemon_config,  # noqa: E402
-                     default_model, machine, median, require_faces, require_model, save_json, short_tmp,
-                     temp_user, write_config)
+from bench._common import (CLEAN_ENV, DEFAULT_OUT, DEV_LFW, FACES, cleanup_on_sigterm, daemon_config,
+                           default_model, machine, median, require_faces, require_model, save_json, short_tmp,
+                           temp_user, write_config)
+from pam_faceid.common import scaffold
+from pam_faceid.model import metrics
 
 OWNER_TRAIN = 7
 OTHERS_TRAIN = 10
@@ -95,8 +96,13 @@ def far_frr(embed, data: dict, threshold: float) -> dict:
     templates = embed(data["owner_train"])
     genuine = (embed(data["owner_test"]) @ templates.T).max(axis=1)
     impostor = (embed(data["strangers"]) @ templates.T).max(axis=1)
-    return {"threshold": float(threshold), "frr": float(np.mean(genuine < threshold)),
-            "far": float(np.mean(impostor >= threshold)), "owner_attempts": int(genuine.size),
+    return scored(genuine, impostor, threshold)
+
+
+def scored(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> dict:
+    """FAR and FRR at ``threshold`` as pam_faceid.model.metrics defines them (accepted: score >= threshold)."""
+    far, frr = metrics.rates(genuine, impostor, threshold)
+    return {"threshold": float(threshold), "frr": frr, "far": far, "owner_attempts": int(genuine.size),
             "other_attempts": int(impostor.size)}
 
 
@@ -201,9 +207,7 @@ def head_scores(embedder: Any, head: Any, templates: np.ndarray, data: dict, thr
     enrolled = head.apply(templates) if head is not None else templates
     genuine = (embed(data["owner_test"]) @ enrolled.T).max(axis=1)
     impostor = (embed(data["strangers"]) @ enrolled.T).max(axis=1)
-    return {"threshold": float(threshold), "frr": float(np.mean(genuine < threshold)),
-            "far": float(np.mean(impostor >= threshold)), "owner_attempts": int(genuine.size),
-            "other_attempts": int(impostor.size)}
+    return scored(genuine, impostor, threshold)
 
 
 def faceid_retrain_rows(model: Path, data: dict, repeats: int) -> list[dict]:
@@ -229,7 +233,7 @@ def faceid_retrain_rows(model: Path, data: dict, repeats: int) -> list[dict]:
         state_dir = base / "state"
         config = write_config(base / "etc" / "config.yaml", daemon_config(
             base, model, str(base / "run" / "faceidd.sock"), state_dir))
-        faceid = [str(VENV_BIN / "faceid"), "--config", str(config)]
+        faceid = [*scaffold.program("faceid"), "--config", str(config)]
         with temp_user() as user:
             enrolled = subprocess.run([*faceid, "enroll", user, "--from", *map(str, data["owner_train_paths"])],
                                       env=CLEAN_ENV, capture_output=True, text=True, timeout=300)

@@ -2,7 +2,7 @@
 
 The sessions themselves (what each kind is, how the camera is simulated, and
 the honest limits of the genuine stand-ins) are rendered by
-tests/spoof_sessions.py, which tests/test_liveness.py also uses; this script
+bench/spoof_sessions.py, which tests/test_liveness.py also uses; this script
 picks identities, renders ``--count`` sessions of every kind and writes them as
 JPEG frame folders with a ``manifest.json`` for bench/liveness.py.
 
@@ -25,13 +25,12 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
+from bench.spoof_sessions import (ATTACK_KINDS, GENUINE_KINDS, KINDS, Source, identities, load_sources,  # noqa: F401
+                                  make_session, still_sources)
+from pam_faceid.common.images import read_image
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FACES = REPO.parent / "shared" / "faces"
-sys.path.insert(0, str(REPO / "tests"))  # the session renderer is shared with the tests (not a package)
-
-from pam_faceid.common.images import read_image  # noqa: E402
-from spoof_sessions import (ATTACK_KINDS, GENUINE_KINDS, KINDS, Source, identities, load_sources,  # noqa: E402,F401
-                            make_session, still_sources)
 
 log = logging.getLogger("spoof_set")
 

@@ -1,6 +1,6 @@
 """Fuzzing the wire protocol: 100,000 inputs through the decoder in-process, thousands through a live faceidd.
 
-The inputs and checks are in fuzz_inputs.py; bench/fuzz.py sends 100,000 of
+The inputs and checks are in bench/fuzz_inputs.py; bench/fuzz.py sends 100,000 of
 them to a live daemon for the README figure. Here: no exception but a
 ProtocolError with a known code, no wait on a complete stream, every
 connection closed by the daemon within a bound, nothing but valid messages
@@ -18,7 +18,7 @@ import numpy as np
 from attack_support import enrol_random, jpegs, plain_policy, reading_notifications
 from faceidd_util import model_available
 from faces_support import PERSON
-from fuzz_inputs import cases, decode_stream, expand, send_to_daemon, vm_rss_kib
+from bench.fuzz_inputs import cases, decode_stream, expand, send_to_daemon, vm_rss_kib
 from hypothesis import HealthCheck, Phase, given, settings
 
 from pam_faceid.common import protocol

@@ -1,6 +1,6 @@
 """Liveness on camera sessions rendered from real photographs: photos and screens refused, a moving head live.
 
-Sessions come from tests/spoof_sessions.py (the renderer bench/spoof_set.py
+Sessions come from bench/spoof_sessions.py (the renderer bench/spoof_set.py
 writes the benchmark set with): real dev/lfw photos of faces_support.PERSON shown to
 a simulated webcam as a held print, a moved print, a screen, or as a head
 turning a few degrees through a face-shaped depth map. A live person's session
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from faces_support import OTHER_PERSON, PERSON, images_of
 from faceidd_util import enrol, require_model
-from spoof_sessions import Source, add_glare, genuine_session, load_sources, make_session
+from bench.spoof_sessions import Source, add_glare, genuine_session, load_sources, make_session
 
 from pam_faceid.common import protocol
 from pam_faceid.daemon.decision import Decision
