@@ -22,8 +22,8 @@
 #   /usr/local/sbin/faceid-helper    -> /opt/pam_faceid/bin/faceid-helper (the PAM helper)
 #   /usr/share/pam-configs/faceid    pam-auth-update profile, installed but NOT enabled ('faceid pam enable' does that)
 #   /usr/share/pam-configs/faceid-password  its companion: reports password logins (auth.require_password_after)
-#   .../site-packages/pam_faceid/helper/pam_prompt.py  the pam_python module 'faceid pam enable --service S' puts in PAM
-#                                    (checked: root-owned, writable by root only; libpam-python is installed)
+#   /opt/pam_faceid/pam/pam_prompt.py  the pam_python module 'faceid pam enable --service S' puts in PAM: a fixed
+#                                    path with no Python version in it (checked: root-owned, writable by root only)
 # Every run is idempotent: what is already in place is reused and said so.
 set -euo pipefail
 umask 022
@@ -83,6 +83,7 @@ if [[ -n $ROOT ]]; then
 fi
 
 PREFIX="$ROOT/opt/pam_faceid"
+PROMPT_MODULE="$PREFIX/pam/pam_prompt.py"   # pamconf.INSTALLED_PROMPT_MODULE: the venv's prefix + pam/pam_prompt.py
 INSTALL_STATE="$PREFIX/.install"       # what this script installed, read back by --uninstall
 ETC="$ROOT/etc/pam_faceid"
 STATE="$ROOT/var/lib/pam_faceid"
@@ -288,11 +289,20 @@ install_links() {
     done
 }
 
-# pam_python runs whatever script a PAM line names, as root, even one others can write: make sure ours is safe.
-check_prompt_module() {
+# pam_python runs whatever script a PAM line names, as root, even one others can write: install ours at a fixed
+# path (a Python upgrade moves site-packages, not this) and make sure it is safe.
+install_prompt_module() {
     local module why
-    [[ -z $ROOT ]] && ((EUID == 0)) || return 0
+    install -d -m 0755 "${OWN[@]}" "$(dirname "$PROMPT_MODULE")"
+    if cmp -s "$SRC/pam_faceid/helper/pam_prompt.py" "$PROMPT_MODULE"; then
+        step "PAM module $PROMPT_MODULE present"
+    else
+        step "installing PAM module $PROMPT_MODULE (0644 root)"
+        install -m 0644 "${OWN[@]}" "$SRC/pam_faceid/helper/pam_prompt.py" "$PROMPT_MODULE"
+    fi
+    ((EUID == 0)) || return 0
     module="$("$PREFIX/bin/python" -I -c 'from pam_faceid.pamstack import pamconf; print(pamconf.PROMPT_MODULE)')"
+    [[ $module == "$PROMPT_MODULE" ]] || die "the installed package names $module, not $PROMPT_MODULE"
     if why="$("$PREFIX/bin/python" -I -c 'import sys
 from pam_faceid.helper.pam_prompt import unsafe_path
 why = unsafe_path(sys.argv[1])
@@ -409,7 +419,7 @@ system_install() {
     fi
     install -d -m 0700 "${OWN[@]}" "$STATE"
     chmod 0700 "$STATE"
-    check_prompt_module
+    install_prompt_module
     install_links
     install_pam_profile
     install_units

@@ -132,8 +132,19 @@ def test_system_install_layout_idempotence_and_uninstall(source: Path, root: Pat
     for name in units:
         assert (root / "etc/systemd/system" / name).read_bytes() == (source / "systemd" / name).read_bytes()
 
+    # The pam_python module at a fixed path without the Python version, owned and checked by install.sh, and the
+    # one the installed package's `faceid pam enable` writes into PAM.
+    module = prefix / "pam" / "pam_prompt.py"
+    assert module.read_bytes() == (source / "pam_faceid" / "helper" / "pam_prompt.py").read_bytes()
+    assert _mode(module) == 0o644 and module.stat().st_uid == 0 and _mode(module.parent) == 0o755
+    assert f"PAM module {module}: root-owned, writable by root only" in out, out
+    named = subprocess.run([str(prefix / "bin" / "python"), "-I", "-c", "from pam_faceid.pamstack import pamconf; "
+                            "print(pamconf.face_line('/x/faceid-helper', 'sufficient', pamconf.FaceStart('race')))"],
+                           capture_output=True, text=True, cwd="/")
+    assert f"pam_python.so {module} helper=/x/faceid-helper" in named.stdout, named.stdout + named.stderr
+
     again = _run("--root", str(root), src=source).stdout
-    assert "pip install" not in again and "creating venv" not in again
+    assert "pip install" not in again and "creating venv" not in again and f"PAM module {module} present" in again
     assert "already installed" in again and "reusing venv" in again
 
     (state / "users").mkdir()

@@ -60,8 +60,12 @@ def helper_path() -> str:
     return str(Path(sys.executable).parent / HELPER_NAME)
 
 
-PROMPT_MODULE = Path(__file__).parent.parent / "helper" / "pam_prompt.py"
-"""The pam_python module (face or password, whichever comes first); root-owned 0644 inside the installed package."""
+INSTALLED_PROMPT_MODULE = Path(sys.prefix) / "pam" / "pam_prompt.py"
+"""Where install.sh puts the pam_python module (/opt/pam_faceid/pam/pam_prompt.py): a fixed path with no Python
+version in it, so a Python upgrade that moves site-packages cannot turn face unlock off. install.sh owns it."""
+PROMPT_MODULE = INSTALLED_PROMPT_MODULE if INSTALLED_PROMPT_MODULE.is_file() else \
+    Path(__file__).parent.parent / "helper" / "pam_prompt.py"
+"""The module the PAM lines name: the installed one, else (a development checkout) the package's own file."""
 PAM_PYTHON_SO = ("/lib/security/pam_python.so", "/usr/lib/x86_64-linux-gnu/security/pam_python.so",
                  "/usr/lib/security/pam_python.so")
 STARTS = ("race", "enter", "exec")
