@@ -14,10 +14,10 @@ import json
 import sys
 import time
 
-from pam_faceid.vision.camera import FrameSource
+from pam_faceid.camera import FrameSource
 from pam_faceid.daemon.decision import Decision
 from pam_faceid.daemon.engine import load_state
-from pam_faceid.vision.camera import encode_jpeg
+from pam_faceid.camera import encode_jpeg
 
 
 def main() -> int:

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from pam_faceid.vision import camera
+from pam_faceid import camera
 from pam_faceid.helper import main as helper
 
 _opened: list[float] = []

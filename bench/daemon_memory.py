@@ -135,7 +135,7 @@ def one_round(model: Path, vectors: np.ndarray, embedder: object, frames: list[b
 
 def run(model: Path, repeats: int, load_seconds: float, stranger: str) -> dict:
     from pam_faceid.common.images import read_image
-    from pam_faceid.vision.camera import encode_jpeg
+    from pam_faceid.camera import encode_jpeg
 
     require_faces()
     require_model(model)

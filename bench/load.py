@@ -54,10 +54,10 @@ FRAMES = 4
 
 
 def jpeg_frames(paths: list[Path]) -> list[bytes]:
-    """Frames as the helper sends them (pam_faceid.vision.camera.encode_jpeg: <= 640 px, JPEG quality 85)."""
+    """Frames as the helper sends them (pam_faceid.camera.encode_jpeg: <= 640 px, JPEG quality 85)."""
     import cv2
 
-    from pam_faceid.vision.camera import encode_jpeg
+    from pam_faceid.camera import encode_jpeg
 
     return [encode_jpeg(cv2.imread(str(p))) for p in paths]
 

@@ -226,7 +226,7 @@ def faceid_retrain_rows(model: Path, data: dict, repeats: int) -> list[dict]:
     from pam_faceid.vision.embedder import Embedder
     from pam_faceid.model.retrain import RetrainConfig, augmented_captures, retrain
     from pam_faceid.common.store import Store
-    from pam_faceid.vision.userhead import head_dir, load_head
+    from pam_faceid.common.userhead import head_dir, load_head
 
     base = short_tmp()
     try:

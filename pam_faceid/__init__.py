@@ -7,10 +7,11 @@ are the roles, and their import direction is a contract the tests check
 - ``cli``: faceid, the admin commands, one module each;
 - ``model`` (building and measuring models) and ``pamstack`` (editing /etc/pam.d);
 - ``daemon`` (faceidd) and ``helper`` (the PAM side), which never import each other;
-- ``vision``: camera, faces, embedder, liveness, the per-user head;
-- ``common``: the shared contracts: config, protocol, store, images, atomic writes.
+- ``vision``: faces, embedder, liveness;
+- ``camera``: frame sources (V4L2, video files, image folders), all the helper may see of vision;
+- ``common``: the shared contracts: config, protocol, store (and per-user heads), images, atomic writes.
 
-The helper imports only ``common`` and ``vision.camera``, so it never pulls
+The helper imports only ``common`` and ``camera``, so it never pulls
 numpy, onnxruntime or torch at start-up.
 """
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from faces_support import PERSON
-from pam_faceid.vision import camera
+from pam_faceid import camera
 from pam_faceid.common import protocol
-from pam_faceid.vision.camera import CameraError, FrameSource, open_source
+from pam_faceid.camera import CameraError, FrameSource, open_source
 
 
 def _grey(path: Path) -> np.ndarray:
@@ -269,7 +269,7 @@ def test_from_config_applies_rotation_and_threshold(person_images, make_image_fo
 
 def test_camera_module_stays_light():
     """The PAM helper imports camera: no torch or onnxruntime, and not even OpenCV or numpy until a frame is decoded."""
-    code = ("import sys, pam_faceid.vision.camera; "
+    code = ("import sys, pam_faceid.camera; "
             "bad = [m for m in ('torch', 'onnxruntime', 'cv2', 'numpy', 'pam_faceid.vision.faces', 'pam_faceid.vision.embedder') "
             "if m in sys.modules]; sys.exit(', '.join(bad) or None)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -334,7 +334,7 @@ def test_jpeg_frames_of_a_folder_stop_at_the_timeout(person_images, make_image_f
 
 def test_sending_a_jpeg_folder_loads_neither_opencv_nor_numpy(person_images, make_image_folder):
     folder = make_image_folder(person_images(PERSON, limit=3))
-    code = ("import sys; from pam_faceid.vision.camera import open_source\n"
+    code = ("import sys; from pam_faceid.camera import open_source\n"
             f"frames = list(open_source({str(folder)!r}).jpeg_frames())\n"
             "assert len(frames) == 3, len(frames)\n"
             "sys.exit(', '.join(m for m in ('cv2', 'numpy') if m in sys.modules) or None)")

@@ -148,7 +148,7 @@ def test_enrolment_and_head_from_the_old_model_are_refused_and_named(cli_env, da
     the daemon skips the user, faceid list and status say who must re-enrol, enrol refuses to mix."""
     from pam_faceid.common.protocol import Client, hello_fields, request_reload
     from pam_faceid.common.store import Store
-    from pam_faceid.vision.userhead import UserHead, save_head
+    from pam_faceid.common.userhead import UserHead, save_head
 
     config, _camera = cli_env
     user = temp_user.name

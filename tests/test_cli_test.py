@@ -93,7 +93,7 @@ def test_agrees_with_a_real_login_for_a_user_with_a_per_user_head(enrolled, pers
     from pam_faceid.vision.embedder import model_id_of
     from pam_faceid.vision.embedder import Embedder
     from pam_faceid.common.protocol import request_reload
-    from pam_faceid.vision.userhead import UserHead, save_head
+    from pam_faceid.common.userhead import UserHead, save_head
 
     config, user = enrolled
     impostor = make_image_folder(person_images(OTHER_PERSON)[:4])

@@ -449,7 +449,7 @@ def test_per_user_head_is_used_when_present_and_ignored_when_unsafe(model_daemon
     that it is applied. Made for another base model, or writable by others, it
     is ignored and the user is scored by the base model again.
     """
-    from pam_faceid.vision.userhead import UserHead, head_dir, save_head
+    from pam_faceid.common.userhead import UserHead, head_dir, save_head
 
     d = model_daemon
     status = protocol.request_status(d.socket)

@@ -107,7 +107,7 @@ def test_system_install_layout_idempotence_and_uninstall(source: Path, root: Pat
     for script in ("faceid", "faceidd", "faceid-helper"):
         assert os.access(prefix / "bin" / script, os.X_OK)
 
-    nobody = subprocess.run([str(prefix / "bin" / "python"), "-I", "-c", "import pam_faceid.vision.camera"],
+    nobody = subprocess.run([str(prefix / "bin" / "python"), "-I", "-c", "import pam_faceid.camera"],
                             capture_output=True, text=True, user="nobody", group="nogroup", cwd="/")
     assert nobody.returncode == 0, f"nobody cannot run the installed package: {nobody.stderr}"
 

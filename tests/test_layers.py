@@ -51,8 +51,10 @@ def test_every_role_keeps_its_import_direction():
     ("common/protocol.py", "from pam_faceid.vision import embedder", "pam_faceid.common.protocol -> pam_faceid.vision"),
     # The daemon and the helper are siblings: neither imports the other.
     ("daemon/server.py", "from pam_faceid.helper import caller", "pam_faceid.daemon.server -> pam_faceid.helper"),
-    # The helper loading the face pipeline, even through the camera, is refused.
-    ("vision/camera.py", "from pam_faceid.vision import faces", "pam_faceid.vision.camera -> pam_faceid.vision.faces"),
+    # The camera reaching up into the face pipeline breaks the layers (and would load it at every login).
+    ("camera.py", "from pam_faceid.vision import faces", "pam_faceid.camera -> pam_faceid.vision"),
+    # The helper loading any of vision is refused by its own contract.
+    ("helper/main.py", "from pam_faceid.vision import embedder", "pam_faceid.helper.main -> pam_faceid.vision"),
     # ... and so is torch anywhere on its path.
     ("helper/caller.py", "import torch", "pam_faceid.helper.caller -> torch"),
     # The pure decision reaching back up to a session's sockets breaks the daemon's layers.

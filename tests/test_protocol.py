@@ -161,7 +161,7 @@ def test_frame_problem_takes_what_cameras_cv2_and_pillow_write():
 
     from PIL import Image
 
-    from pam_faceid.vision import camera
+    from pam_faceid import camera
 
     colour = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)
     options = [[], [cv2.IMWRITE_JPEG_QUALITY, 100], [cv2.IMWRITE_JPEG_OPTIMIZE, 1], [cv2.IMWRITE_JPEG_RST_INTERVAL, 1],

@@ -109,7 +109,7 @@ def _enrol(state: Path, vectors: np.ndarray, model_id: str, user: str = "root") 
 
 
 def _head(model_id: str, seed: int, threshold: float = 0.5):
-    from pam_faceid.vision.userhead import UserHead
+    from pam_faceid.common.userhead import UserHead
 
     rng = np.random.default_rng(seed)
     return UserHead(np.eye(128, dtype=np.float32) + rng.normal(0, 0.01, (128, 128)).astype(np.float32),
@@ -118,7 +118,7 @@ def _head(model_id: str, seed: int, threshold: float = 0.5):
 
 def test_head_starts_as_identity(captures: np.ndarray, model: tuple[Path, str, np.ndarray]) -> None:
     from pam_faceid.model.retrain import RetrainConfig, fit_head
-    from pam_faceid.vision.userhead import UserHead
+    from pam_faceid.common.userhead import UserHead
 
     np.testing.assert_allclose(UserHead.identity().apply(captures), captures, atol=1e-6)
     untrained, _ = fit_head(captures[:7], model[2][:200], RetrainConfig(epochs=0), progress=False)
@@ -127,13 +127,13 @@ def test_head_starts_as_identity(captures: np.ndarray, model: tuple[Path, str, n
 
 
 def test_runtime_module_does_not_import_torch() -> None:
-    code = "import sys, pam_faceid.vision.userhead; sys.exit('torch' in sys.modules)"
+    code = "import sys, pam_faceid.common.userhead; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 
 def _collapsed(model_id: str):
     """A head that maps every face to one vector: every score ties, so it refuses every genuine probe (FRR 1)."""
-    from pam_faceid.vision.userhead import UserHead
+    from pam_faceid.common.userhead import UserHead
 
     return UserHead(np.zeros((128, 128), np.float32), np.eye(128, dtype=np.float32)[0], 0.5, model_id)
 
@@ -141,7 +141,7 @@ def _collapsed(model_id: str):
 def _enrolled_root(tmp_path: Path, model: tuple[Path, str, np.ndarray], captures: np.ndarray,
                    head=None) -> Path:
     """The config of a tmp_path/state where root is enrolled from ``captures`` (and holds ``head``, if given)."""
-    from pam_faceid.vision.userhead import save_head
+    from pam_faceid.common.userhead import save_head
 
     if os.geteuid() != 0:
         pytest.skip("faceid retrain needs root")
@@ -155,7 +155,7 @@ def _enrolled_root(tmp_path: Path, model: tuple[Path, str, np.ndarray], captures
 def test_retrain_command_on_10_real_captures_under_60s(tmp_path: Path, model: tuple[Path, str, np.ndarray],
                                                        captures: np.ndarray) -> None:
     """With the base model alone every held-out capture of this person already passes: no new head can do better."""
-    from pam_faceid.vision.userhead import HEAD_FILE, head_dir, load_head
+    from pam_faceid.common.userhead import HEAD_FILE, head_dir, load_head
 
     model_id = model[1]
     config = _enrolled_root(tmp_path, model, captures)
@@ -175,7 +175,7 @@ def test_retrain_command_on_10_real_captures_under_60s(tmp_path: Path, model: tu
 def test_retrain_command_replaces_a_head_that_refuses_everyone(tmp_path: Path, model: tuple[Path, str, np.ndarray],
                                                                captures: np.ndarray) -> None:
     """Against a current head with FRR 1 the trained head (FRR 0 on this person's held-out captures) is kept."""
-    from pam_faceid.vision.userhead import load_head, read_head
+    from pam_faceid.common.userhead import load_head, read_head
 
     model_id, state = model[1], tmp_path / "state"
     done = _faceid(_enrolled_root(tmp_path, model, captures, head=_collapsed(model_id)), "retrain", "root")
@@ -204,7 +204,7 @@ def _bank_faces(count: int) -> np.ndarray:
 
 
 def _drop_e1(model_id: str = ""):
-    from pam_faceid.vision.userhead import UserHead
+    from pam_faceid.common.userhead import UserHead
 
     weight = np.eye(128, dtype=np.float32)
     weight[1, 1] = 0.0
@@ -233,7 +233,7 @@ def test_decide_keeps_only_a_lower_frr(before: float, after: float, kept: bool) 
 
 def test_measure_scores_synthetic_heads_as_worked_out() -> None:
     from pam_faceid.model.retrain import decide, measure
-    from pam_faceid.vision.userhead import UserHead
+    from pam_faceid.common.userhead import UserHead
 
     enrolled, probes, bank = np.stack([U, U]), np.stack([U, V, V, V]), _bank_faces(500)
     base = measure(UserHead.identity(), enrolled, probes, bank, 1e-3)
@@ -277,7 +277,7 @@ def test_retrain_decides_on_the_held_out_captures(current: str | None, before: f
 def test_rejected_head_leaves_current_head_untouched(tmp_path: Path, model: tuple[Path, str, np.ndarray],
                                                      captures: np.ndarray) -> None:
     """A saved head that passes every held-out capture (the identity does, for this person) cannot be beaten."""
-    from pam_faceid.vision.userhead import HEAD_FILE, PREV_FILE, UserHead, head_dir
+    from pam_faceid.common.userhead import HEAD_FILE, PREV_FILE, UserHead, head_dir
 
     config = _enrolled_root(tmp_path, model, captures, head=UserHead.identity(threshold=0.9, model_id=model[1]))
     folder = head_dir(tmp_path / "state", "root")
@@ -291,7 +291,7 @@ def test_rejected_head_leaves_current_head_untouched(tmp_path: Path, model: tupl
 
 
 def test_revert_swaps_with_previous_head(tmp_path: Path) -> None:
-    from pam_faceid.vision.userhead import HeadError, read_head, revert_head, save_head
+    from pam_faceid.common.userhead import HeadError, read_head, revert_head, save_head
 
     state = tmp_path / "state"
     with pytest.raises(HeadError, match="no per-user head"):
@@ -309,7 +309,7 @@ def test_revert_swaps_with_previous_head(tmp_path: Path) -> None:
 
 
 def test_revert_command_back_to_base_model(tmp_path: Path, model: tuple[Path, str, np.ndarray]) -> None:
-    from pam_faceid.vision.userhead import read_head, save_head
+    from pam_faceid.common.userhead import read_head, save_head
 
     if os.geteuid() != 0:
         pytest.skip("faceid retrain needs root")
@@ -325,21 +325,21 @@ def test_revert_command_back_to_base_model(tmp_path: Path, model: tuple[Path, st
 
 
 def test_head_for_another_model_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from pam_faceid.vision.userhead import load_head, save_head
+    from pam_faceid.common.userhead import load_head, save_head
 
     save_head(tmp_path, "alice", _head("old-model", 4))
     assert load_head(tmp_path, "alice", "old-model") is not None
-    with caplog.at_level(logging.WARNING, logger="pam_faceid.vision.userhead"):
+    with caplog.at_level(logging.WARNING, logger="pam_faceid.common.userhead"):
         assert load_head(tmp_path, "alice", "new-model") is None
     assert "made for base model 'old-model'" in caplog.text
 
 
 def test_unsafe_or_corrupt_head_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from pam_faceid.vision.userhead import HEAD_FILE, head_dir, load_head, save_head
+    from pam_faceid.common.userhead import HEAD_FILE, head_dir, load_head, save_head
 
     save_head(tmp_path, "alice", _head("m", 5))
     path = head_dir(tmp_path, "alice") / HEAD_FILE
-    with caplog.at_level(logging.WARNING, logger="pam_faceid.vision.userhead"):
+    with caplog.at_level(logging.WARNING, logger="pam_faceid.common.userhead"):
         path.chmod(0o644)
         assert load_head(tmp_path, "alice", "m") is None
         path.chmod(0o600)
@@ -350,7 +350,7 @@ def test_unsafe_or_corrupt_head_is_ignored(tmp_path: Path, caplog: pytest.LogCap
 
 
 def test_atomic_writes_leave_no_temp_files(tmp_path: Path) -> None:
-    from pam_faceid.vision.userhead import HEAD_FILE, HeadError, head_dir, read_head, revert_head, save_head
+    from pam_faceid.common.userhead import HEAD_FILE, HeadError, head_dir, read_head, revert_head, save_head
 
     for seed in range(3):
         save_head(tmp_path, "alice", _head("m", seed))

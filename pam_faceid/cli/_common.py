@@ -223,7 +223,7 @@ def frames_from(paths: Iterable[str], wanted: int | None = None) -> Iterator[Fra
     A path that is none of those is a one-line CommandError; an unreadable file
     inside a folder is reported and skipped.
     """
-    from pam_faceid.vision.camera import CameraError, open_source
+    from pam_faceid.camera import CameraError, open_source
     from pam_faceid.common.images import IMAGE_SUFFIXES, read_image
 
     for path in paths:
@@ -255,7 +255,7 @@ def frames_from(paths: Iterable[str], wanted: int | None = None) -> Iterator[Fra
 
 def frames_from_camera(cfg: Any, timeout: float = CAMERA_TIMEOUT) -> Iterator[Frame]:
     """Frames of camera.device until it ends or ``timeout`` seconds pass."""
-    from pam_faceid.vision.camera import CameraError, FrameSource
+    from pam_faceid.camera import CameraError, FrameSource
 
     try:
         source = FrameSource.from_config(cfg.camera)

@@ -65,7 +65,7 @@ def _describe(head: Any) -> str:
 
 
 def _revert(cfg: object, user: str) -> int:
-    from pam_faceid.vision.userhead import HeadError, revert_head
+    from pam_faceid.common.userhead import HeadError, revert_head
 
     try:
         now, before = revert_head(cfg.daemon.state_dir, user)  # type: ignore[attr-defined]
@@ -79,7 +79,7 @@ def _revert(cfg: object, user: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Load captures and bank, train, judge, keep or not, reload."""
     from pam_faceid.model import negatives
-    from pam_faceid.vision import userhead
+    from pam_faceid.common import userhead
     from pam_faceid.model.retrain import MIN_CAPTURES, RetrainConfig, augmented_captures, retrain
     from pam_faceid.common.store import StoreError
 

@@ -76,7 +76,7 @@ def _daemon(cfg: Any) -> dict[str, Any]:
 
 
 def _camera(cfg: Any) -> dict[str, Any]:
-    from pam_faceid.vision.camera import CameraError, FrameSource
+    from pam_faceid.camera import CameraError, FrameSource
 
     info: dict[str, Any] = {"device": cfg.camera.device}
     started = time.monotonic()
@@ -141,7 +141,7 @@ def _enrolments(cfg: Any) -> dict[str, Any]:
         good, bad = common.open_store(cfg).load_all()
     except StoreError as exc:
         return {"error": str(exc)}
-    from pam_faceid.vision.userhead import HeadError, read_head
+    from pam_faceid.common.userhead import HeadError, read_head
 
     current = common.current_model_id(cfg) or ""
     users: dict[str, dict[str, Any]] = {}

@@ -93,7 +93,7 @@ SERVICE = "faceid-test"
 
 def _jpeg_frames(args: argparse.Namespace, cfg: Any) -> Iterator[tuple[bytes, str]]:
     """(JPEG, where) of each frame: --from files encoded as the helper encodes a camera's, else the helper's source."""
-    from pam_faceid.vision.camera import CameraError, FrameSource, encode_jpeg
+    from pam_faceid.camera import CameraError, FrameSource, encode_jpeg
 
     if args.sources:
         for frame in common.frames_from(args.sources, args.frames):

@@ -21,7 +21,7 @@ import numpy as np
 from pam_faceid.common import protocol
 from pam_faceid.common.config import Config, load_config
 from pam_faceid.common.store import Enrolment, Store, StoreError
-from pam_faceid.vision.userhead import UserHead, load_head
+from pam_faceid.common.userhead import UserHead, load_head
 
 log = logging.getLogger("faceidd")
 

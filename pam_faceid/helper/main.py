@@ -50,7 +50,7 @@ from typing import Any, Mapping, NoReturn
 
 from pam_faceid.helper import caller
 from pam_faceid.common import protocol
-from pam_faceid.vision.camera import CameraError, FrameSource, sends_as_is
+from pam_faceid.camera import CameraError, FrameSource, sends_as_is
 from pam_faceid.common.config import ConfigError, load_config
 
 EXIT_MATCH = 0

@@ -41,7 +41,7 @@ def load_network(weights: str | None = None, dat: Path | None = None):
     """
     import torch
 
-    from pam_faceid.model import resnet
+    from pam_faceid.vision import resnet
 
     path, version = (Path(dat), "unknown (file given with --dat)") if dat else dlib_format.package_dat()
     net = dlib_format.read(path)
@@ -96,7 +96,7 @@ def export_onnx(model, size: int = SIZE) -> bytes:
     import torch
     from onnx import TensorProto, helper, numpy_helper
 
-    from pam_faceid.model.resnet import folded
+    from pam_faceid.vision.resnet import folded
 
     buf = io.BytesIO()
     with warnings.catch_warnings():

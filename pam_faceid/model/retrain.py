@@ -1,7 +1,7 @@
 """Per-user retraining (faceid retrain): the seed's per-user Siamese training, done in seconds on stored vectors.
 
 The seed trained a whole network per user for hours on 7 owner and 10 other
-images. Here only the user's head (pam_faceid.vision.userhead: W initialised to
+images. Here only the user's head (pam_faceid.common.userhead: W initialised to
 the identity, b to 0, then L2 normalisation) is fine-tuned, on the user's
 stored BASE embeddings, so no image is needed and 10 captures take seconds:
 
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from pam_faceid.model.metrics import rates, threshold_at_far
-from pam_faceid.vision.userhead import UserHead
+from pam_faceid.common.userhead import UserHead
 
 MIN_CAPTURES = 4
 """Two to train on (an anchor needs a positive) and two to judge the result with."""

@@ -229,7 +229,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Fine-tune, pick the best epoch on held-out identities, write weights.pt and report.json."""
     from tqdm import tqdm
 
-    from pam_faceid.model import resnet
+    from pam_faceid.vision import resnet
     from pam_faceid.model.convert import load_network
 
     started = time.time()

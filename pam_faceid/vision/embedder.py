@@ -167,7 +167,7 @@ class Embedder:
     def _load_torch(self, threads: int):
         import torch
 
-        from pam_faceid.model.resnet import from_onnx
+        from pam_faceid.vision.resnet import from_onnx
 
         torch.set_num_threads(threads)
         try:

@@ -11,13 +11,12 @@ model.json, not here.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from pam_faceid.model.dlib_format import DlibNetwork
 
 # (channels, downsampling blocks, plain blocks) per level, bottom-up, after the 32-channel stem.
 LEVELS = ((32, 0, 3), (64, 1, 3), (128, 1, 2), (256, 1, 2), (256, 1, 0))
@@ -100,8 +99,8 @@ class DlibResNet(nn.Module):
         return out
 
 
-def from_dlib(net: DlibNetwork) -> DlibResNet:
-    """The torch module holding exactly the file's weights."""
+def from_dlib(net: Any) -> DlibResNet:
+    """The torch module holding exactly the weights of dlib's file (a model.dlib_format.DlibNetwork)."""
     model = DlibResNet()
     stored = [w for layer, w in zip(net.layers, net.weights) if layer.kind in ("con", "affine")]
     targets = model.convs_and_affines()
