@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pam_faceid.model import negatives
-from pam_faceid.model.evaluate import EvaluateError, scan_dataset
+from pam_faceid.model.dataset import DatasetError, scan_dataset
 from pam_faceid.model.dataset import scan_labelled
 
 
@@ -46,7 +46,7 @@ def test_every_caller_sees_the_same_sorted_images(crafted: Path) -> None:
 
 def test_a_tree_without_identities_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(b"x")
-    with pytest.raises(EvaluateError, match="no identity folders"):
+    with pytest.raises(DatasetError, match="no identity folders"):
         scan_labelled(tmp_path)
     with pytest.raises(negatives.NegativesError, match="no identity folders"):
         negatives.image_files(tmp_path, 5)

@@ -246,10 +246,10 @@ def test_enrol_needs_a_threshold_and_k(tmp_path):
 
 
 def test_missing_or_empty_dataset_is_one_line(tmp_path):
-    with pytest.raises(ev.EvaluateError, match="does not exist"):
+    with pytest.raises(ev.DatasetError, match="does not exist"):
         ev.scan_dataset(tmp_path / "nope")
     (tmp_path / "loose.jpg").write_bytes(b"x")
-    with pytest.raises(ev.EvaluateError, match="no identity folders"):
+    with pytest.raises(ev.DatasetError, match="no identity folders"):
         ev.scan_dataset(tmp_path)
 
 

@@ -174,7 +174,8 @@ def _set_threshold(model: Path, result: dict, args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model, run the protocols, print a table or one JSON object."""
-    from pam_faceid.model.evaluate import EvaluateError, evaluate, parse_pairs, scan_dataset, show_path, to_json
+    from pam_faceid.model.dataset import DatasetError, scan_dataset, show_path
+    from pam_faceid.model.evaluate import evaluate, parse_pairs, to_json
 
     if args.workers < 1:
         raise CommandError(f"--workers needs N >= 1, got {args.workers}", EXIT_USAGE)
@@ -191,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         if args.pairs is not None:
             parse_pairs(args.pairs)
         scan_dataset(args.dataset)
-    except EvaluateError as exc:
+    except DatasetError as exc:  # EvaluateError (a bad pairs file) is one
         raise CommandError(str(exc), EXIT_USAGE) from None
 
     loaded = time.perf_counter()
@@ -207,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = evaluate(args.dataset, embed, pairs=args.pairs, enroll=args.enroll, threshold=threshold,
                           workers=args.workers, progress=not args.json and sys.stderr.isatty())
-    except EvaluateError as exc:
+    except DatasetError as exc:  # EvaluateError (a bad pairs file) is one
         raise CommandError(str(exc), EXIT_USAGE) from None
     result["model_load_seconds"] = load_seconds
     result["flip"] = bool(args.flip or getattr(embedder, "flip", False))

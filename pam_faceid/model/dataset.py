@@ -1,6 +1,7 @@
-"""Labelled face folders on disk -> aligned crops, cached.
+"""Labelled face folders: the one scanner of ``ROOT/IDENTITY/IMAGE``, and aligned crops, cached.
 
-Training and the template fit read folders laid out ``ROOT/IDENTITY/IMAGE``.
+Evaluation, training, the template fit and the negative bank read folders laid out ``ROOT/IDENTITY/IMAGE``
+through ``scan_dataset`` (two levels, nothing recursed or followed, every oddity skipped and counted).
 Every image is detected and aligned once by ``faces.FacePipeline`` (the
 same code authentication uses, with the model's input spec) and the crops
 are cached in one ``.npz`` per folder and spec, so later runs pay nothing
@@ -12,12 +13,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
+from pam_faceid.common.images import IMAGE_SUFFIXES, entry_kind
 from pam_faceid.vision.embedder import InputSpec
 
 log = logging.getLogger(__name__)
@@ -25,10 +28,96 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 2
 
 
-def scan_labelled(root: Path) -> list[tuple[Path, str]]:
-    """(image, identity) for every image in ROOT/IDENTITY/, sorted by name (evaluate.scan_dataset's rules)."""
-    from pam_faceid.model.evaluate import scan_dataset
+class DatasetError(ValueError):
+    """A face folder that cannot be read as DATASET/IDENTITY/IMAGE: one line for the user."""
 
+
+def show_path(path: Path | str) -> str:
+    """Path text safe to print: undecodable bytes in file names become escapes instead of crashing the output."""
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@dataclass
+class Dataset:
+    """The candidate image files of ``root``, by identity, sorted by file name; what was skipped, by reason."""
+
+    root: Path
+    identities: dict[str, list[Path]]
+    skipped: Counter = field(default_factory=Counter)
+
+    @property
+    def files(self) -> int:
+        return sum(len(paths) for paths in self.identities.values())
+
+    def images(self) -> dict[str, list[Path]]:
+        """The identities' files with an image suffix (training and the negative bank read only those)."""
+        named = ((name, [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES])
+                 for name, paths in self.identities.items())
+        return {name: paths for name, paths in named if paths}
+
+
+def _sorted_entries(folder: Path) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
+def scan_dataset(root: Path | str) -> Dataset:
+    """List ``root/IDENTITY/FILE`` without reading any image; raise DatasetError when there is nothing in it.
+
+    Only two levels are looked at, so nested folders and symlink loops cannot
+    recurse; they and other non-files are skipped and counted by reason.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"dataset folder {show_path(root)} does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"{show_path(root)} is not a folder (expected DATASET/IDENTITY/IMAGE)")
+    try:
+        names = _sorted_entries(root)
+    except OSError as exc:
+        raise DatasetError(f"cannot list dataset folder {show_path(root)}: {exc.strerror}") from None
+    identities: dict[str, list[Path]] = {}
+    skipped: Counter = Counter()
+    identity_dirs = 0
+    for name in names:
+        path = root / name
+        if name.startswith("."):
+            skipped["hidden entry"] += 1
+            continue
+        kind = entry_kind(path)
+        if kind == "file":
+            skipped["file outside an identity folder"] += 1
+            continue
+        if kind != "dir":
+            skipped[kind] += 1
+            continue
+        identity_dirs += 1
+        try:
+            entries = _sorted_entries(path)
+        except OSError as exc:
+            skipped[f"unreadable identity folder ({exc.strerror})"] += 1
+            continue
+        files = []
+        for entry in entries:
+            file_path = path / entry
+            if entry.startswith("."):
+                skipped["hidden entry"] += 1
+                continue
+            kind = entry_kind(file_path)
+            if kind == "file":
+                files.append(file_path)
+            elif kind == "dir":
+                skipped["nested folder"] += 1
+            else:
+                skipped[kind] += 1
+        if files:
+            identities[name] = files
+    if identity_dirs == 0:
+        raise DatasetError(f"no identity folders in {show_path(root)} (expected DATASET/IDENTITY/IMAGE)")
+    return Dataset(root=root, identities=identities, skipped=skipped)
+
+
+def scan_labelled(root: Path) -> list[tuple[Path, str]]:
+    """(image, identity) for every image in ROOT/IDENTITY/, sorted by name (scan_dataset's rules)."""
     return [(image, name) for name, images in scan_dataset(root).images().items() for image in images]
 
 

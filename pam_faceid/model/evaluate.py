@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import threading
 import time
@@ -28,7 +27,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from pam_faceid.common.images import IMAGE_SUFFIXES, ImageError, entry_kind, load_image
+from pam_faceid.common.images import ImageError, load_image
+from pam_faceid.model.dataset import Dataset, DatasetError, scan_dataset, show_path
 from pam_faceid.model.metrics import acceptance, allowed_impostors, far_key, tar_at_far, threshold_at_far
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,8 @@ PREFERRED_SUFFIXES = (".jpg", ".jpeg", ".png")
 EmbedFn = Callable[[np.ndarray], "np.ndarray | None"]
 
 
-class EvaluateError(ValueError):
-    """Bad input to the evaluation (missing dataset, bad pairs file): one line for the user."""
+class EvaluateError(DatasetError):
+    """Bad input to the evaluation (a bad pairs file; a missing dataset is a DatasetError): one line for the user."""
 
 
 class NoFace(Exception):
@@ -53,93 +53,6 @@ class NoFace(Exception):
     def __init__(self, reason: str = "no_face"):
         super().__init__(reason)
         self.reason = reason
-
-
-def show_path(path: Path | str) -> str:
-    """Path text safe to print: undecodable bytes in file names become escapes instead of crashing the output."""
-    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-# ----------------------------------------------------------------------------------------------- scanning
-
-
-@dataclass
-class Dataset:
-    """The candidate image files of ``root``, by identity, sorted by file name; what was skipped, by reason."""
-
-    root: Path
-    identities: dict[str, list[Path]]
-    skipped: Counter = field(default_factory=Counter)
-
-    @property
-    def files(self) -> int:
-        return sum(len(paths) for paths in self.identities.values())
-
-    def images(self) -> dict[str, list[Path]]:
-        """The identities' files with an image suffix (training and the negative bank read only those)."""
-        named = ((name, [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES])
-                 for name, paths in self.identities.items())
-        return {name: paths for name, paths in named if paths}
-
-
-def _sorted_entries(folder: Path) -> list[str]:
-    return sorted(os.listdir(folder))
-
-
-def scan_dataset(root: Path | str) -> Dataset:
-    """List ``root/IDENTITY/FILE`` without reading any image; raise EvaluateError when there is nothing to evaluate.
-
-    Only two levels are looked at, so nested folders and symlink loops cannot
-    recurse; they and other non-files are skipped and counted by reason.
-    """
-    root = Path(root)
-    if not root.exists():
-        raise EvaluateError(f"dataset folder {show_path(root)} does not exist")
-    if not root.is_dir():
-        raise EvaluateError(f"{show_path(root)} is not a folder (expected DATASET/IDENTITY/IMAGE)")
-    try:
-        names = _sorted_entries(root)
-    except OSError as exc:
-        raise EvaluateError(f"cannot list dataset folder {show_path(root)}: {exc.strerror}") from None
-    identities: dict[str, list[Path]] = {}
-    skipped: Counter = Counter()
-    identity_dirs = 0
-    for name in names:
-        path = root / name
-        if name.startswith("."):
-            skipped["hidden entry"] += 1
-            continue
-        kind = entry_kind(path)
-        if kind == "file":
-            skipped["file outside an identity folder"] += 1
-            continue
-        if kind != "dir":
-            skipped[kind] += 1
-            continue
-        identity_dirs += 1
-        try:
-            entries = _sorted_entries(path)
-        except OSError as exc:
-            skipped[f"unreadable identity folder ({exc.strerror})"] += 1
-            continue
-        files = []
-        for entry in entries:
-            file_path = path / entry
-            if entry.startswith("."):
-                skipped["hidden entry"] += 1
-                continue
-            kind = entry_kind(file_path)
-            if kind == "file":
-                files.append(file_path)
-            elif kind == "dir":
-                skipped["nested folder"] += 1
-            else:
-                skipped[kind] += 1
-        if files:
-            identities[name] = files
-    if identity_dirs == 0:
-        raise EvaluateError(f"no identity folders in {show_path(root)} (expected DATASET/IDENTITY/IMAGE)")
-    return Dataset(root=root, identities=identities, skipped=skipped)
 
 
 # ----------------------------------------------------------------------------------------------- embedding

@@ -63,12 +63,12 @@ def bank_path(state_dir: str | os.PathLike[str]) -> Path:
 
 
 def _people(root: Path) -> list[list[Path]]:
-    """Each identity's sorted image files under ROOT/IDENTITY/ (evaluate.scan_dataset's rules), by identity name."""
-    from pam_faceid.model.evaluate import EvaluateError, scan_dataset
+    """Each identity's sorted image files under ROOT/IDENTITY/ (dataset.scan_dataset's rules), by identity name."""
+    from pam_faceid.model.dataset import DatasetError, scan_dataset
 
     try:
         return list(scan_dataset(root).images().values())
-    except EvaluateError as exc:
+    except DatasetError as exc:
         raise NegativesError(str(exc)) from None
 
 
