@@ -21,7 +21,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is not installed (./install.sh --dev)")
 
 from faces_support import REPO, require_shared_faces  # noqa: E402
-from pam_faceid.model import dlib_format, resnet  # noqa: E402
+from pam_faceid.model import dlib_format  # noqa: E402
+from pam_faceid.vision import resnet  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,8 @@ def test_augment_is_per_face_deterministic_and_bounded():
 def test_top_of_the_network_gives_the_whole_networks_descriptor():
     """Cached activations + Top = the full network, for every split point train-base offers."""
     pytest.importorskip("pam_faceid.model.dlib_format")
-    from pam_faceid.model import dlib_format, resnet
+    from pam_faceid.model import dlib_format
+    from pam_faceid.vision import resnet
     from pam_faceid.model.training import Top
 
     try:
