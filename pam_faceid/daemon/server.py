@@ -38,6 +38,7 @@ from pam_faceid.daemon import journal
 from pam_faceid.daemon.engine import load_state
 from pam_faceid.daemon.lockout import LockoutStore
 from pam_faceid.daemon.session import Sessions, protocol_error, send
+from pam_faceid import __version__
 
 log = logging.getLogger("faceidd")
 
@@ -411,8 +412,6 @@ class Daemon:
 
 
 def _package_version() -> str:
-    from pam_faceid import __version__
-
     return __version__
 
 

@@ -19,12 +19,21 @@ import sys
 import warnings
 from typing import Any
 from pathlib import Path
+import io
 
 import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+import onnx
+import torch
 
 from pam_faceid import source_commit
 from pam_faceid.vision.embedder import META_FILE, ONNX_FILE, InputSpec
 from pam_faceid.model import dlib_format
+from pam_faceid.common.store import atomic_write_bytes
+from pam_faceid.model import template
+from pam_faceid.vision import resnet
+from pam_faceid.vision.embedder import preprocess
+from pam_faceid.vision.resnet import folded
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +48,6 @@ def load_network(weights: str | None = None, dat: Path | None = None):
 
     ``dat`` reads another copy of the file instead of the installed package's.
     """
-    import torch
-
-    from pam_faceid.vision import resnet
 
     path, version = (Path(dat), "unknown (file given with --dat)") if dat else dlib_format.package_dat()
     net = dlib_format.read(path)
@@ -58,9 +64,6 @@ def spec_of(net: dlib_format.DlibNetwork, template: np.ndarray) -> InputSpec:
 
 def torch_embedder(model, threads: int = 2):
     """embed(crops, spec) -> descriptors, for fitting (torch, batches of 64)."""
-    import torch
-
-    from pam_faceid.vision.embedder import preprocess
 
     torch.set_num_threads(threads)
 
@@ -76,8 +79,6 @@ def torch_embedder(model, threads: int = 2):
 
 def fit_template(root: Path, identities: int, per_identity: int, weights: str | None = None,
                  dat: Path | None = None) -> dict:
-    from pam_faceid.model import template
-
     model, net, _, _ = load_network(weights, dat)
     sample = template.load_sample(root, identities, per_identity)
     log.info("template sample: %d faces of %d people from %s", len(sample.labels), len(set(sample.labels)), root)
@@ -90,13 +91,6 @@ def fit_template(root: Path, identities: int, per_identity: int, weights: str | 
 
 def export_onnx(model, size: int = SIZE) -> bytes:
     """The ONNX file's bytes: affines folded into the convs, a dynamic batch axis, fp16 weights cast at load."""
-    import io
-
-    import onnx
-    import torch
-    from onnx import TensorProto, helper, numpy_helper
-
-    from pam_faceid.vision.resnet import folded
 
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -148,9 +142,6 @@ def validation_section(summary: dict, fine_tuned: bool) -> dict:
 def write_model(out: Path, *, template: dict, weights: str | None, flip: bool, command: list[str],
                 dat: Path | None = None, train_report: Path | None = None) -> Path:
     """embedder.onnx + model.json (input spec, provenance, an unfitted threshold) in ``out``."""
-    import torch
-
-    from pam_faceid.common.store import atomic_write_bytes
 
     model, net, dat, version = load_network(weights, dat)
     spec = spec_of(net, template["template"])

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from importlib import metadata
+import importlib.util
 
 import numpy as np
 
@@ -288,8 +290,6 @@ def package_dat() -> tuple[Path, str]:
 
     Its __init__ needs the removed pkg_resources, so the folder is found by spec.
     """
-    import importlib.util
-    from importlib import metadata
 
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:

@@ -32,9 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
+import cv2
+import torch
 
 from pam_faceid.model.metrics import rates, threshold_at_far
 from pam_faceid.common.userhead import UserHead
+from pam_faceid.common.images import read_image
+from pam_faceid.model.training import triplet_loss_and_miner
+from pam_faceid.vision.faces import FacePipeline
 
 MIN_CAPTURES = 4
 """Two to train on (an anchor needs a positive) and two to judge the result with."""
@@ -129,7 +135,6 @@ def decide(before: Metrics, after: Metrics) -> bool:
 def fit_head(positives: np.ndarray, negatives: np.ndarray, cfg: RetrainConfig, progress: bool = True,
              extra_positives: np.ndarray | None = None) -> tuple[UserHead, list[float]]:
     """Train W, b from the identity with the triplet loss; returns the head (threshold unset) and the losses."""
-    import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 100x128 matrices: extra threads only spin against each other (10-50x slower)
@@ -141,10 +146,6 @@ def fit_head(positives: np.ndarray, negatives: np.ndarray, cfg: RetrainConfig, p
 
 def _fit(torch: Any, positives: np.ndarray, negatives: np.ndarray, cfg: RetrainConfig, progress: bool,
          extra_positives: np.ndarray | None) -> tuple[UserHead, list[float]]:
-    from tqdm import tqdm
-
-    from pam_faceid.model.training import triplet_loss_and_miner
-
     torch.manual_seed(cfg.seed)
     gen = np.random.default_rng(cfg.seed)
     own = positives if extra_positives is None or not len(extra_positives) else np.concatenate(
@@ -226,7 +227,6 @@ def retrain(captures: np.ndarray, bank: np.ndarray, model_id: str, current: User
 
 def augment_crop(crop: np.ndarray) -> np.ndarray:
     """A few camera-like variants of one aligned crop (darker, brighter, softer, slightly turned): [K,H,W,3]."""
-    import cv2
 
     size = crop.shape[1], crop.shape[0]
     variants = [
@@ -248,8 +248,6 @@ def augmented_captures(images_dir: str | os.PathLike[str], template_ids: list[st
     simply not augmented. Without kept frames this is empty and retraining
     uses the stored embeddings alone.
     """
-    from pam_faceid.vision.faces import FacePipeline
-    from pam_faceid.common.images import read_image
 
     folder = Path(images_dir)
     if not folder.is_dir():

@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pam_faceid.common.images import read_image
+from pam_faceid.model.dataset import scan_labelled
+from pam_faceid.vision.faces import FacePipeline, FaceRefused
+from pam_faceid.vision.faces import align
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +36,6 @@ class Sample:
 
 def load_sample(root: Path, identities: int, per_identity: int, seed: int = 0) -> Sample:
     """Up to ``per_identity`` photos each of ``identities`` people with 2+ photos; faces found as for training."""
-    from pam_faceid.vision.faces import FacePipeline, FaceRefused
-    from pam_faceid.common.images import read_image
-    from pam_faceid.model.dataset import scan_labelled
 
     by_id: dict[str, list[Path]] = {}
     for path, name in scan_labelled(root):
@@ -90,7 +91,6 @@ def separation(vectors: np.ndarray, labels: np.ndarray) -> float:
 
 def fit(sample: Sample, embed, spec_for, *, size: int) -> tuple[np.ndarray, dict]:
     """Coarse grid then a finer one over (eye fraction, centre height); returns the template and the search."""
-    from pam_faceid.vision.faces import align
 
     shape = mean_shape(sample.landmarks)
     tried: dict[tuple[float, float], float] = {}

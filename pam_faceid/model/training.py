@@ -27,16 +27,22 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+import hashlib
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from pytorch_metric_learning import losses, miners
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
 
 from pam_faceid import source_commit
 from pam_faceid.vision.embedder import default_input, l2_normalise, preprocess
 from pam_faceid.model.metrics import tar_at_far
 from pam_faceid.model import dataset
+from pam_faceid.model.convert import load_network
+from pam_faceid.vision import resnet
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +149,6 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def triplet_loss_and_miner(margin: float, miner: str):
     """pytorch-metric-learning's TripletMarginLoss on L2 distance between unit vectors."""
-    from pytorch_metric_learning import losses, miners
 
     loss = losses.TripletMarginLoss(margin=margin)
     if miner == "hard":
@@ -174,9 +179,6 @@ def cache_activations(model, start: int, faces: dataset.FaceSet, views: int, see
     Computing them is most of a run's time, so they are kept in ``cache_dir`` (a file per faces, split,
     views, seed and network) and memory-mapped by later runs.
     """
-    import hashlib
-
-    from tqdm import tqdm
 
     spec = default_input()
     digest = hashlib.sha256(f"{key} {start} {views} {seed} {spec.template.round(3).tolist()}\n".encode())
@@ -206,7 +208,6 @@ def cache_activations(model, start: int, faces: dataset.FaceSet, views: int, see
 
 def validation_metrics(vectors: np.ndarray, labels: np.ndarray) -> dict:
     """AUC and TAR at FAR 1e-2/1e-3 (as pam_faceid.model.metrics defines them) over all pairs of held-out faces."""
-    from sklearn.metrics import roc_auc_score
 
     v = l2_normalise(vectors)
     sims = v @ v.T
@@ -227,10 +228,6 @@ def score(m: dict) -> float:
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Fine-tune, pick the best epoch on held-out identities, write weights.pt and report.json."""
-    from tqdm import tqdm
-
-    from pam_faceid.vision import resnet
-    from pam_faceid.model.convert import load_network
 
     started = time.time()
     out = Path(cfg.out)

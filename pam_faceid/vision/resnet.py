@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from onnx import numpy_helper
+import onnx
 
 # (channels, downsampling blocks, plain blocks) per level, bottom-up, after the 32-channel stem.
 LEVELS = ((32, 0, 3), (64, 1, 3), (128, 1, 2), (256, 1, 2), (256, 1, 0))
@@ -139,8 +141,6 @@ def from_onnx(path) -> DlibResNet:
 
     Conv nodes come in the module's order; fp16 weights reach them through Cast nodes.
     """
-    import onnx
-    from onnx import numpy_helper
 
     graph = onnx.load(str(path)).graph
     values = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in graph.initializer}
