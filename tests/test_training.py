@@ -7,10 +7,11 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
-from pam_faceid.model.training import augment, triplet_loss_and_miner
+from pam_faceid.model.training import TrainConfig, augment, pk_batches, triplet_loss_and_miner, warmup_cosine
 from faces_support import REPO, fill_image_folder
 
 
@@ -134,3 +135,27 @@ def test_train_base_refuses_dev(tmp_path):
     done = subprocess.run([sys.executable, "-m", "pam_faceid.cli", "train-base", str(dev)], capture_output=True,
                           text=True, cwd=REPO, timeout=60)
     assert done.returncode != 0 and "dev/ is for measuring only" in done.stderr
+
+
+def test_pk_batches_hold_p_identities_of_k_faces_from_training_identities_only():
+    """MPerClassSampler's batches: P identities x K faces, never a held-out face (-1) or a one-face identity."""
+    cfg = TrainConfig(roots=[], ids_per_batch=4, images_per_id=3, steps_per_epoch=5)
+    labels = np.array([0] * 5 + [1] * 2 + [2] * 1 + [3] * 4 + [-1] * 3 + [4] * 6 + [5] * 2)
+    batches = pk_batches(labels, cfg, seed=0)
+    for _ in range(12):  # more than one pass of the sampler
+        batch = next(batches)
+        ids, counts = np.unique(labels[batch], return_counts=True)
+        assert len(batch) == 12 and len(ids) == 4 and set(counts) == {3}, labels[batch]
+        assert not {-1, 2} & set(ids.tolist())
+
+
+def test_the_learning_rate_warms_up_linearly_then_decays_as_a_cosine():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = warmup_cosine(opt, total=100)  # 5 warm-up steps
+    seen = []
+    for _ in range(100):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert seen[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert seen[5:] == pytest.approx([0.5 * (1 + math.cos(math.pi * j / 95)) for j in range(95)])

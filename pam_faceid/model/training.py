@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 import hashlib
 
 import numpy as np
@@ -34,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from pytorch_metric_learning import losses, miners
+from pytorch_metric_learning.samplers import MPerClassSampler
+from pytorch_metric_learning.utils import common_functions as pml_common
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
@@ -82,30 +85,28 @@ def split_identities(labels: np.ndarray, fraction: float, rng: np.random.Generat
     return np.isin(labels, held)
 
 
-class PKSampler:
-    """Batches of P identities x K faces (identities with 2+ faces; fewer than K are drawn again)."""
-
-    def __init__(self, labels: np.ndarray, cfg: TrainConfig, rng: np.random.Generator):
-        self.rng = rng
-        self.cfg = cfg
-        self.by_id: dict[int, list[int]] = {}
-        for i in np.flatnonzero(labels >= 0):
-            self.by_id.setdefault(int(labels[i]), []).append(int(i))
-        self.ids = np.array([k for k, v in self.by_id.items() if len(v) >= 2])
-
-    def batch(self) -> np.ndarray:
-        p, k = self.cfg.ids_per_batch, self.cfg.images_per_id
-        chosen = self.rng.choice(self.ids, size=min(p, len(self.ids)), replace=False)
-        return np.concatenate([self.rng.choice(self.by_id[c], size=k, replace=len(self.by_id[c]) < k)
-                               for c in chosen])
+def pk_batches(labels: np.ndarray, cfg: TrainConfig, seed: int) -> Iterator[np.ndarray]:
+    """Endless batches of P identities x K faces: pytorch-metric-learning's MPerClassSampler over the faces whose
+    identity has 2+ training faces (label -1: held out); an identity with fewer than K faces is drawn again."""
+    ids, counts = np.unique(labels[labels >= 0], return_counts=True)
+    usable = np.flatnonzero(np.isin(labels, ids[counts >= 2]))
+    p, k = min(cfg.ids_per_batch, int((counts >= 2).sum())), cfg.images_per_id
+    pml_common.NUMPY_RANDOM = np.random.RandomState(seed)  # the sampler's draws follow the run's seed
+    sampler = MPerClassSampler(labels[usable], m=k, batch_size=p * k,
+                               length_before_new_iter=p * k * cfg.steps_per_epoch)
+    while True:
+        order = np.fromiter(iter(sampler), dtype=np.int64)
+        for start in range(0, len(order) - p * k + 1, p * k):
+            yield usable[order[start:start + p * k]]
 
 
-def learning_rate(peak: float, step: int, total: int, warmup: float = 0.05) -> float:
-    """Linear warm-up then cosine decay."""
+def warmup_cosine(opt: torch.optim.Optimizer, total: int, warmup: float = 0.05) -> torch.optim.lr_scheduler.LRScheduler:
+    """torch's schedule for the run: linear warm-up over the first ``warmup`` of ``total`` steps, then cosine decay."""
     w = max(1, int(total * warmup))
-    if step < w:
-        return peak * (step + 1) / w
-    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
+    return torch.optim.lr_scheduler.SequentialLR(opt, [
+        torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / w, end_factor=1.0, total_iters=max(1, w - 1)),
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total - w)),
+    ], milestones=[w])
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -243,9 +244,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                                             workers=cfg.workers, progress=progress) for r in cfg.roots])
     val_mask = split_identities(faces.labels, cfg.val_fraction, rng)
     labels_train = np.where(val_mask, -1, faces.labels)
-    sampler = PKSampler(labels_train, cfg, rng)
-    if len(sampler.ids) < 2:
+    _, counts = np.unique(labels_train[labels_train >= 0], return_counts=True)
+    if (counts >= 2).sum() < 2:
         raise ValueError("training needs at least 2 identities with 2 or more faces")
+    batches = pk_batches(labels_train, cfg, cfg.seed)
     start = resnet.level_start(cfg.levels)
     cached = cache_activations(model, start, faces, cfg.views, cfg.seed, Path(cfg.cache_dir), net.sha256, progress)
     held = np.unique(faces.labels[val_mask])
@@ -275,14 +277,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     loss_fn, miner = triplet_loss_and_miner(cfg.margin, cfg.miner)
     history: list[dict] = []
     total = cfg.epochs * cfg.steps_per_epoch
+    schedule = warmup_cosine(opt, total)
     for epoch in range(cfg.epochs):
         top.train()
         totals = {"loss": 0.0, "triplet": 0.0, "anchor": 0.0}
         bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
-        for step in bar:
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(cfg.lr, epoch * cfg.steps_per_epoch + step, total)
-            idx = sampler.batch()
+        for _step in bar:
+            idx = next(batches)
             views = rng.integers(0, cfg.views, size=len(idx))
             h = torch.from_numpy(np.asarray(cached[views, idx], np.float32))
             lab = torch.from_numpy(labels_train[idx])
@@ -293,6 +294,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             opt.zero_grad()
             loss.backward()
             opt.step()
+            schedule.step()
             for key, value in (("loss", loss), ("triplet", triplet), ("anchor", drift)):
                 totals[key] += float(value.detach()) / cfg.steps_per_epoch
             bar.set_postfix(loss=f"{float(loss):.4f}")
