@@ -17,6 +17,7 @@ from pam_faceid.cli import EXIT_OK, EXIT_USAGE, CommandError
 EXAMPLE = """example:
   faceid evaluate ../shared/faces/dev/lfw --pairs ../shared/faces/dev/pairs.txt --flip
   faceid evaluate ../shared/faces/dev/lfw --enroll 3 --json
+  faceid evaluate ../shared/faces/train/yaleb --enroll 3 --held-out   # same-camera FAR (docs/same-camera.md)
   faceid evaluate ../shared/faces/dev/lfw --pairs ../shared/faces/dev/pairs.txt --enroll 3 \\
       --model runs/base --set-threshold    # store the FAR-1e-3 threshold in runs/base/model.json"""
 
@@ -46,11 +47,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="with --enroll and --model: write the enrol-K threshold for FAR 1e-3 into the model's "
                              "model.json, with this run's data, date, commit and metrics as its provenance")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="images processed in parallel (default 1)")
+    parser.add_argument("--held-out", action="store_true",
+                        help="only the identities held out from all training and fitting (model.holdout: half of "
+                             "train/yaleb): the same-camera measure")
+    parser.add_argument("--flat", action="store_true",
+                        help="with --enroll: judge every identity at the one threshold instead of its own operating "
+                             "point (vision.operating, what a login uses)")
+    parser.add_argument("--dark-threshold", type=float, default=10.0, metavar="PCT",
+                        help="images darker than this (percent, as camera.dark_threshold) are refused as a login "
+                             "refuses them, and counted apart (default 10; 0 = off)")
     parser.set_defaults(run=run)
     return parser
 
 
-def make_embed(model: str | None, backend: str, flip: bool):
+def make_embed(model: str | None, backend: str, flip: bool, dark_threshold: float = 0.0):
     """Build ``embed(image) -> unit vector`` over the real path, plus the embedder (for its threshold).
 
     Faces are chosen as for training photos (the face nearest the centre, as
@@ -61,6 +71,7 @@ def make_embed(model: str | None, backend: str, flip: bool):
     """
     import numpy as np
 
+    from pam_faceid.common.images import brightness_percent
     from pam_faceid.vision.embedder import Embedder
     from pam_faceid.model.evaluate import NoFace
     from pam_faceid.vision.faces import FacePipeline
@@ -73,12 +84,44 @@ def make_embed(model: str | None, backend: str, flip: bool):
         pipeline = getattr(local, "pipeline", None)
         if pipeline is None:
             pipeline = local.pipeline = FacePipeline(policy="centre", min_size=20, spec=embedder.input)
+        if dark_threshold > 0 and brightness_percent(image) < dark_threshold:
+            raise NoFace("too_dark")
         crop, reason = pipeline.process(image)
         if crop is None:
             raise NoFace(reason or "no_face")
         return embedder.embed(crop[None], flip=flip)[0]
 
     return embed, embedder
+
+
+BANK_DUPLICATE = 0.995
+"""A bank face this close to a face of the run is one of the people measured (train/ collections are in the
+shipped bank): it is left out, or each such person would meet their own photo among the "other people"."""
+
+
+def operating_for(embedder, threshold: float):
+    """evaluate's ``operating``: each identity's threshold from vision.operating.fit, the function enrolment uses,
+    with the shipped negative bank less the people of this run."""
+    import numpy as np
+
+    from pam_faceid.model.negatives import NegativesError, load_shipped
+    from pam_faceid.vision.embedder import model_id_of
+    from pam_faceid.vision.operating import fit
+
+    try:
+        bank = load_shipped(embedder.model_dir, model_id_of(embedder))
+    except NegativesError as exc:
+        print(f"note: no negative bank ({exc}); operating points from the templates alone", file=sys.stderr)
+        bank = None
+
+    def for_run(everyone: np.ndarray):
+        kept = bank
+        if bank is not None and len(everyone):
+            closest = np.max(bank @ np.asarray(everyone, np.float32).T, axis=1)
+            kept = bank[closest < BANK_DUPLICATE]
+        return lambda templates: fit(templates, kept, threshold).threshold
+
+    return for_run
 
 
 def _fmt(value, kind: str = "g") -> str:
@@ -123,9 +166,13 @@ def format_table(result: dict) -> str:
             ("threshold", _fmt(result["threshold"], "f")),
             ("genuine attempts", _fmt(result["genuine_attempts"])),
             ("impostor attempts", _fmt(result["impostor_attempts"])),
+            ("judged at", f"{result.get('operating_point')}: min {_fmt(result.get('user_threshold_min'), 'f')}, "
+                          f"median {_fmt(result.get('user_threshold_median'), 'f')}, "
+                          f"max {_fmt(result.get('user_threshold_max'), 'f')}"),
+            ("images refused as too dark (apart)", _fmt(result.get("too_dark"))),
             ("FAR", _fmt(result["far"], "%")),
             ("FRR", _fmt(result["frr"], "%")),
-            ("threshold for FAR 1e-3", _fmt(result.get("enroll_threshold_at_far_1e-3"), "f")),
+            ("one threshold for FAR 1e-3", _fmt(result.get("enroll_threshold_at_far_1e-3"), "f")),
             ("FRR there", _fmt(result.get("enroll_frr_at_far_1e-3"), "%")),
         ]
     fps = result.get("faces_per_second")
@@ -189,25 +236,39 @@ def run(args: argparse.Namespace) -> int:
     except EvaluateError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
 
+    identities = None
+    if args.held_out:
+        from pam_faceid.model.holdout import held_out, source_of
+
+        identities = held_out(args.dataset)
+        if not identities:
+            raise CommandError(f"--held-out: no identities are held out of {source_of(args.dataset)} "
+                               "(model.holdout holds out train/yaleb's yaleB21..yaleB39)", EXIT_USAGE)
+    if not 0 <= args.dark_threshold <= 100:
+        raise CommandError(f"--dark-threshold is a percentage 0-100, got {args.dark_threshold}", EXIT_USAGE)
     loaded = time.perf_counter()
     from pam_faceid.vision.embedder import ModelError
     from pam_faceid.vision.faces import DetectorError
 
     try:
-        embed, embedder = make_embed(args.model, args.backend, args.flip)
+        embed, embedder = make_embed(args.model, args.backend, args.flip, args.dark_threshold)
     except (ModelError, DetectorError, OSError, ValueError, RuntimeError) as exc:
         raise CommandError(f"cannot load the model: {exc}") from None
     load_seconds = time.perf_counter() - loaded
     threshold = args.threshold if args.threshold is not None else float(embedder.threshold)
     try:
+        operating = None if args.flat or args.enroll is None else operating_for(embedder, threshold)
         result = evaluate(args.dataset, embed, pairs=args.pairs, enroll=args.enroll, threshold=threshold,
-                          workers=args.workers, progress=not args.json and sys.stderr.isatty())
+                          workers=args.workers, progress=not args.json and sys.stderr.isatty(),
+                          operating=operating, identities=identities)
     except EvaluateError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
     result["model_load_seconds"] = load_seconds
     result["flip"] = bool(args.flip or getattr(embedder, "flip", False))
     result["backend"] = args.backend
     result["model"] = (getattr(embedder, "metadata", None) or {}).get("id")
+    result["held_out"] = bool(args.held_out)
+    result["dark_threshold"] = args.dark_threshold
     if args.set_threshold:
         _set_threshold(Path(args.model), result, args)
     if args.json:
