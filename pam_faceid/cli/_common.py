@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -120,6 +120,27 @@ def threshold(cfg: Any, embedder: Any) -> float:
     """auth.threshold, or the model's shipped one when it is 'auto' (as the daemon does)."""
     value = cfg.auth.threshold
     return float(embedder.threshold) if value == "auto" else float(value)
+
+
+def operating_point(cfg: Any, embedder: Any) -> Callable[[np.ndarray], dict[str, Any]]:
+    """templates -> the user's operating point (vision.operating.fit) as stored, against the bank faceid calibrate
+    uses (the admin's, else the one shipped with the model) and the global threshold; without a bank, from the
+    templates alone (said once)."""
+    from pam_faceid.model import negatives
+    from pam_faceid.vision.operating import fit
+
+    try:
+        bank, where = negatives.load_default(cfg.daemon.state_dir, model_dir(cfg), model_id(embedder))
+    except negatives.NegativesError as exc:
+        print(f"note: no negative bank ({str(exc).splitlines()[0]}): operating point from the templates alone",
+              file=sys.stderr)
+        bank, where = None, "none"
+    base = threshold(cfg, embedder)
+
+    def point(templates: np.ndarray) -> dict[str, Any]:
+        return fit(templates, bank, base, bank_source=where).to_json()
+
+    return point
 
 
 def reload_daemon(cfg: Any, command: str) -> bool:

@@ -50,6 +50,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--held-out", action="store_true",
                         help="only the identities held out from all training and fitting (model.holdout: half of "
                              "train/yaleb): the same-camera measure")
+    parser.add_argument("--record", action="store_true",
+                        help="with --held-out, --enroll K and --model: store this run's FAR and FRR in the model's "
+                             "model.json (metrics.same_camera, with the command and commit), where faceid status "
+                             "shows it")
     parser.add_argument("--flat", action="store_true",
                         help="with --enroll: judge every identity at the one threshold instead of its own operating "
                              "point (vision.operating, what a login uses)")
@@ -214,6 +218,30 @@ def _set_threshold(model: Path, result: dict, args: argparse.Namespace) -> None:
     print(f"threshold {meta['threshold']:.4f} written to {path}", file=sys.stderr)
 
 
+def _record_same_camera(model: Path, result: dict) -> None:
+    """Store the same-camera figure beside the model, with the command that measured it (faceid status shows it)."""
+    import datetime
+    import json
+
+    from pam_faceid import source_commit
+    from pam_faceid.common.store import StoreError, atomic_write_bytes
+
+    path = model / "model.json"
+    meta = json.loads(path.read_text())
+    keys = ("far", "frr", "enroll_k", "genuine_attempts", "impostor_attempts", "false_accepts", "false_rejects",
+            "too_dark", "identities", "operating_point", "user_threshold_min", "user_threshold_median",
+            "user_threshold_max", "enroll_threshold_at_far_1e-3", "enroll_frr_at_far_1e-3")
+    command = "faceid " + " ".join(a for a in sys.argv[1:] if a not in ("--record", "--json"))
+    meta.setdefault("metrics", {})["same_camera"] = dict(
+        {k: result.get(k) for k in keys}, command=command, commit=source_commit(),
+        date=datetime.date.today().isoformat())
+    try:
+        atomic_write_bytes(path, (json.dumps(meta, indent=2) + "\n").encode(), mode=0o644)
+    except StoreError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"same-camera FAR {result.get('far')} / FRR {result.get('frr')} written to {path}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the model, run the protocols, print a table or one JSON object."""
     from pam_faceid.model.evaluate import EvaluateError, evaluate, parse_pairs, scan_dataset, show_path, to_json
@@ -227,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
     if args.set_threshold and (args.enroll is None or args.model is None):
         raise CommandError("--set-threshold needs --enroll K and --model DIR (the bundled model is not rewritten)",
                            EXIT_USAGE)
+    if args.record and not (args.held_out and args.enroll is not None and args.model is not None):
+        raise CommandError("--record needs --held-out, --enroll K and --model DIR", EXIT_USAGE)
     if args.pairs is not None and not Path(args.pairs).is_file():
         raise CommandError(f"pairs file {show_path(args.pairs)} does not exist", EXIT_USAGE)
     try:
@@ -271,6 +301,8 @@ def run(args: argparse.Namespace) -> int:
     result["dark_threshold"] = args.dark_threshold
     if args.set_threshold:
         _set_threshold(Path(args.model), result, args)
+    if args.record:
+        _record_same_camera(Path(args.model), result)
     if args.json:
         print(to_json(result))
     else:

@@ -69,6 +69,7 @@ class OperatingPoint:
     rule: str = RULE_NAME
     far: float = RULE.far
     fitted: str = ""
+    bank_source: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,7 +116,8 @@ def bank_threshold(templates: np.ndarray, bank: np.ndarray | None, far: float) -
     return float(np.nextafter(scores[min(allowed, len(scores) - 1)], np.inf))
 
 
-def fit(templates: np.ndarray, bank: np.ndarray | None, global_threshold: float, rule: Rule = RULE) -> OperatingPoint:
+def fit(templates: np.ndarray, bank: np.ndarray | None, global_threshold: float, rule: Rule = RULE,
+        bank_source: str = "") -> OperatingPoint:
     """The user's operating point from their templates ([N,D] unit vectors) and the negative bank ([M,D] or None)."""
     base = float(global_threshold)
     like = likeness(templates)
@@ -126,7 +128,8 @@ def fit(templates: np.ndarray, bank: np.ndarray | None, global_threshold: float,
     return OperatingPoint(threshold=threshold, global_threshold=base, likeness=like,
                           bank_threshold=from_bank, bank_faces=0 if bank is None else len(bank),
                           templates=len(templates), rule=RULE_NAME, far=rule.far,
-                          fitted=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+                          fitted=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                          bank_source=bank_source)
 
 
 def effective(point: OperatingPoint | None, global_threshold: float) -> float:
