@@ -27,9 +27,10 @@ from pam_faceid.cli import _common as common
 
 MAX_TEMPLATES = 100
 """Most templates one enroll run stores: more adds nothing but matching time."""
-BYSTANDER = 0.25
-"""A second face smaller than this share of the largest is far behind the user: ignored, as a login ignores it.
-A larger one makes the frame ambiguous (whose face would the template be?), so it is refused."""
+BYSTANDER = 0.7
+"""A second face smaller than this share of the largest is behind the user: ignored, as a login ignores it
+(faces.select_face's similar_ratio). A larger one makes the frame ambiguous (whose face would the template be?),
+so it is refused."""
 FRAMES_PER_VIEW = 40
 """Frames a guided view may take (a few seconds of camera) before it is skipped as missed."""
 

@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
                 count = len(good[user].templates)
                 stale = good[user].stale_for(current or "")
                 point = OperatingPoint.from_json(good[user].operating_point)
-                own = f", threshold {point.threshold:.4f}" if point is not None else ", global threshold"
-                print(f"{user}: {count} template{'s' if count != 1 else ''}{own}" + (f": {stale}" if stale else ""))
+                own = f" (threshold {point.threshold:.4f})" if point is not None else " (global threshold)"
+                print(f"{user}: {count} template{'s' if count != 1 else ''}" + (f": {stale}" if stale else own))
             else:
                 print(f"{user}: UNREADABLE: {bad[user]}")
         return EXIT_FAILURE if bad else 0
