@@ -196,3 +196,34 @@ def test_enrolment_from_files_and_video_checks_each_frame_and_summarises(tmp_pat
     assert clip.returncode == 0, clip.stderr
     assert "refused: too dark" in clip.stdout and "views covered: straight 3" in clip.stdout
     assert len(_stored(config, temp_user.name)["templates"]) == 5
+
+
+def test_a_login_is_judged_at_the_stored_operating_point_never_below_the_global_one(
+        cli_env, daemon, temp_user, person_images, make_image_folder, tmp_path):
+    """faceid test streams to faceidd, so this is the login's decision: the stored point decides, and a point
+    stored below the global threshold (a hand-edited file) does not let an impostor in."""
+    from faces_support import OTHER_PERSON, PERSON, session_frames, write_frames
+    from pam_faceid.common.protocol import request_reload
+    from pam_faceid.common.store import Store
+
+    config, _camera = cli_env
+    user = temp_user.name
+    assert faceid(config, "enroll", user, "--from", str(make_image_folder(person_images(PERSON)[:8]))).returncode == 0
+    frames = str(write_frames(session_frames(person_images(PERSON)[:3]), tmp_path / "same"))
+    same = faceid(config, "test", user, "--from", frames)
+    assert same.returncode == 0 and "verdict: match" in same.stdout, same.stdout
+    best = float(same.stdout.split("best score ")[1].split(";")[0])
+    store = Store(config.parent / "state")
+    stored = store.load(user).operating_point
+    assert stored is not None and stored["threshold"] >= stored["global_threshold"]
+
+    store.set_operating_point(user, lambda _m: dict(stored, threshold=min(best + 0.001, 1.0)))
+    request_reload(daemon.socket)
+    above = faceid(config, "test", user, "--from", frames)
+    assert above.returncode == 1 and "verdict: no_match" in above.stdout, above.stdout
+
+    store.set_operating_point(user, lambda _m: dict(stored, threshold=0.2))
+    request_reload(daemon.socket)
+    other = faceid(config, "test", user, "--from", str(make_image_folder(person_images(OTHER_PERSON)[:6])))
+    assert other.returncode == 1 and "verdict: no_match" in other.stdout, other.stdout
+    assert faceid(config, "test", user, "--from", frames).returncode == 0

@@ -27,10 +27,6 @@ from pam_faceid.cli import _common as common
 
 MAX_TEMPLATES = 100
 """Most templates one enroll run stores: more adds nothing but matching time."""
-BYSTANDER = 0.7
-"""A second face smaller than this share of the largest is behind the user: ignored, as a login ignores it
-(faces.select_face's similar_ratio). A larger one makes the frame ambiguous (whose face would the template be?),
-so it is refused."""
 FRAMES_PER_VIEW = 40
 """Frames a guided view may take (a few seconds of camera) before it is skipped as missed."""
 
@@ -112,20 +108,9 @@ class Captured:
 
 
 def _examine(pipeline: Any, frame: np.ndarray, straight: Any, dark_threshold: float) -> tuple[Any, np.ndarray | None]:
-    """(quality.Assessment, aligned crop or None) of one frame: every face the detector sees, then the checks."""
-    from pam_faceid.vision.faces import FaceRefused, align
-    from pam_faceid.vision.quality import assess
+    from pam_faceid.vision.quality import examine
 
-    image = frame if frame.ndim == 3 else np.repeat(frame[..., None], 3, axis=2)
-    faces = sorted(pipeline.detector.detect(image), key=lambda f: -f.area)
-    faces = [f for f in faces if f.area >= BYSTANDER * faces[0].area]
-    crop = None
-    if len(faces) == 1:
-        try:
-            crop = align(image, faces[0], pipeline.spec)
-        except FaceRefused:
-            faces = []
-    return assess(image, faces, crop, straight=straight, dark_threshold=dark_threshold), crop
+    return examine(pipeline.detector, pipeline.spec, frame, straight, dark_threshold)
 
 
 def from_files(frames: Iterator[Any], pipeline: Any, wanted: int, dark_threshold: float, keep: bool) -> Captured:

@@ -54,6 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="with --held-out, --enroll K and --model: store this run's FAR and FRR in the model's "
                              "model.json (metrics.same_camera, with the command and commit), where faceid status "
                              "shows it")
+    parser.add_argument("--guided", action="store_true",
+                        help="with --enroll K: enrol the images guided enrolment would keep (one per view it asks "
+                             "for, each passing its quality checks, then more straight ones) instead of the first K")
     parser.add_argument("--flat", action="store_true",
                         help="with --enroll: judge every identity at the one threshold instead of its own operating "
                              "point (vision.operating, what a login uses)")
@@ -64,7 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
-def make_embed(model: str | None, backend: str, flip: bool, dark_threshold: float = 0.0):
+def make_embed(model: str | None, backend: str, flip: bool, dark_threshold: float = 0.0, guided: bool = False):
     """Build ``embed(image) -> unit vector`` over the real path, plus the embedder (for its threshold).
 
     Faces are chosen as for training photos (the face nearest the centre, as
@@ -72,6 +75,7 @@ def make_embed(model: str | None, backend: str, flip: bool, dark_threshold: floa
     "largest, refuse if ambiguous" rule. Each worker thread gets its own
     FacePipeline (the detector keeps per-call state); the Embedder is shared.
     ``flip`` adds the mirror image (Embedder.embed's flip-sum) to a model that does not already ask for it.
+    With ``guided`` each image also gets enrolment's quality check (vision.quality.examine): (vector, Assessment).
     """
     import numpy as np
 
@@ -93,7 +97,12 @@ def make_embed(model: str | None, backend: str, flip: bool, dark_threshold: floa
         crop, reason = pipeline.process(image)
         if crop is None:
             raise NoFace(reason or "no_face")
-        return embedder.embed(crop[None], flip=flip)[0]
+        vector = embedder.embed(crop[None], flip=flip)[0]
+        if guided:
+            from pam_faceid.vision.quality import examine
+
+            return vector, examine(pipeline.detector, embedder.input, image)[0]
+        return vector
 
     return embed, embedder
 
@@ -126,6 +135,25 @@ def operating_for(embedder, threshold: float):
         return lambda templates: fit(templates, kept, threshold).threshold
 
     return for_run
+
+
+def guided_choice(checks: list) -> list[int]:
+    """The images guided enrolment keeps, as indices: the first good straight one, then the first good one of
+    each other view (measured from it), then more good straight ones; images that fail a check never."""
+    from pam_faceid.vision.quality import VIEWS, view_of
+
+    good = [i for i, check in enumerate(checks) if check is not None and check.ok and check.pose is not None]
+    straight = next((i for i in good if checks[i].view == "straight"), None)
+    if straight is None:
+        return good
+    base = checks[straight].pose
+    chosen = [straight]
+    for view in VIEWS[1:]:
+        match = next((i for i in good if i not in chosen and view_of(checks[i].pose, base) == view), None)
+        if match is not None:
+            chosen.append(match)
+    chosen += [i for i in good if i not in chosen and view_of(checks[i].pose, base) == "straight"]
+    return chosen + [i for i in good if i not in chosen]
 
 
 def _fmt(value, kind: str = "g") -> str:
@@ -173,6 +201,7 @@ def format_table(result: dict) -> str:
             ("judged at", f"{result.get('operating_point')}: min {_fmt(result.get('user_threshold_min'), 'f')}, "
                           f"median {_fmt(result.get('user_threshold_median'), 'f')}, "
                           f"max {_fmt(result.get('user_threshold_max'), 'f')}"),
+            ("templates", _fmt(result.get("templates_chosen"))),
             ("images refused as too dark (apart)", _fmt(result.get("too_dark"))),
             ("FAR", _fmt(result["far"], "%")),
             ("FRR", _fmt(result["frr"], "%")),
@@ -281,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
     from pam_faceid.vision.faces import DetectorError
 
     try:
-        embed, embedder = make_embed(args.model, args.backend, args.flip, args.dark_threshold)
+        embed, embedder = make_embed(args.model, args.backend, args.flip, args.dark_threshold, args.guided)
     except (ModelError, DetectorError, OSError, ValueError, RuntimeError) as exc:
         raise CommandError(f"cannot load the model: {exc}") from None
     load_seconds = time.perf_counter() - loaded
@@ -290,7 +319,8 @@ def run(args: argparse.Namespace) -> int:
         operating = None if args.flat or args.enroll is None else operating_for(embedder, threshold)
         result = evaluate(args.dataset, embed, pairs=args.pairs, enroll=args.enroll, threshold=threshold,
                           workers=args.workers, progress=not args.json and sys.stderr.isatty(),
-                          operating=operating, identities=identities)
+                          operating=operating, identities=identities,
+                          guided=guided_choice if args.guided and args.enroll is not None else None)
     except EvaluateError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
     result["model_load_seconds"] = load_seconds

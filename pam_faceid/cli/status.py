@@ -223,10 +223,12 @@ def _print(report: dict[str, Any]) -> None:
         print(f"enrolled: unknown ({e['error']})")
     else:
         users = e["users"]
-        listed = ", ".join(f"{u} ({v['templates']}{', own model' if v['per_user_model'] else ''}"
-                           f"{', threshold %.4f' % v['threshold'] if v.get('threshold') is not None else ''})"
+        listed = ", ".join(f"{u} ({v['templates']}{', own model' if v['per_user_model'] else ''})"
                            for u, v in users.items())
         print(f"enrolled: {listed or 'nobody'}")
+        for user, v in users.items():
+            print(f"          {user}: " + (f"operating point {v['operating_point']}" if v.get("operating_point")
+                                           else "global threshold (no operating point stored)"))
         for user, why in e["unreadable"].items():
             print(f"          UNREADABLE {user}: {why}")
         for user, why in e.get("unreadable_heads", {}).items():

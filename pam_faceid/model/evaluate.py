@@ -152,6 +152,8 @@ class Embeddings:
     vectors: dict[Path, np.ndarray] = field(default_factory=dict)
     no_face: dict[Path, str] = field(default_factory=dict)
     unreadable: dict[Path, str] = field(default_factory=dict)
+    tags: dict[Path, object] = field(default_factory=dict)
+    """What an embed function returned beside the vector ((vector, tag)): the guided protocol's quality check."""
     seconds: float = 0.0
 
     def status(self, path: Path) -> str:
@@ -183,8 +185,11 @@ class Embeddings:
                     self.unreadable[path] = str(exc)
                 log.debug("skipped %s: %s", show_path(path), exc)
                 return
+            tag = None
             try:
                 vector = embed(image)
+                if isinstance(vector, tuple):
+                    vector, tag = vector
                 reason = None if vector is not None else "no_face"
             except NoFace as exc:
                 vector, reason = None, exc.reason
@@ -195,6 +200,8 @@ class Embeddings:
                     if warned[0] <= 5:
                         log.warning("embedding %s failed: %s: %s", show_path(path), exc.__class__.__name__, exc)
             with lock:
+                if tag is not None:
+                    self.tags[path] = tag
                 if vector is None:
                     self.no_face[path] = reason or "no_face"
                 else:
@@ -547,7 +554,8 @@ mapping one identity's templates [K,D] to its threshold."""
 
 def evaluate(root: Path | str, embed: EmbedFn, *, pairs: Path | str | None = None, enroll: int | None = None,
              threshold: float | None = None, workers: int = 1, progress: bool = False,
-             operating: OperatingFn | None = None, identities: Iterable[str] | None = None) -> dict:
+             operating: OperatingFn | None = None, identities: Iterable[str] | None = None,
+             guided: Callable[[list[object]], list[int]] | None = None) -> dict:
     """Run the requested protocols on ``root`` and return one flat result dict (RESULT_KEYS first, None = not run).
 
     Images are embedded once each even when used by many pairs and both
@@ -558,6 +566,9 @@ def evaluate(root: Path | str, embed: EmbedFn, *, pairs: Path | str | None = Non
     those identity folders (the same-camera held-out set). Images refused as
     too dark (``NoFace("too_dark")``) are left out of the enrol protocol and
     counted apart, as faceidd refuses such frames before any face is looked at.
+    ``guided`` picks each identity's K templates as guided enrolment would:
+    given the tags of its images (in file order) it returns the indices of
+    the images to enrol; the rest are the attempts.
     """
     started = time.perf_counter()
     if enroll is not None and enroll < 1:
@@ -593,7 +604,7 @@ def evaluate(root: Path | str, embed: EmbedFn, *, pairs: Path | str | None = Non
     if pairs_file is not None:
         result.update(_run_pairs(resolved, emb, threshold))
     if enroll is not None:
-        result.update(_run_enrol(dataset, emb, enroll, threshold, operating))
+        result.update(_run_enrol(dataset, emb, enroll, threshold, operating, guided))
 
     used = [p for p in dict.fromkeys(wanted) if emb.status(p) in ("face", "no_face")]
     result["images"] = len(used)
@@ -652,13 +663,16 @@ def _run_pairs(resolved: list[tuple[Pair, Path | None, Path | None]], emb: Embed
 
 
 def _run_enrol(dataset: Dataset, emb: Embeddings, k: int, threshold: float,
-               operating: OperatingFn | None = None) -> dict:
+               operating: OperatingFn | None = None, guided: Callable[[list[object]], list[int]] | None = None) -> dict:
     groups, found = [], []
     dim = next((len(v) for v in emb.vectors.values()), 1)
     too_dark = 0
     for paths in dataset.identities.values():
         usable = [p for p in paths if emb.status(p) in ("face", "no_face") and emb.no_face.get(p) != "too_dark"]
         too_dark += sum(emb.no_face.get(p) == "too_dark" for p in paths)
+        if guided is not None and len(usable) > k:
+            chosen = [i for i in guided([emb.tags.get(p) for p in usable]) if 0 <= i < len(usable)][:k]
+            usable = [usable[i] for i in chosen] + [p for i, p in enumerate(usable) if i not in set(chosen)]
         rows = np.zeros((len(usable), dim), dtype=np.float32)
         ok = np.zeros(len(usable), dtype=bool)
         for i, p in enumerate(usable):
@@ -687,6 +701,7 @@ def _run_enrol(dataset: Dataset, emb: Embeddings, k: int, threshold: float,
         "false_rejects": res.genuine_attempts - res.genuine_accepted,
         "too_dark": too_dark,
         "operating_point": "per user (vision.operating)" if operating is not None else "one threshold",
+        "templates_chosen": "guided (the views enrolment asks for)" if guided is not None else "first K",
         "user_threshold_min": float(used.min()) if used.size else None,
         "user_threshold_median": float(np.median(used)) if used.size else None,
         "user_threshold_max": float(used.max()) if used.size else None,

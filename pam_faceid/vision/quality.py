@@ -26,7 +26,8 @@ import cv2
 import numpy as np
 
 from pam_faceid.common.images import brightness_percent
-from pam_faceid.vision.faces import REFUSALS, Face
+from pam_faceid.vision.embedder import InputSpec
+from pam_faceid.vision.faces import REFUSALS, Face, FaceDetector, FaceRefused, align
 
 VIEWS = ("straight", "left", "right", "up", "down")
 """The views guided enrolment asks for, in order (straight first: the others are measured from it)."""
@@ -61,6 +62,10 @@ TURN = 0.10
 """Nose shift (eye distances) from the straight view that counts as a turn of about 10 degrees."""
 NOD = 0.08
 """Nose shift along the eye-mouth line (its share) that counts as a tilt of about 10 degrees."""
+BYSTANDER = 0.7
+"""A second face smaller than this share of the largest is behind the user: ignored, as a login ignores it
+(faces.select_face's similar_ratio). A larger one makes the frame ambiguous (whose face would the template be?),
+so it is refused."""
 STRAIGHT = (0.12, 0.42, 0.68)
 """An absolute straight view before any is measured: |yaw| <= 0.12 and pitch between 0.42 and 0.68."""
 
@@ -160,3 +165,21 @@ def assess(frame: np.ndarray, faces: list[Face], crop: np.ndarray | None, *, str
         elif out.measures["sharpness"] < MIN_SHARPNESS:
             out.problems.append("blurry")
     return out
+
+
+def examine(detector: FaceDetector, spec: InputSpec | None, frame: np.ndarray, straight: Pose | None = None,
+            dark_threshold: float = 0.0) -> tuple[Assessment, np.ndarray | None]:
+    """(Assessment, aligned crop or None) of one frame: every face the detector sees, then :func:`assess`.
+
+    What `faceid enroll` runs on each frame and `faceid evaluate --guided` on each image.
+    """
+    image = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    faces = sorted(detector.detect(image), key=lambda f: -f.area)
+    faces = [f for f in faces if f.area >= BYSTANDER * faces[0].area]
+    crop = None
+    if len(faces) == 1:
+        try:
+            crop = align(image, faces[0], spec)
+        except FaceRefused:
+            faces = []
+    return assess(image, faces, crop, straight=straight, dark_threshold=dark_threshold), crop
