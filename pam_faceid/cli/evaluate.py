@@ -44,8 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--flip", action="store_true", help="sum each face's descriptor with its mirror image's before normalising")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--set-threshold", action="store_true",
-                        help="with --enroll and --model: write the enrol-K threshold for FAR 1e-3 into the model's "
-                             "model.json, with this run's data, date, commit and metrics as its provenance")
+                        help="with --enroll and --model: write the enrol-K threshold for FAR 1e-3 (one threshold for "
+                             "everyone: the floor of every operating point) into the model's model.json, with this "
+                             "run's data, date, commit and metrics as its provenance")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="images processed in parallel (default 1)")
     parser.add_argument("--held-out", action="store_true",
                         help="only the identities held out from all training and fitting (model.holdout: half of "
@@ -112,20 +113,27 @@ BANK_DUPLICATE = 0.995
 shipped bank): it is left out, or each such person would meet their own photo among the "other people"."""
 
 
-def operating_for(embedder, threshold: float):
-    """evaluate's ``operating``: each identity's threshold from vision.operating.fit, the function enrolment uses,
-    with the shipped negative bank less the people of this run."""
-    import numpy as np
-
+def load_bank(embedder):
+    """The negative bank shipped with the model, or None (said once): what operating_for fits against."""
     from pam_faceid.model.negatives import NegativesError, load_shipped
     from pam_faceid.vision.embedder import model_id_of
-    from pam_faceid.vision.operating import fit
 
     try:
-        bank = load_shipped(embedder.model_dir, model_id_of(embedder))
+        return load_shipped(embedder.model_dir, model_id_of(embedder))
     except NegativesError as exc:
         print(f"note: no negative bank ({exc}); operating points from the templates alone", file=sys.stderr)
-        bank = None
+        return None
+
+
+def operating_for(embedder, threshold: float, bank=False):
+    """evaluate's ``operating``: each identity's threshold from vision.operating.fit, the function enrolment uses,
+    with the shipped negative bank (or ``bank``) less the people of this run."""
+    import numpy as np
+
+    from pam_faceid.vision.operating import fit
+
+    if bank is False:
+        bank = load_bank(embedder)
 
     def for_run(everyone: np.ndarray):
         kept = bank

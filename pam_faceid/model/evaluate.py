@@ -555,7 +555,8 @@ mapping one identity's templates [K,D] to its threshold."""
 def evaluate(root: Path | str, embed: EmbedFn, *, pairs: Path | str | None = None, enroll: int | None = None,
              threshold: float | None = None, workers: int = 1, progress: bool = False,
              operating: OperatingFn | None = None, identities: Iterable[str] | None = None,
-             guided: Callable[[list[object]], list[int]] | None = None) -> dict:
+             guided: Callable[[list[object]], list[int]] | None = None,
+             embeddings: Embeddings | None = None) -> dict:
     """Run the requested protocols on ``root`` and return one flat result dict (RESULT_KEYS first, None = not run).
 
     Images are embedded once each even when used by many pairs and both
@@ -568,7 +569,9 @@ def evaluate(root: Path | str, embed: EmbedFn, *, pairs: Path | str | None = Non
     counted apart, as faceidd refuses such frames before any face is looked at.
     ``guided`` picks each identity's K templates as guided enrolment would:
     given the tags of its images (in file order) it returns the indices of
-    the images to enrol; the rest are the attempts.
+    the images to enrol; the rest are the attempts. ``embeddings`` carries
+    the vectors from one call to the next (the bench runs several protocols
+    on one collection and embeds each image once).
     """
     started = time.perf_counter()
     if enroll is not None and enroll < 1:
@@ -582,7 +585,7 @@ def evaluate(root: Path | str, embed: EmbedFn, *, pairs: Path | str | None = Non
         dataset.identities = {name: paths for name, paths in dataset.identities.items() if name in wanted_ids}
         if not dataset.identities:
             raise EvaluateError(f"none of the requested identities is in {show_path(dataset.root)}")
-    emb = Embeddings()
+    emb = embeddings if embeddings is not None else Embeddings()
     result: dict = dict.fromkeys(RESULT_KEYS)
     result["threshold"] = threshold
     result["dataset_identities"] = len(dataset.identities)
