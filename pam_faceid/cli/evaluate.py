@@ -89,7 +89,7 @@ def make_embed(model: str | None, backend: str, flip: bool, dark_threshold: floa
     flip = flip or embedder.flip
     local = threading.local()
 
-    def embed(image: np.ndarray) -> np.ndarray:
+    def embed(image: np.ndarray) -> np.ndarray | tuple[np.ndarray, object]:
         pipeline = getattr(local, "pipeline", None)
         if pipeline is None:
             pipeline = local.pipeline = FacePipeline(policy="centre", min_size=20, spec=embedder.input)

@@ -40,7 +40,8 @@ FARS = (1e-2, 1e-3)
 PREFERRED_SUFFIXES = (".jpg", ".jpeg", ".png")
 """When a pairs entry matches several files (name_0001.jpg and name_0001.png), the first of these wins."""
 
-EmbedFn = Callable[[np.ndarray], "np.ndarray | None"]
+EmbedFn = Callable[[np.ndarray], "np.ndarray | tuple[np.ndarray, object] | None"]
+"""image -> unit vector, or (vector, tag) where the caller wants a per-image note kept (Embeddings.tags)."""
 
 
 class EvaluateError(ValueError):
