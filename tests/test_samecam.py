@@ -227,3 +227,21 @@ def test_a_login_is_judged_at_the_stored_operating_point_never_below_the_global_
     other = faceid(config, "test", user, "--from", str(make_image_folder(person_images(OTHER_PERSON)[:6])))
     assert other.returncode == 1 and "verdict: no_match" in other.stdout, other.stdout
     assert faceid(config, "test", user, "--from", frames).returncode == 0
+
+
+def test_calibrate_refits_and_stores_the_operating_point_with_the_same_function(tmp_path, temp_user):
+    require_root()
+    tmp_path.chmod(0o700)
+    folder = _camera(tmp_path / "photos", ["straight", "right"])
+    config = write_config(tmp_path, folder)
+    assert faceid(config, "enroll", temp_user.name, "--from", str(folder)).returncode == 0
+    before = _stored(config, temp_user.name)["operating_point"]
+    shown = faceid(config, "calibrate", temp_user.name)
+    assert shown.returncode == 0, shown.stderr
+    assert f"{temp_user.name}: operating point threshold {before['threshold']:.4f}" in shown.stdout
+    applied = faceid(config, "calibrate", temp_user.name, "--apply")
+    assert applied.returncode == 0 and "operating points of" in applied.stdout, applied.stderr
+    after = _stored(config, temp_user.name)["operating_point"]
+    configured = float(applied.stdout.split("auth.threshold = ")[1].split()[0])
+    assert after["global_threshold"] == pytest.approx(configured) and after["threshold"] >= configured
+    assert after["bank_source"].startswith("shipped bank")
