@@ -215,8 +215,14 @@ def frames_from(paths: Iterable[str], wanted: int | None = None) -> Iterator[Fra
                     yield Frame(image, f"{path} frame {index}")
 
 
-def frames_from_camera(cfg: Any, timeout: float = CAMERA_TIMEOUT) -> Iterator[Frame]:
-    """Frames of camera.device until it ends or ``timeout`` seconds pass."""
+def _every_frame(source: Any) -> Iterator[np.ndarray]:
+    while (image := source.read()) is not None:
+        yield image
+
+
+def frames_from_camera(cfg: Any, timeout: float = CAMERA_TIMEOUT, dark: bool = False) -> Iterator[Frame]:
+    """Frames of camera.device until it ends or ``timeout`` seconds pass; with ``dark`` also the frames under
+    camera.dark_threshold (guided enrolment tells the person it is too dark instead of waiting in silence)."""
     from pam_faceid.vision.camera import CameraError, FrameSource
 
     try:
@@ -225,7 +231,8 @@ def frames_from_camera(cfg: Any, timeout: float = CAMERA_TIMEOUT) -> Iterator[Fr
         raise CommandError(f"camera: {exc}", EXIT_FAILURE) from None
     deadline = time.monotonic() + timeout
     with source:
-        for index, image in enumerate(source.frames(timeout=timeout), 1):
+        images = _every_frame(source) if dark else source.frames(timeout=timeout)
+        for index, image in enumerate(images, 1):
             yield Frame(image, f"camera frame {index}")
             if time.monotonic() > deadline:
                 break

@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         per_view = max(1, -(-wanted // len(views)))
         print(f"Guided enrolment of {args.user} with the camera ({cfg.camera.device}): {len(views)} views, "
               f"{per_view} good frame(s) each")
-        got = guided(common.frames_from_camera(cfg), pipeline, views, per_view, cfg.camera.dark_threshold, keep)
+        got = guided(common.frames_from_camera(cfg, dark=True), pipeline, views, per_view, cfg.camera.dark_threshold, keep)
         asked = views
     if not got.crops:
         raise CommandError(f"no usable face in {got.seen} frame(s): nothing stored", EXIT_FAILURE)
