@@ -53,7 +53,7 @@ class Rule:
     base: float = 0.9321
     slope: float = 1.5
     knee: float = 0.97
-    cap: float = 0.97
+    cap: float = 0.96
     far: float = 1e-3
 
 
