@@ -246,3 +246,23 @@ def test_calibrate_refits_and_stores_the_operating_point_with_the_same_function(
     configured = float(applied.stdout.split("auth.threshold = ")[1].split()[0])
     assert after["global_threshold"] == pytest.approx(configured) and after["threshold"] >= configured
     assert after["bank_source"].startswith("shipped bank")
+
+
+def test_guided_protocol_keeps_one_good_image_per_view_then_straight_ones():
+    from pam_faceid.cli.evaluate import guided_choice
+    from pam_faceid.vision.quality import Assessment
+
+    def check(yaw: float, pitch: float = 0.55, problems: tuple[str, ...] = ()) -> Assessment:
+        return Assessment(problems=list(problems), pose=Pose(yaw, pitch), view="straight" if abs(yaw) < 0.12 else None)
+
+    checks = [check(0.0, problems=("too_dark",)), check(0.02), check(0.03), check(0.2), None, check(-0.15),
+              check(0.01, 0.45), check(0.0, 0.7), check(0.04)]
+    # 1: first good straight; 3: left (+0.18); 5: right; 6: up; 7: down; then 2 and 8 (straight); 0 and 4 never.
+    assert guided_choice(checks) == [1, 3, 5, 6, 7, 2, 8]
+
+
+def test_held_out_needs_a_collection_with_held_out_people(tmp_path):
+    (tmp_path / "person").mkdir()
+    shutil.copy(SAMPLE, tmp_path / "person" / "a.jpg")
+    done = faceid(None, "evaluate", str(tmp_path), "--enroll", "1", "--held-out")
+    assert done.returncode == 2 and "no identities are held out" in done.stderr and "Traceback" not in done.stderr
