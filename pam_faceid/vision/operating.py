@@ -39,18 +39,16 @@ RULE_NAME = "likeness-v1"
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """threshold = min(max(global, base + slope * (likeness - knee), bank's FAR threshold), cap), never below global.
+    """threshold = min(max(global + slope * (likeness - knee), bank's FAR threshold, global), cap), never below global.
 
     ``likeness`` is the mean over templates of the best similarity to another
     template (leave one out). slope and knee were fit on train/yaleb's
     yaleB01..yaleB20 (same camera) and train/lfw (web photos), never on the
     held-out yaleB21..yaleB39 nor on dev/ (docs/same-camera.md has the fit).
-    ``base`` is where the raise starts: the one-threshold operating point of
-    the shipped model (fit on dev/lfw before there were per-user points), a
-    constant, so refitting the global threshold moves only the floor.
+    The raise starts from the global threshold, so a model with another
+    threshold (or an admin's auth.threshold) moves every point with it.
     """
 
-    base: float = 0.9321
     slope: float = 1.5
     knee: float = 0.97
     cap: float = 0.96
@@ -125,7 +123,7 @@ def fit(templates: np.ndarray, bank: np.ndarray | None, global_threshold: float,
     """The user's operating point from their templates ([N,D] unit vectors) and the negative bank ([M,D] or None)."""
     base = float(global_threshold)
     like = likeness(templates)
-    raised = base if like is None else rule.base + rule.slope * (like - rule.knee)
+    raised = base if like is None else base + rule.slope * (like - rule.knee)
     from_bank = bank_threshold(templates, bank, rule.far)
     chosen = max(raised, from_bank if from_bank is not None else base)
     threshold = float(min(max(chosen, base), max(rule.cap, base)))
