@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="measure the face model on DATASET/IDENTITY/IMAGE folders",
         description="Measure the face model on a folder DATASET/IDENTITY/IMAGE: LFW-style pairs (accuracy with "
                     "10-fold-style threshold fitting, AUC, EER, TAR at FAR) and/or an enrol-K login protocol "
-                    "(FAR, FRR at the threshold). Unreadable files are skipped and counted.",
+                    "(FAR, FRR, each identity judged at the operating point a login would fit it from its K templates, never "
+                    "below the threshold; --flat for the one threshold). Unreadable files are skipped and counted.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
