@@ -1,7 +1,7 @@
 """Turn the benchmarks' JSON results into bench/results.md and the PNG plots, so no figure is typed by hand.
 
-Reads helper_start.json, auth_latency.json, embedder.json, daemon_memory.json
-and retrain.json from the results folder; a missing one is reported as not
+Reads helper_start.json, auth_latency.json, embedder.json, daemon_memory.json,
+retrain.json and same_camera.json from the results folder; a missing one is reported as not
 run. Plots: ROC and score histograms on the dev pairs (one curve per
 backend) and the login latency distribution of the three paths. The README
 links bench/results.md rather than carrying a copy.
@@ -284,6 +284,22 @@ def retrain_section(rt: dict | None) -> list[str]:
     return lines + [""]
 
 
+def same_camera_section(sc: dict | None) -> list[str]:
+    lines = ["## Same-camera FAR: one threshold against each user's operating point (`bench/same_camera.py`)", ""]
+    if sc is None:
+        return lines + ["Not run.", ""]
+    lines += [f"Held-out train/yaleb people (one camera, never trained or fit on) and dev/lfw; global threshold "
+              f"{sc['global_threshold']:.4f}; images under 10 % brightness counted apart; commit {sc['commit']}. "
+              "Why the targets are not all met: docs/same-camera.md.", "",
+              "| collection | protocol | FAR | FRR | too dark (apart) | thresholds min / median / max | command |",
+              "|---|---|---:|---:|---:|---|---|"]
+    for row in sc.get("rows", []):
+        lines.append(f"| {row['collection']} | {row['protocol']} | {row['far']:.2e} ({row['false_accepts']} / "
+                     f"{row['impostor_attempts']}) | {_pct(row['frr'], 2)} | {row['too_dark']} | "
+                     f"{_f(row['user_threshold_min'], 4)} / {_f(row['user_threshold_median'], 4)} / "
+                     f"{_f(row['user_threshold_max'], 4)} | `{row['command']}` |")
+    return lines + [""]
+
 
 def body(results: dict[str, dict | None], command: str, elapsed: float | None) -> list[str]:
     """Every section, from the JSON results alone; image links relative to bench/."""
@@ -300,12 +316,13 @@ def body(results: dict[str, dict | None], command: str, elapsed: float | None) -
     lines += embedder_section(emb) if emb else ["## The face model", "", "Not run.", ""]
     lines += memory_section(mem) if mem else ["## faceidd memory", "", "Not run.", ""]
     lines += retrain_section(rt)
+    lines += same_camera_section(results.get("same_camera"))
     return lines
 
 
 def write(folder: Path, out_dir: Path, command: str, elapsed: float | None = None) -> Path:
     results = {name: _load(folder, name) for name in ("helper_start", "auth_latency", "embedder",
-                                                      "daemon_memory", "retrain")}
+                                                      "daemon_memory", "retrain", "same_camera")}
     if not any(results.values()):
         raise SystemExit(f"report: no results in {folder}")
     lines = body(results, command, elapsed)

@@ -48,6 +48,7 @@ step "per-user retraining vs the seed"; $PY -m bench.retrain "${MODEL[@]}" "${RE
 step "liveness: photos and screens";  $PY -m bench.liveness --seed 3 "${LIVENESS[@]}" --out "$OUT/liveness.json"
 step "fuzzing a live faceidd";        $PY -m bench.fuzz "${MODEL[@]}" "${FUZZ[@]}" --out "$OUT/fuzz.json"
 step "load: concurrent sessions";     $PY -m bench.load "${MODEL[@]}" "${LOAD[@]}" --out "$OUT/load.json"
+step "same-camera FAR";               $PY -m bench.same_camera --out "$OUT/same_camera.json"
 step "report"
 $PY -m bench.report --results "$OUT" --out-dir bench --command "$COMMAND" --elapsed $((SECONDS - started))
 echo "== done in $((SECONDS - started)) s; raw results in $OUT"

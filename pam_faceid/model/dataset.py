@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pam_faceid.common.images import IMAGE_SUFFIXES, entry_kind
+from pam_faceid.model.holdout import held_out
 from pam_faceid.vision.embedder import InputSpec
 
 log = logging.getLogger(__name__)
@@ -117,8 +118,13 @@ def scan_dataset(root: Path | str) -> Dataset:
 
 
 def scan_labelled(root: Path) -> list[tuple[Path, str]]:
-    """(image, identity) for every image in ROOT/IDENTITY/, sorted by name (scan_dataset's rules)."""
-    return [(image, name) for name, images in scan_dataset(root).images().items() for image in images]
+    """(image, identity) for every image in ROOT/IDENTITY/, sorted by name (scan_dataset's rules).
+
+    The same-camera identities held out for measuring (model.holdout) are never listed: nothing trains on them.
+    """
+    skip = held_out(root)
+    return [(image, name) for name, images in scan_dataset(root).images().items() if name not in skip
+            for image in images]
 
 
 @dataclass
