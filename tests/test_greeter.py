@@ -1,0 +1,151 @@
+"""Face login at a real LightDM greeter, through the real ``lightdm`` PAM service: owner, stranger, no daemon.
+
+One real lightdm runs for the module (lightdm_support): as root, on Xvfb,
+with a private system bus, in a private mount namespace whose /etc/pam.d is
+a copy carrying the face line that ``faceid pam enable --service lightdm``
+wrote there, before the real ``@include common-auth`` (pam_unix). No PAM
+module is faked. The greeter is the shipped headless one
+(pam_faceid/data/lightdm/faceid-greeter.py); the session records ``id``.
+The camera is an image folder of camera-like frames of the bundled sample
+photos (pam_faceid/data/samples), and faceidd a real subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from cli_support import FACEID
+from faceidd_util import Faceidd, enrol, require_model, short_tmp
+from lightdm_support import LightDM, GreeterUser, require_lightdm
+
+from pam_faceid.cli.demo import camera_frames, sample_image, write_folder
+from pam_faceid.helper import main as helper
+from pam_faceid.pamstack import pamconf
+
+TIMEOUT = 4.0
+"""auth.timeout of the daemon's config: how long a face check may look."""
+
+
+class Setup:
+    """The module's LightDM, faceidd, user and cameras."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.user = GreeterUser(base)
+        (base / "d").mkdir(mode=0o711)
+        self.daemon = Faceidd(base / "d", {"liveness": {"mode": "off"},
+                                           "camera": {"dark_threshold": 0.0},
+                                           "auth": {"timeout": TIMEOUT, "abort_if_ssh": False,
+                                                    "abort_if_lid_closed": False}})
+        frames = base / "frames"
+        frames.mkdir(mode=0o700)
+        owner = sample_image("sample_person")
+        enrol_dir = write_folder(frames / "enrol", camera_frames(owner, 5, seed=1))
+        self.owner = write_folder(frames / "owner", camera_frames(owner, 8, seed=2))
+        self.stranger = write_folder(frames / "stranger", camera_frames(sample_image("other_person"), 8, seed=3))
+        self.no_camera = frames / "absent"
+        enrol(self.daemon.state_dir, self.user.name, sorted(enrol_dir.glob("*.jpg")))
+        self.lightdm = LightDM(base)
+
+    def camera(self, folder: Path) -> None:
+        self.daemon.rewrite_config({"camera": {"device": str(folder)}})
+
+    def enable_face(self) -> str:
+        """'faceid pam enable --service lightdm' in the private copy of /etc/pam.d; the stack it leaves."""
+        done = subprocess.run(self.lightdm.namespace(FACEID, "--config", str(self.daemon.config_path), "pam",
+                                                     "enable", "--service", "lightdm"),
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return (self.lightdm.pam_dir / "lightdm").read_text()
+
+    def session_done(self, attempt_events: int) -> None:
+        """Wait until LightDM restarted the greeter (the session ended); stop what the session left running."""
+        self.lightdm.wait_event("connected", attempt_events)
+        self.user.stop_processes()
+
+    def close(self) -> None:
+        self.lightdm.stop()
+        self.daemon.close()
+        self.user.close()
+
+
+@pytest.fixture(scope="module")
+def greeter() -> Iterator[Setup]:
+    require_lightdm()
+    require_model()
+    if not pamconf.pam_python_available():
+        pytest.skip("libpam-python not installed (apt-get install libpam-python): the face line is pam_python's")
+    base = short_tmp()
+    setup = None
+    try:
+        setup = Setup(base)
+        stack = setup.enable_face()
+        assert f"pam_python.so {pamconf.PROMPT_MODULE}" in stack and "auth\tsubstack\tcommon-auth" in stack, stack
+        setup.daemon.start()
+        setup.lightdm.start()
+        yield setup
+    finally:
+        if setup is not None:
+            setup.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_owner_at_the_camera_logs_in_with_no_password(greeter: Setup) -> None:
+    greeter.camera(greeter.owner)
+    sessions = len(greeter.lightdm.session_records())
+    attempt = greeter.lightdm.login(greeter.user.name)
+    assert attempt.wait("complete")["authenticated"], attempt.events()
+    record = attempt.session(sessions)
+    assert record["uid"] == greeter.user.uid and f"({greeter.user.name})" in record["id"]
+    messages = [(e["text"], e["type"]) for e in attempt.events() if e["event"] == "message"]
+    assert messages == [(helper.NOTICE_LOOKING, "info"), (helper.NOTICE_MATCH, "info")], attempt.events()
+    assert "prompt" not in attempt.kinds() and "answered" not in attempt.kinds()
+    assert f"user={greeter.user.name} service=lightdm" in greeter.daemon.logs()
+    greeter.session_done(attempt.start)
+
+
+def test_stranger_at_the_camera_gets_the_password_prompt(greeter: Setup) -> None:
+    greeter.camera(greeter.stranger)
+    sessions = len(greeter.lightdm.session_records())
+    wrong = greeter.lightdm.login(greeter.user.name, "wrong-" + greeter.user.password)
+    assert wrong.wait("complete")["authenticated"] is False
+    assert wrong.kinds()[:5] == ["authenticate", "message", "message", "prompt", "answered"], wrong.events()
+    assert [e["text"] for e in wrong.events() if e["event"] == "message"] == [helper.NOTICE_LOOKING,
+                                                                             helper.NOTICE_NO_MATCH]
+    assert [e["type"] for e in wrong.events() if e["event"] == "message"] == ["info", "error"]
+
+    right = greeter.lightdm.login(greeter.user.name, greeter.user.password)
+    assert right.wait("complete")["authenticated"] is True, right.events()
+    assert "prompt" in right.kinds()
+    record = right.session(sessions)
+    assert record["uid"] == greeter.user.uid
+    assert len(greeter.lightdm.session_records()) == sessions + 1, "the wrong password started a session"
+    greeter.session_done(right.start)
+
+
+@pytest.mark.parametrize("failure", ["daemon down", "no camera"])
+def test_no_face_check_goes_straight_to_the_password(greeter: Setup, failure: str) -> None:
+    if failure == "daemon down":
+        greeter.daemon.stop()
+    else:
+        greeter.camera(greeter.no_camera)
+    try:
+        sessions = len(greeter.lightdm.session_records())
+        attempt = greeter.lightdm.login(greeter.user.name, greeter.user.password)
+        prompt = attempt.wait("prompt", timeout=TIMEOUT + 10)
+        asked = attempt.wait("authenticate")["t"]
+        waited = prompt["t"] - asked
+        print(f"{failure}: authenticate() to the password prompt {waited * 1000:.0f} ms")
+        assert waited < TIMEOUT, f"{failure}: the prompt came {waited:.2f} s after authenticate()"
+        assert attempt.wait("complete")["authenticated"] is True
+        assert attempt.session(sessions)["uid"] == greeter.user.uid
+        greeter.session_done(attempt.start)
+    finally:
+        if failure == "daemon down":
+            greeter.daemon.start()
