@@ -177,8 +177,13 @@ def _open_session(socket_path: str, hello: dict[str, str]) -> tuple[protocol.Cli
     return client, answer
 
 
-def authenticate(env: Mapping[str, str], config_path: str | None) -> int:
-    """The whole helper run; returns the exit code or raises Abort."""
+def authenticate(env: Mapping[str, str], config_path: str | None, authtok_fd: int | None = None) -> int:
+    """The whole helper run; returns the exit code or raises Abort.
+
+    With ``authtok_fd`` (the pam_python module's pipe), a live face match at a
+    greeter also hands the user's TPM-sealed login password on through it
+    (hand_keyring).
+    """
     user = env.get("PAM_USER", "")
     if not user:
         raise Abort(EXIT_CONFIG, "PAM_USER is not set: run me from pam_exec")
@@ -218,13 +223,18 @@ def authenticate(env: Mapping[str, str], config_path: str | None) -> int:
             if answer.type != "ready":
                 raise Abort(EXIT_INTERNAL, f"daemon answered hello with {answer.type}")
             timeout = float(answer.get("timeout") or cfg.auth.timeout)
-            return _stream(client, cfg, timeout, user, service)
+            verdicts: list[protocol.Message] = []
+            code = _stream(client, cfg, timeout, user, service, verdicts)
+        if code == EXIT_MATCH and authtok_fd is not None and verdicts:
+            hand_keyring(cfg.daemon.state_dir, user, service, verdicts[-1], authtok_fd)
+        return code
     finally:
         if preload is not None:
             preload.join(timeout=3.0)  # never exit with an import half done in another thread
 
 
-def _stream(client: protocol.Client, cfg: Any, timeout: float, user: str, service: str) -> int:
+def _stream(client: protocol.Client, cfg: Any, timeout: float, user: str, service: str,
+            verdicts: list[protocol.Message]) -> int:
     """Send frames lock-step until the daemon's verdict, the end of the source or the timeout."""
     shown = cfg.auth.detection_notice
     deadline = time.monotonic() + timeout
@@ -242,6 +252,7 @@ def _stream(client: protocol.Client, cfg: Any, timeout: float, user: str, servic
                 client.send("frame", payload=jpeg, timeout=left + 1.0)
                 answer = client.recv(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
                 if answer.type == "verdict":
+                    verdicts.append(answer)
                     return _finish(answer, user, service, shown)
                 if answer.type != "progress":
                     raise Abort(EXIT_INTERNAL, f"daemon answered a frame with {answer.type}")
@@ -252,6 +263,7 @@ def _stream(client: protocol.Client, cfg: Any, timeout: float, user: str, servic
         raise Abort(EXIT_NO_DAEMON, str(exc)) from None
     if answer.type != "verdict":
         raise Abort(EXIT_INTERNAL, f"daemon answered end with {answer.type}")
+    verdicts.append(answer)
     return _finish(answer, user, service, shown)
 
 
@@ -269,6 +281,56 @@ def _finish(answer: protocol.Message, user: str, service: str, shown: bool) -> i
     log(syslog.LOG_INFO, detail)
     notice(shown, NOTICE_NO_MATCH)
     return EXIT_NOT_RECOGNISED
+
+
+def hand_keyring(state_dir: str, user: str, service: str, verdict: protocol.Message, fd: int) -> bool:
+    """Unseal ``user``'s login password and write it to the pipe ``fd``; True when handed on.
+
+    Only a root helper (real and effective uid), at a greeter (sealed.SERVICES),
+    after a match whose liveness check passed ("live": not "off", not
+    skipped), into a pipe. Every refusal is logged without the secret and
+    changes nothing else: the face login stands, the keyring stays locked.
+    """
+    from pam_faceid.common import sealed
+
+    why = None
+    if os.getuid() != 0 or os.geteuid() != 0:
+        why = "not run by root"
+    elif service not in sealed.SERVICES:
+        why = f"service {service or '-'} is not a greeter ({', '.join(sorted(sealed.SERVICES))})"
+    elif verdict.get("liveness") != "live":
+        why = f"liveness was {verdict.get('liveness') or 'not checked'}, not live"
+    else:
+        try:
+            why = None if stat.S_ISFIFO(os.fstat(fd).st_mode) else f"fd {fd} is not a pipe"
+        except OSError:
+            why = f"fd {fd} is not open"
+    if why:
+        log(syslog.LOG_INFO, f"user={user} service={service or '-'}: keyring not unlocked: {why}")
+        return False
+    secret = bytearray()
+    try:
+        record = sealed.load(state_dir, user)
+        if record is None:
+            return False
+        if sealed.stale(record, user):
+            sealed.remove(state_dir, user)
+            log(syslog.LOG_WARNING, f"user={user}: the password changed since it was sealed: sealed secret dropped "
+                                    "(faceid keyring enroll to seal the new one)")
+            return False
+        secret = sealed.unseal(record, sealed.work_folder(state_dir))
+        os.write(fd, secret)
+    except (sealed.SealError, OSError) as exc:
+        log(syslog.LOG_WARNING, f"user={user} service={service}: keyring not unlocked: {exc}")
+        return False
+    finally:
+        sealed.wipe(secret)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    log(syslog.LOG_NOTICE, f"user={user} service={service}: sealed keyring password handed to PAM")
+    return True
 
 
 PASSWORD_TIMEOUT = 0.5
@@ -316,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
                                          "pam_exec; PAM_USER etc. come from the environment).",
                                          formatter_class=_help_formatter)
         parser.add_argument("--config", help="config file (default: $FACEID_CONFIG or /etc/pam_faceid/config.yaml)")
+        parser.add_argument("--authtok-fd", type=int, metavar="FD",
+                            help="a pipe from the pam_python module: after a live face match at a greeter, write the "
+                                 "user's TPM-sealed login password to it (faceid keyring enroll)")
         parser.add_argument("--password-used", action="store_true",
                             help="only tell faceidd the password authenticated PAM_USER (a line after the password "
                                  "module, for auth.require_password_after)")
@@ -323,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         _arm_watchdog(10.0)
         if args.password_used:
             return report_password(os.environ, args.config)
-        return authenticate(os.environ, args.config)
+        return authenticate(os.environ, args.config, args.authtok_fd)
     except Abort as abort:
         log(syslog.LOG_WARNING if abort.code == EXIT_INTERNAL else syslog.LOG_INFO, str(abort))
         return abort.code

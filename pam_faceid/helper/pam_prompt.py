@@ -61,6 +61,8 @@ SIGKILL, SIGTERM = 9, 15
 """Numbers, not the signal module: importing it installs a SIGINT handler inside su or sudo."""
 CHILD_ENV = ("PAM_USER", "PAM_RUSER", "PAM_SERVICE", "PAM_TTY", "PAM_RHOST")
 CTRL_C, CTRL_D, CTRL_U, BACKSPACE, DELETE = 0x03, 0x04, 0x15, 0x08, 0x7F
+AUTHTOK_FD = 3
+"""The helper's fd for the sealed keyring password (faceid-helper --authtok-fd)."""
 MAX_TYPED = 4096
 """Bytes of a typed password kept; keys past it are dropped (PAM's own limit, PAM_MAX_RESP_SIZE, is 512)."""
 
@@ -141,10 +143,18 @@ class FaceCheck:
     def __init__(self, helper: str, config: str | None, env: dict[str, str]):
         argv = [helper] + (["--config", config] if config else [])
         read_end, write_end = os.pipe()
+        # Root only (a greeter, not sudo: its real uid is the user's): a pipe on fd 3 for the sealed keyring password.
+        self.authtok = None
+        authtok_write = None
+        if os.getuid() == 0 and os.geteuid() == 0:
+            self.authtok, authtok_write = os.pipe()
+            argv += ["--authtok-fd", str(AUTHTOK_FD)]
         pid = os.fork()
         if pid == 0:
-            _exec_child(argv, env, write_end)
+            _exec_child(argv, env, write_end, authtok_write)
         os.close(write_end)
+        if authtok_write is not None:
+            os.close(authtok_write)
         self.pid = pid
         self.out = read_end
         self.pidfd = os.pidfd_open(pid)
@@ -194,16 +204,37 @@ class FaceCheck:
             self.code = self._reap()
         self.close()
 
+    def take_authtok(self, pamh) -> None:
+        """After a match: the sealed login password the helper wrote, if any, becomes PAM_AUTHTOK (for
+        pam_gnome_keyring); the bytes read are zeroed (the string handed to PAM cannot be)."""
+        if self.authtok is None or self.code != 0:
+            return
+        secret = bytearray()
+        try:
+            while len(secret) <= MAX_TYPED and ready([self.authtok], 0):
+                chunk = os.read(self.authtok, 4096)
+                if not chunk:
+                    break
+                secret += chunk
+            if secret and len(secret) <= MAX_TYPED:
+                pamh.authtok = secret.decode("utf-8", "surrogateescape")
+                log(pamh, "sealed keyring password set as PAM_AUTHTOK")
+        finally:
+            secret[:] = bytes(len(secret))
+
     def close(self) -> None:
-        for fd in (self.out, self.pidfd):
+        for fd in (self.out, self.pidfd, self.authtok):
+            if fd is None:
+                continue
             try:
                 os.close(fd)
             except OSError:
                 pass
         self.out = self.pidfd = -1
+        self.authtok = None
 
 
-def _exec_child(argv: list[str], env: dict[str, str], out: int) -> None:
+def _exec_child(argv: list[str], env: dict[str, str], out: int, authtok: int | None = None) -> None:
     """In the forked child: a clean process as pam_exec's seteuid makes it, then exec the helper."""
     try:
         os.setsid()
@@ -212,7 +243,10 @@ def _exec_child(argv: list[str], env: dict[str, str], out: int) -> None:
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(null, 2)
-        os.closerange(3, 65536)
+        if authtok is not None:
+            os.dup2(authtok, AUTHTOK_FD)
+            os.set_inheritable(AUTHTOK_FD, True)  # dup2 onto itself leaves the pipe's close-on-exec set
+        os.closerange(AUTHTOK_FD + (authtok is not None), 65536)
         gid, uid = os.getegid(), os.geteuid()
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
@@ -328,6 +362,7 @@ def terminal_auth(pamh, fd: int, opts: dict[str, str], env: dict[str, str]) -> i
                     if code == 0:
                         prompt.write(f"\n{lines}")
                         log(pamh, "face recognised at the prompt")
+                        face.take_authtok(pamh)
                         return pamh.PAM_SUCCESS
                     if code is not None:
                         face.close()
@@ -403,6 +438,7 @@ def conversation_auth(pamh, opts: dict[str, str], env: dict[str, str]) -> int:
                 say(pamh, line)
         for line in face.lines():
             say(pamh, line)
+        face.take_authtok(pamh)
     finally:
         face.stop()
     return pamh.PAM_SUCCESS if face.code == 0 else pamh.PAM_IGNORE
