@@ -30,6 +30,7 @@ COMMANDS = [
     "snapshot",
     "unlock",
     "retrain",
+    "keyring",
 ]
 
 EXIT_OK = 0

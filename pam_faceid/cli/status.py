@@ -20,6 +20,7 @@ from typing import Any
 
 from pam_faceid.cli import EXIT_FAILURE
 from pam_faceid.cli import _common as common
+from pam_faceid.common import sealed
 
 EXAMPLE = """examples:
   sudo faceid status
@@ -230,6 +231,7 @@ def _print(report: dict[str, Any]) -> None:
     _print_lockouts(report["lockouts"], report["enrolments"])
     services = report["pam_services"]
     print(f"pam:      face auth on for {', '.join(services) if services else 'no service'} (in {PAM_DIR})")
+    print(f"keyring:  sealed login password for {', '.join(report['keyring']) or 'nobody'} (faceid keyring status)")
 
 
 def _print_lockouts(lockouts: dict[str, Any], enrolments: dict[str, Any]) -> None:
@@ -263,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
         "enrolments": _enrolments(cfg),
         "lockouts": _lockouts(cfg),
         "pam_services": pam_services(),
+        "keyring": sealed.sealed_users(cfg.daemon.state_dir),
     }
     if args.json:
         print(json.dumps(report, indent=1, sort_keys=True, default=str))

@@ -1,0 +1,171 @@
+"""The login password sealed to a TPM (swtpm here) and handed to PAM only after a live face match at a greeter.
+
+Real tpm2-tools against swtpm, the real ``faceid keyring`` CLI, real PAM
+(pam_unix) for the password check, and the real helper with a real faceidd
+for the handoff. The end-to-end unlock of gnome-keyring in a LightDM session
+is in test_greeter.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cli_support import faceid, write_config
+from faceidd_util import HELPER, Faceidd, enrol, require_model, run_as_nobody
+from tpm_support import SwTPM, require_swtpm
+
+from pam_faceid.cli.demo import camera_frames, sample_image, write_folder
+from pam_faceid.common import sealed
+
+SPOOF_REAL = Path(__file__).resolve().parents[2] / "shared" / "spoof" / "videos" / "real" / "apfol.webm"
+"""A man filmed live at a webcam (../shared/spoof, internal testing only): let in by liveness 'basic'."""
+
+
+@pytest.fixture
+def tpm(tmp_path: Path):
+    require_swtpm()
+    made: list[SwTPM] = []
+
+    def make(name: str = "tpm") -> SwTPM:
+        made.append(SwTPM(tmp_path / name).start())
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for one in made:
+            one.stop()
+
+
+def test_sealed_secret_opens_only_on_its_own_tpm_and_survives_a_restart(tpm, tmp_path: Path) -> None:
+    first, second = tpm("first"), tpm("second")
+    secret = bytearray(b"correct horse \xc3\xa9 battery")
+    started = time.monotonic()
+    record = sealed.seal(secret, first.tcti, "root")
+    seal_s = time.monotonic() - started
+    blob = json.dumps(record).encode()
+    assert bytes(secret) not in blob and b"correct horse" not in blob
+    started = time.monotonic()
+    assert sealed.unseal(record) == secret
+    unseal_s = time.monotonic() - started
+    print(f"seal {seal_s * 1000:.0f} ms, unseal {unseal_s * 1000:.0f} ms (swtpm, tpm2-tools)")
+    with pytest.raises(sealed.SealError, match="integrity check failed"):
+        sealed.unseal({**record, "tcti": second.tcti})
+    first.stop()
+    first.start()
+    assert sealed.unseal(record) == secret, "the sealing did not survive a restart of the TPM"
+
+
+def test_enroll_checks_the_password_through_pam_and_never_stores_a_wrong_one(tpm, temp_user, tmp_path: Path) -> None:
+    tmp_path.chmod(0o700)
+    one = tpm()
+    config = write_config(tmp_path, tmp_path / "no-camera")
+    state = str(tmp_path / "state")
+    wrong = faceid(config, "keyring", "enroll", temp_user.name, "--tcti", one.tcti, input="wrong-" + temp_user.password)
+    assert wrong.returncode == 1 and "nothing sealed" in wrong.stderr, wrong.stderr
+    assert sealed.sealed_users(state) == []
+    done = faceid(config, "keyring", "enroll", temp_user.name, "--tcti", one.tcti, input=temp_user.password + "\n")
+    assert done.returncode == 0, done.stderr
+    path = Path(sealed.record_path(state, temp_user.name))
+    st, folder = path.stat(), path.parent.stat()
+    assert (st.st_uid, st.st_mode & 0o777, folder.st_uid, folder.st_mode & 0o777) == (0, 0o600, 0, 0o700)
+    assert temp_user.password.encode() not in path.read_bytes()
+    assert sealed.unseal(sealed.load(state, temp_user.name)) == temp_user.password.encode()
+    assert f"{temp_user.name}: sealed" in faceid(config, "keyring", "status").stdout
+    assert f"keyring:  sealed login password for {temp_user.name}" in faceid(config, "status").stdout
+
+    # a hostile local user can neither read, list nor replace it
+    probe = run_as_nobody(f"import os\nfor op in (lambda: open({str(path)!r}, 'rb').read(), "
+                          f"lambda: os.listdir({str(path.parent)!r}), "
+                          f"lambda: open({str(path.parent / 'x.sealed')!r}, 'w')):\n"
+                          "    try:\n        op(); print('ALLOWED')\n    except PermissionError:\n        print('denied')\n")
+    assert probe.stdout.split() == ["denied"] * 3, probe.stdout + probe.stderr
+
+    # a password change (here chpasswd, as passwd does) makes the record stale: dropped, never handed on
+    subprocess.run(["chpasswd"], input=f"{temp_user.name}:new-{temp_user.password}\n", text=True, check=True)
+    assert "STALE" in faceid(config, "keyring", "status").stdout
+    record = sealed.load(state, temp_user.name)
+    assert record is not None and sealed.stale(record, temp_user.name)
+
+    removed = faceid(config, "keyring", "remove", temp_user.name)
+    assert removed.returncode == 0 and sealed.sealed_users(state) == []
+    assert faceid(config, "keyring", "remove", temp_user.name).returncode == 1
+
+
+def test_no_tpm_says_so_and_does_nothing(temp_user, tmp_path: Path) -> None:
+    tmp_path.chmod(0o700)
+    config = write_config(tmp_path, tmp_path / "no-camera")
+    done = faceid(config, "keyring", "enroll", temp_user.name, "--tcti", "device:/dev/faceid-no-such-tpm",
+                  input=temp_user.password + "\n")
+    assert done.returncode == 1 and "no TPM" in done.stderr and "nothing sealed" in done.stderr
+    assert not (tmp_path / "state" / sealed.FOLDER).exists()
+
+
+def _helper(config: Path, user: str, service: str, as_nobody: bool = False) -> tuple[int, bytes]:
+    """faceid-helper as pam_python runs it, with a pipe for --authtok-fd; (exit code, what came through the pipe)."""
+    read_end, write_end = os.pipe()
+    env = {"PAM_USER": user, "PAM_SERVICE": service, "PAM_TYPE": "auth", "PAM_TTY": ":0"}
+    prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"] if as_nobody else []
+    proc = subprocess.Popen([*prefix, str(HELPER), "--config", str(config), "--authtok-fd", str(write_end)], env=env,
+                            pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_end)
+    code = proc.wait(30)
+    got = b""
+    while chunk := os.read(read_end, 4096):
+        got += chunk
+    os.close(read_end)
+    return code, got
+
+
+@pytest.fixture(scope="module")
+def live_frames(tmp_path_factory) -> tuple[Path, Path]:
+    """(enrolment frames, camera frames) of the live apfol video: enrolled from its last third, seen from its start."""
+    if not SPOOF_REAL.is_file():
+        pytest.skip(f"{SPOOF_REAL} absent (../shared/spoof ships beside the repo, not in it)")
+    import cv2
+
+    base = tmp_path_factory.mktemp("live")
+    capture = cv2.VideoCapture(str(SPOOF_REAL))
+    frames = []
+    while len(frames) < 350:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    enrol_dir, camera = base / "enrol", base / "camera"
+    for folder, picked in ((enrol_dir, frames[-100::20]), (camera, frames[:60])):
+        folder.mkdir(mode=0o700)
+        for n, frame in enumerate(picked):
+            cv2.imwrite(str(folder / f"f{n:03d}.jpg"), frame)
+    return enrol_dir, camera
+
+
+def test_helper_hands_the_password_on_only_after_a_live_match_at_a_greeter(tpm, temp_user, faceidd, live_frames,
+                                                                          tmp_path: Path) -> None:
+    require_model()
+    enrol_dir, camera = live_frames
+    one = tpm()
+    d: Faceidd = faceidd({"liveness": {"mode": "basic"}, "camera": {"device": str(camera), "dark_threshold": 0.0},
+                          "auth": {"timeout": 6.0, "abort_if_ssh": False, "abort_if_lid_closed": False}})
+    enrol(d.state_dir, temp_user.name, sorted(enrol_dir.glob("*.jpg")))
+    record = sealed.seal(temp_user.password.encode(), one.tcti, temp_user.name)
+    sealed.store(str(d.state_dir), temp_user.name, record)
+    d.start()
+    assert _helper(d.config_path, temp_user.name, "lightdm") == (0, temp_user.password.encode()), d.logs()
+    assert "liveness=live" in d.logs()
+    for service in ("sudo", "polkit-1"):
+        assert _helper(d.config_path, temp_user.name, service) == (0, b""), service
+    assert _helper(d.config_path, temp_user.name, "lightdm", as_nobody=True)[1] == b""
+    d.rewrite_config({"camera": {"device": str(write_folder(tmp_path / "stranger",
+                                                              camera_frames(sample_image("other_person"), 8, 3)))}})
+    assert _helper(d.config_path, temp_user.name, "lightdm") == (1, b""), "a stranger's face unsealed"
+    d.rewrite_config({"liveness": {"mode": "off"}, "camera": {"device": str(camera)}})
+    d.stop()
+    d.start()
+    assert _helper(d.config_path, temp_user.name, "lightdm") == (0, b""), "handed on with liveness off"
