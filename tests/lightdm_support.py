@@ -128,6 +128,19 @@ class GreeterUser:
                     continue
         return pids
 
+    def start_session_bus(self, runtime: Path) -> None:
+        """What logind and systemd --user would give a session (there is neither here): a 0700 runtime folder
+        and a session bus at ``runtime``/bus, both the user's; pam_env hands their paths to the session."""
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.chown(runtime, self.uid, self.uid_gid())
+        subprocess.run(["setpriv", f"--reuid={self.uid}", f"--regid={self.uid_gid()}", "--init-groups",
+                        "dbus-daemon", "--session", f"--address=unix:path={runtime / 'bus'}", "--fork",
+                        "--print-pid"], check=True, capture_output=True, timeout=10,
+                       env={"PATH": "/usr/bin:/bin", "HOME": str(self.home), "XDG_RUNTIME_DIR": str(runtime)})
+
+    def uid_gid(self) -> int:
+        return pwd.getpwnam(self.name).pw_gid
+
     def stop_processes(self) -> None:
         for pid in self.processes():
             try:
@@ -271,6 +284,19 @@ class LightDM:
         os.chmod(tmp, 0o644)
         tmp.rename(self.control / "requests" / f"{name}.json")
         return Attempt(self, name, start)
+
+    def give_session_env(self, user: GreeterUser) -> Path:
+        """pam_env in the private lightdm service sets XDG_RUNTIME_DIR and DBUS_SESSION_BUS_ADDRESS for ``user``'s
+        sessions (logind's part; see GreeterUser.start_session_bus), before pam_gnome_keyring starts its daemon."""
+        runtime = self.base / f"xdg-{user.uid}"
+        env_file = self.base / "session.env"
+        env_file.write_text(f"XDG_RUNTIME_DIR={runtime}\nDBUS_SESSION_BUS_ADDRESS=unix:path={runtime / 'bus'}\n")
+        service = self.pam_dir / "lightdm"
+        anchor = "session      required pam_env.so readenv=1 envfile=/etc/default/locale\n"
+        text = service.read_text()
+        assert anchor in text, text
+        service.write_text(text.replace(anchor, anchor + f"session required pam_env.so envfile={env_file}\n"))
+        return runtime
 
     def session_records(self) -> list[dict[str, Any]]:
         return [json.loads(path.read_text()) for path in sorted(self.out.glob("session-*.json"))]

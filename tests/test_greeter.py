@@ -22,12 +22,15 @@ from typing import Iterator
 import pytest
 from cli_support import FACEID
 from faceidd_util import Faceidd, enrol, require_model, short_tmp
-from lightdm_support import LightDM, GreeterUser, require_lightdm
+from keyring_support import SwTPM, live_video_frames, require_swtpm
+from lightdm_support import GreeterUser, LightDM, require_lightdm
 
 from pam_faceid.cli.demo import camera_frames, sample_image, write_folder
 from pam_faceid.helper import main as helper
 from pam_faceid.pamstack import pamconf
 
+STORED = "faceid-keyring-check-value"
+"""What the first (password) session stores in the login keyring, and later sessions look up."""
 TIMEOUT = 4.0
 """auth.timeout of the daemon's config: how long a face check may look."""
 
@@ -52,6 +55,9 @@ class Setup:
         self.no_camera = frames / "absent"
         enrol(self.daemon.state_dir, self.user.name, sorted(enrol_dir.glob("*.jpg")))
         self.lightdm = LightDM(base)
+        self.runtime = self.lightdm.give_session_env(self.user)
+        (self.lightdm.out / "store-value").write_text(STORED)
+        self.user.start_session_bus(self.runtime)
 
     def camera(self, folder: Path) -> None:
         self.daemon.rewrite_config({"camera": {"device": str(folder)}})
@@ -68,6 +74,7 @@ class Setup:
         """Wait until LightDM restarted the greeter (the session ended); stop what the session left running."""
         self.lightdm.wait_event("connected", attempt_events)
         self.user.stop_processes()
+        self.user.start_session_bus(self.runtime)
 
     def close(self) -> None:
         self.lightdm.stop()
@@ -96,20 +103,6 @@ def greeter() -> Iterator[Setup]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_owner_at_the_camera_logs_in_with_no_password(greeter: Setup) -> None:
-    greeter.camera(greeter.owner)
-    sessions = len(greeter.lightdm.session_records())
-    attempt = greeter.lightdm.login(greeter.user.name)
-    assert attempt.wait("complete")["authenticated"], attempt.events()
-    record = attempt.session(sessions)
-    assert record["uid"] == greeter.user.uid and f"({greeter.user.name})" in record["id"]
-    messages = [(e["text"], e["type"]) for e in attempt.events() if e["event"] == "message"]
-    assert messages == [(helper.NOTICE_LOOKING, "info"), (helper.NOTICE_MATCH, "info")], attempt.events()
-    assert "prompt" not in attempt.kinds() and "answered" not in attempt.kinds()
-    assert f"user={greeter.user.name} service=lightdm" in greeter.daemon.logs()
-    greeter.session_done(attempt.start)
-
-
 def test_stranger_at_the_camera_gets_the_password_prompt(greeter: Setup) -> None:
     greeter.camera(greeter.stranger)
     sessions = len(greeter.lightdm.session_records())
@@ -125,8 +118,25 @@ def test_stranger_at_the_camera_gets_the_password_prompt(greeter: Setup) -> None
     assert "prompt" in right.kinds()
     record = right.session(sessions)
     assert record["uid"] == greeter.user.uid
+    assert record["keyring"] == {"locked": False, "stored": True, "lookup": STORED} or \
+        record["keyring"] == {"locked": False, "lookup": STORED}, f"the typed password did not open the keyring: {record}"
     assert len(greeter.lightdm.session_records()) == sessions + 1, "the wrong password started a session"
     greeter.session_done(right.start)
+
+
+def test_owner_at_the_camera_logs_in_with_no_password(greeter: Setup) -> None:
+    greeter.camera(greeter.owner)
+    sessions = len(greeter.lightdm.session_records())
+    attempt = greeter.lightdm.login(greeter.user.name)
+    assert attempt.wait("complete")["authenticated"], attempt.events()
+    record = attempt.session(sessions)
+    assert record["uid"] == greeter.user.uid and f"({greeter.user.name})" in record["id"]
+    messages = [(e["text"], e["type"]) for e in attempt.events() if e["event"] == "message"]
+    assert messages == [(helper.NOTICE_LOOKING, "info"), (helper.NOTICE_MATCH, "info")], attempt.events()
+    assert "prompt" not in attempt.kinds() and "answered" not in attempt.kinds()
+    assert f"user={greeter.user.name} service=lightdm" in greeter.daemon.logs()
+    assert record["keyring"]["locked"] is True, f"no password was given, yet the keyring is open: {record}"
+    greeter.session_done(attempt.start)
 
 
 @pytest.mark.parametrize("failure", ["daemon down", "no camera"])
@@ -149,3 +159,38 @@ def test_no_face_check_goes_straight_to_the_password(greeter: Setup, failure: st
     finally:
         if failure == "daemon down":
             greeter.daemon.start()
+
+
+def test_keyring_unlocked_after_a_live_face_login_only(greeter: Setup, tmp_path_factory) -> None:
+    """The sealed password opens the keyring after a live face match, not after a face with liveness off."""
+    require_swtpm()
+    live_enrol, live_camera = live_video_frames(tmp_path_factory.mktemp("live"))
+    tpm = SwTPM(greeter.base / "tpm").start()
+    try:
+        enrolled = subprocess.run([FACEID, "--config", str(greeter.daemon.config_path), "keyring", "enroll",
+                                   greeter.user.name, "--tcti", tpm.tcti], input=greeter.user.password + "\n",
+                                  capture_output=True, text=True, timeout=60)
+        assert enrolled.returncode == 0, enrolled.stderr
+
+        # a face match without a liveness check (liveness.mode off, the module's setting): no unseal
+        greeter.camera(greeter.owner)
+        sessions = len(greeter.lightdm.session_records())
+        attempt = greeter.lightdm.login(greeter.user.name)
+        assert attempt.wait("complete")["authenticated"]
+        assert attempt.session(sessions)["keyring"]["locked"] is True
+        greeter.session_done(attempt.start)
+
+        # a live face: the keyring opens with no password typed, and the stored secret reads back
+        enrol(greeter.daemon.state_dir, greeter.user.name, sorted(live_enrol.glob("*.jpg")))
+        greeter.daemon.rewrite_config({"liveness": {"mode": "basic"}, "camera": {"device": str(live_camera)}})
+        greeter.daemon.stop()
+        greeter.daemon.start()
+        sessions = len(greeter.lightdm.session_records())
+        attempt = greeter.lightdm.login(greeter.user.name)
+        assert attempt.wait("complete", timeout=30)["authenticated"], attempt.events()
+        assert "prompt" not in attempt.kinds()
+        record = attempt.session(sessions)
+        assert record["keyring"] == {"locked": False, "lookup": STORED}, record
+        greeter.session_done(attempt.start)
+    finally:
+        tpm.stop()

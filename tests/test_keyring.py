@@ -17,14 +17,10 @@ from pathlib import Path
 import pytest
 from cli_support import faceid, write_config
 from faceidd_util import HELPER, Faceidd, enrol, require_model, run_as_nobody
-from tpm_support import SwTPM, require_swtpm
+from keyring_support import SwTPM, live_video_frames, require_swtpm
 
 from pam_faceid.cli.demo import camera_frames, sample_image, write_folder
 from pam_faceid.common import sealed
-
-SPOOF_REAL = Path(__file__).resolve().parents[2] / "shared" / "spoof" / "videos" / "real" / "apfol.webm"
-"""A man filmed live at a webcam (../shared/spoof, internal testing only): let in by liveness 'basic'."""
-
 
 @pytest.fixture
 def tpm(tmp_path: Path):
@@ -124,26 +120,8 @@ def _helper(config: Path, user: str, service: str, as_nobody: bool = False) -> t
 
 @pytest.fixture(scope="module")
 def live_frames(tmp_path_factory) -> tuple[Path, Path]:
-    """(enrolment frames, camera frames) of the live apfol video: enrolled from its last third, seen from its start."""
-    if not SPOOF_REAL.is_file():
-        pytest.skip(f"{SPOOF_REAL} absent (../shared/spoof ships beside the repo, not in it)")
-    import cv2
-
-    base = tmp_path_factory.mktemp("live")
-    capture = cv2.VideoCapture(str(SPOOF_REAL))
-    frames = []
-    while len(frames) < 350:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    enrol_dir, camera = base / "enrol", base / "camera"
-    for folder, picked in ((enrol_dir, frames[-100::20]), (camera, frames[:60])):
-        folder.mkdir(mode=0o700)
-        for n, frame in enumerate(picked):
-            cv2.imwrite(str(folder / f"f{n:03d}.jpg"), frame)
-    return enrol_dir, camera
+    """(enrolment frames, camera frames) of a live person (keyring_support.live_video_frames)."""
+    return live_video_frames(tmp_path_factory.mktemp("live"))
 
 
 def test_helper_hands_the_password_on_only_after_a_live_match_at_a_greeter(tpm, temp_user, faceidd, live_frames,

@@ -1,4 +1,6 @@
-"""swtpm as the TPM for tests: a TPM 2.0 on a localhost TCP port with its own state folder.
+"""For the keyring tests: swtpm as the TPM, and frames of a live person (liveness passes on them).
+
+swtpm as the TPM: a TPM 2.0 on a localhost TCP port with its own state folder.
 
 tpm2-tools reach it through the TCTI ``swtpm:host=127.0.0.1,port=P``. The
 state survives stop() and start() (a reboot of the TPM: PCRs reset, keys
@@ -18,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+SPOOF_REAL = Path(__file__).resolve().parents[2] / "shared" / "spoof" / "videos" / "real" / "apfol.webm"
+"""A man filmed live at a webcam (../shared/spoof, internal testing only): liveness 'basic' lets him in."""
 TOOLS = ("swtpm", "tpm2_createprimary", "tpm2_unseal")
 
 
@@ -70,3 +74,26 @@ class SwTPM:
         while time.monotonic() < deadline and os.path.exists(f"/proc/{self.pid}"):
             time.sleep(0.02)
         self.pid = None
+
+
+def live_video_frames(base: Path) -> tuple[Path, Path]:
+    """(enrolment frames, camera frames) of the live video: enrolled from its last third, seen in its first 60
+    consecutive frames (as ../shared/spoof/README.md measured); skips when ../shared/spoof is absent."""
+    if not SPOOF_REAL.is_file():
+        pytest.skip(f"{SPOOF_REAL} absent (../shared/spoof ships beside the repo, not in it)")
+    import cv2
+
+    capture = cv2.VideoCapture(str(SPOOF_REAL))
+    frames = []
+    while len(frames) < 350:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    enrol_dir, camera = base / "live-enrol", base / "live-camera"
+    for folder, picked in ((enrol_dir, frames[-100::20]), (camera, frames[:60])):
+        folder.mkdir(mode=0o700)
+        for n, frame in enumerate(picked):
+            cv2.imwrite(str(folder / f"f{n:03d}.jpg"), frame)
+    return enrol_dir, camera
