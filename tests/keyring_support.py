@@ -71,9 +71,18 @@ class SwTPM:
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and os.path.exists(f"/proc/{self.pid}"):
+        while time.monotonic() < deadline and _running(self.pid):
             time.sleep(0.02)
         self.pid = None
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a daemonized swtpm's parent may never reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rpartition(b")")[2].split()[0] != b"Z"
+    except OSError:
+        return False
 
 
 def live_video_frames(base: Path) -> tuple[Path, Path]:

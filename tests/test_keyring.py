@@ -21,6 +21,7 @@ from keyring_support import SwTPM, live_video_frames, require_swtpm
 
 from pam_faceid.cli.demo import camera_frames, sample_image, write_folder
 from pam_faceid.common import sealed
+from pam_faceid.daemon.decision import Verdict, verdict_fields
 
 @pytest.fixture
 def tpm(tmp_path: Path):
@@ -147,3 +148,10 @@ def test_helper_hands_the_password_on_only_after_a_live_match_at_a_greeter(tpm, 
     d.stop()
     d.start()
     assert _helper(d.config_path, temp_user.name, "lightdm") == (0, b""), "handed on with liveness off"
+
+
+def test_only_a_root_peer_learns_whether_the_face_was_live() -> None:
+    """The helper unseals only on liveness "live" from faceidd; a user's own client never gets that field."""
+    verdict = Verdict("match", 0.97, 5, None, "live", 3)
+    assert verdict_fields(verdict, 0)["liveness"] == "live"
+    assert "liveness" not in verdict_fields(verdict, 1000)

@@ -59,6 +59,9 @@ def _enroll(state_dir: str, user: str, tcti: str) -> int:
     from pam_faceid.pamstack.pamproof import check_password
 
     account = common.check_user(user)
+    if sealed.shadow_digest(user) is None:
+        raise CommandError(f"{user}'s password is not in {sealed.SHADOW} (a network account?): a password change "
+                           "could not be noticed, so nothing is sealed", EXIT_FAILURE)
     why = sealed.tpm_problem(tcti)
     if why:
         raise CommandError(f"{why}; nothing sealed (a face login will not unlock {user}'s keyring)", EXIT_FAILURE)
