@@ -93,7 +93,7 @@ def live_video_frames(base: Path) -> tuple[Path, Path]:
     import cv2
 
     capture = cv2.VideoCapture(str(SPOOF_REAL))
-    frames = []
+    frames: list = []
     while len(frames) < 350:
         ok, frame = capture.read()
         if not ok:

@@ -12,10 +12,8 @@ photos (pam_faceid/data/samples), and faceidd a real subprocess.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Iterator
 

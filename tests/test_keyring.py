@@ -72,7 +72,8 @@ def test_enroll_checks_the_password_through_pam_and_never_stores_a_wrong_one(tpm
     st, folder = path.stat(), path.parent.stat()
     assert (st.st_uid, st.st_mode & 0o777, folder.st_uid, folder.st_mode & 0o777) == (0, 0o600, 0, 0o700)
     assert temp_user.password.encode() not in path.read_bytes()
-    assert sealed.unseal(sealed.load(state, temp_user.name)) == temp_user.password.encode()
+    record = sealed.load(state, temp_user.name)
+    assert record is not None and sealed.unseal(record) == temp_user.password.encode()
     assert f"{temp_user.name}: sealed" in faceid(config, "keyring", "status").stdout
     assert f"keyring:  sealed login password for {temp_user.name}" in faceid(config, "status").stdout
 
