@@ -139,6 +139,9 @@ def test_helper_hands_the_password_on_only_after_a_live_match_at_a_greeter(tpm, 
     d.start()
     assert _helper(d.config_path, temp_user.name, "lightdm") == (0, temp_user.password.encode()), d.logs()
     assert "liveness=live" in d.logs()
+    for path in Path(d.base).rglob("*"):  # never written unsealed: not in the state, config, logs or sockets' folder
+        if path.is_file() and path.suffix != ".jpg":
+            assert temp_user.password.encode() not in path.read_bytes(), path
     for service in ("sudo", "polkit-1"):
         assert _helper(d.config_path, temp_user.name, service) == (0, b""), service
     assert _helper(d.config_path, temp_user.name, "lightdm", as_nobody=True)[1] == b""
