@@ -180,7 +180,8 @@ def test_keyring_unlocked_after_a_live_face_login_only(greeter: Setup, tmp_path_
 
         # a live face: the keyring opens with no password typed, and the stored secret reads back
         enrol(greeter.daemon.state_dir, greeter.user.name, sorted(live_enrol.glob("*.jpg")))
-        greeter.daemon.rewrite_config({"liveness": {"mode": "basic"}, "camera": {"device": str(live_camera)}})
+        greeter.daemon.rewrite_config({"liveness": {"mode": "basic"}, "camera": {"device": str(live_camera)},
+                                       "auth": {"timeout": 10.0}})  # liveness needs ~30 frames: room on a busy machine
         greeter.daemon.stop()
         greeter.daemon.start()
         sessions = len(greeter.lightdm.session_records())

@@ -132,7 +132,7 @@ def test_helper_hands_the_password_on_only_after_a_live_match_at_a_greeter(tpm, 
     enrol_dir, camera = live_frames
     one = tpm()
     d: Faceidd = faceidd({"liveness": {"mode": "basic"}, "camera": {"device": str(camera), "dark_threshold": 0.0},
-                          "auth": {"timeout": 6.0, "abort_if_ssh": False, "abort_if_lid_closed": False}})
+                          "auth": {"timeout": 10.0, "abort_if_ssh": False, "abort_if_lid_closed": False}})
     enrol(d.state_dir, temp_user.name, sorted(enrol_dir.glob("*.jpg")))
     record = sealed.seal(temp_user.password.encode(), one.tcti, temp_user.name)
     sealed.store(str(d.state_dir), temp_user.name, record)
