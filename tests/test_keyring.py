@@ -148,10 +148,21 @@ def test_helper_hands_the_password_on_only_after_a_live_match_at_a_greeter(tpm, 
     d.rewrite_config({"camera": {"device": str(write_folder(tmp_path / "stranger",
                                                               camera_frames(sample_image("other_person"), 8, 3)))}})
     assert _helper(d.config_path, temp_user.name, "lightdm") == (1, b""), "a stranger's face unsealed"
-    d.rewrite_config({"liveness": {"mode": "off"}, "camera": {"device": str(camera)}})
+    d.rewrite_config({"camera": {"device": str(camera)}})
+
+    # the password changed since it was sealed: the next live face login drops the record, hands nothing on
+    subprocess.run(["chpasswd"], input=f"{temp_user.name}:new-{temp_user.password}\n", text=True, check=True)
+    assert _helper(d.config_path, temp_user.name, "lightdm") == (0, b"")
+    assert sealed.sealed_users(str(d.state_dir)) == []
+
+    # sealed again (the new password), but a face match without a liveness check: nothing handed on
+    sealed.store(str(d.state_dir), temp_user.name, sealed.seal(b"new-" + temp_user.password.encode(), one.tcti,
+                                                               temp_user.name))
+    d.rewrite_config({"liveness": {"mode": "off"}})
     d.stop()
     d.start()
     assert _helper(d.config_path, temp_user.name, "lightdm") == (0, b""), "handed on with liveness off"
+    assert sealed.sealed_users(str(d.state_dir)) == [temp_user.name]
 
 
 def test_only_a_root_peer_learns_whether_the_face_was_live() -> None:
