@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from keyring_support import SwTPM, live_video_frames, require_swtpm
 from pam_faceid.cli.demo import camera_frames, sample_image, write_folder
 from pam_faceid.common import sealed
 from pam_faceid.daemon.decision import Verdict, verdict_fields
+from pam_faceid.pamstack import pamconf
 
 @pytest.fixture
 def tpm(tmp_path: Path):
@@ -170,3 +172,33 @@ def test_only_a_root_peer_learns_whether_the_face_was_live() -> None:
     verdict = Verdict("match", 0.97, 5, None, "live", 3)
     assert verdict_fields(verdict, 0)["liveness"] == "live"
     assert "liveness" not in verdict_fields(verdict, 1000)
+
+
+def test_passwd_reseals_the_keyring_password(tpm, temp_user, tmp_path: Path) -> None:
+    """Real passwd, its password stack (a copy, in a private mount namespace) ending with our pam_python line."""
+    pexpect = pytest.importorskip("pexpect", reason="pexpect not installed (./install.sh --dev)")
+    if not pamconf.pam_python_available():
+        pytest.skip("libpam-python not installed (apt-get install libpam-python)")
+    tmp_path.chmod(0o700)
+    one = tpm()
+    config = write_config(tmp_path, tmp_path / "no-camera")
+    state = str(tmp_path / "state")
+    sealed.store(state, temp_user.name, sealed.seal(temp_user.password.encode(), one.tcti, temp_user.name))
+    pam_copy = tmp_path / "pam.d"
+    shutil.copytree("/etc/pam.d", pam_copy, symlinks=True)
+    with open(pam_copy / "common-password", "a") as fh:
+        fh.write(f"password optional pam_python.so {pamconf.PROMPT_MODULE} helper={HELPER} config={config}\n")
+    new = f"new-{temp_user.password}"
+    child = pexpect.spawn("unshare", ["--mount", "--propagation", "private", "sh", "-c",
+                                      'mount --bind "$1" /etc/pam.d && exec passwd "$2"', "sh", str(pam_copy),
+                                      temp_user.name], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                          encoding="utf-8", timeout=30)
+    for _ in range(2):
+        child.expect("password:")
+        child.sendline(new)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    record = sealed.load(state, temp_user.name)
+    assert record is not None and not sealed.stale(record, temp_user.name)
+    assert sealed.unseal(record) == new.encode()

@@ -80,7 +80,32 @@ def _enroll(state_dir: str, user: str, tcti: str) -> int:
         sealed.wipe(secret)
     path = sealed.store(state_dir, user, record)
     print(f"sealed {user}'s login password to the TPM ({tcti}): {path}")
+    if not _reseals_on_change():
+        print(f"note: {COMMON_PASSWORD} has no pam_python line for faceid, so a password change drops this at the "
+              f"next face login instead of resealing it; to reseal, end that file with:\n  {reseal_line()}")
     return 0
+
+
+COMMON_PASSWORD = "/etc/pam.d/common-password"
+
+
+def reseal_line() -> str:
+    """The ``password`` line after which a change reseals (pam_prompt's chauthtok runs the helper)."""
+    from pam_faceid.pamstack import pamconf
+
+    return f"password optional pam_python.so {pamconf.PROMPT_MODULE} helper={pamconf.helper_path()}"
+
+
+def _reseals_on_change() -> bool:
+    from pam_faceid.pamstack import pamconf
+
+    try:
+        with open(COMMON_PASSWORD, encoding="utf-8", errors="replace") as fh:
+            rules = pamconf.parse_rules(fh.read().splitlines())
+    except OSError:
+        return False
+    return any(rule.type.lstrip("-") == "password" and rule.module_name == "pam_python.so" and rule.args
+               and rule.args[0].endswith(pamconf.PROMPT_MODULE.name) for rule in rules)
 
 
 def _status(state_dir: str) -> int:

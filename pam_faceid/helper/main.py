@@ -333,6 +333,48 @@ def hand_keyring(state_dir: str, user: str, service: str, verdict: protocol.Mess
     return True
 
 
+def reseal_keyring(env: Mapping[str, str], config_path: str | None, fd: int) -> int:
+    """After a password change (pam_python's chauthtok): seal the new password, read from the pipe ``fd``, in
+    place of PAM_USER's record. Root only; the record is dropped when the shadow hash did not change (no new
+    password was set, so what came cannot be trusted) or the TPM fails."""
+    from pam_faceid.common import sealed
+
+    user = env.get("PAM_USER", "")
+    if not user or env.get("PAM_TYPE") != "password":
+        raise Abort(EXIT_CONFIG, "--reseal-fd belongs on a password line run by pam_python")
+    if os.getuid() != 0 or os.geteuid() != 0:
+        raise Abort(EXIT_SKIPPED, "not run by root: nothing resealed")
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        raise Abort(EXIT_CONFIG, f"config: {exc}") from None
+    state_dir = cfg.daemon.state_dir
+    secret = bytearray()
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            raise Abort(EXIT_CONFIG, f"fd {fd} is not a pipe")
+        record = sealed.load(state_dir, user)
+        if record is None:
+            return EXIT_MATCH
+        if not sealed.stale(record, user):
+            sealed.remove(state_dir, user)
+            raise Abort(EXIT_SKIPPED, f"user={user}: password unchanged after chauthtok: sealed secret dropped")
+        while len(secret) <= sealed.MAX_SECRET:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            secret += chunk
+        sealed.store(state_dir, user, sealed.seal(secret, str(record.get("tcti") or sealed.DEFAULT_TCTI), user,
+                                                  sealed.work_folder(state_dir)))
+    except (sealed.SealError, OSError) as exc:
+        sealed.remove(state_dir, user)
+        raise Abort(EXIT_INTERNAL, f"user={user}: keyring reseal failed, sealed secret dropped: {exc}") from None
+    finally:
+        sealed.wipe(secret)
+    log(syslog.LOG_NOTICE, f"user={user}: sealed keyring password resealed after a password change")
+    return EXIT_MATCH
+
+
 PASSWORD_TIMEOUT = 0.5
 """Seconds the daemon has to take a password_used report: it must never slow a password login."""
 
@@ -381,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--authtok-fd", type=int, metavar="FD",
                             help="a pipe from the pam_python module: after a live face match at a greeter, write the "
                                  "user's TPM-sealed login password to it (faceid keyring enroll)")
+        parser.add_argument("--reseal-fd", type=int, metavar="FD",
+                            help="a pipe from pam_python's chauthtok: the new password, to reseal the user's keyring "
+                                 "password with")
         parser.add_argument("--password-used", action="store_true",
                             help="only tell faceidd the password authenticated PAM_USER (a line after the password "
                                  "module, for auth.require_password_after)")
@@ -388,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         _arm_watchdog(10.0)
         if args.password_used:
             return report_password(os.environ, args.config)
+        if args.reseal_fd is not None:
+            return reseal_keyring(os.environ, args.config, args.reseal_fd)
         return authenticate(os.environ, args.config, args.authtok_fd)
     except Abort as abort:
         log(syslog.LOG_WARNING if abort.code == EXIT_INTERNAL else syslog.LOG_INFO, str(abort))

@@ -475,3 +475,51 @@ def pam_sm_authenticate(pamh, flags, argv):
 
 def pam_sm_setcred(pamh, flags, argv):
     return pamh.PAM_IGNORE
+
+
+PAM_UPDATE_AUTHTOK = 0x2000
+RESEAL_WAIT = 15.0
+"""Seconds the password change waits for the helper to reseal (the TPM takes about 0.1 s)."""
+
+
+def pam_sm_chauthtok(pamh, flags, argv):
+    """On a ``password`` line after the password module: once it changed the password, the helper reseals the
+    user's TPM-sealed keyring password (faceid keyring) with the new one, through a pipe. Never fails the change."""
+    try:
+        if not flags & getattr(pamh, "PAM_UPDATE_AUTHTOK", PAM_UPDATE_AUTHTOK) or os.geteuid() != 0:
+            return pamh.PAM_IGNORE
+        opts = parse_args(list(argv[1:]))
+        why = unsafe_path(opts["helper"])
+        if why:
+            log(pamh, f"not running the helper: {why}")
+            return pamh.PAM_IGNORE
+        new = pamh.authtok
+        if not new:
+            return pamh.PAM_IGNORE
+        env = child_env(pamh)
+        env["PAM_TYPE"] = "password"
+        secret = bytearray(new.encode("utf-8", "surrogateescape"))
+        read_end, write_end = os.pipe()
+        try:
+            os.write(write_end, secret)
+        finally:
+            secret[:] = bytes(len(secret))
+            os.close(write_end)
+        argv_child = [opts["helper"]] + (["--config", opts["config"]] if opts.get("config") else []) + \
+            ["--reseal-fd", str(AUTHTOK_FD)]
+        null = os.open(os.devnull, os.O_WRONLY)
+        pid = os.fork()
+        if pid == 0:
+            _exec_child(argv_child, env, null, read_end)
+        os.close(read_end)
+        os.close(null)
+        pidfd = os.pidfd_open(pid)
+        try:
+            if not ready([pidfd], RESEAL_WAIT):
+                os.kill(pid, SIGKILL)
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+        finally:
+            os.close(pidfd)
+    except Exception as exc:
+        log(pamh, f"keyring reseal skipped: {type(exc).__name__}: {exc}")
+    return pamh.PAM_IGNORE
