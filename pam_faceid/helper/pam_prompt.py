@@ -29,6 +29,13 @@ background job) the helper's lines go through the PAM conversation
 ``start=enter`` the module first asks "Password, or Enter for face:"
 through the conversation.
 
+Run by root (a greeter), the face child also gets a pipe on fd 3: after a
+live match at a greeter the helper writes the user's TPM-sealed login
+password there and it becomes PAM_AUTHTOK, so pam_gnome_keyring unlocks the
+login keyring (``faceid keyring``). On a ``password`` line
+(``pam_sm_chauthtok``) the new password goes to the helper through a pipe,
+which reseals it.
+
 Every failure (no helper, a bad helper owner, any Python error) returns
 PAM_IGNORE or lets pam_python return PAM_SERVICE_ERR, both ignored by the
 line: the password prompt follows. The password is never logged and never
