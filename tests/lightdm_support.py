@@ -158,8 +158,10 @@ class GreeterUser:
 class LightDM:
     """Real lightdm, its X server and its system bus, all private; the greeter takes requests (see the module doc)."""
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, gtk_user: str | None = None):
         self.base = base
+        self.gtk_user = gtk_user
+        """With a user: run the real lightdm-gtk-greeter instead, with that user selected (its state file)."""
         self.pam_dir = base / "pam.d"
         shutil.copytree("/etc/pam.d", self.pam_dir, symlinks=True)
         self.control = base / "control"
@@ -211,14 +213,27 @@ class LightDM:
         wrapper = self.scripts / "session-wrapper"
         wrapper.write_text('#!/bin/sh\nexec /bin/sh -c "$1"\n')  # LightDM passes Exec as one word
         os.chmod(wrapper, 0o755)
+        greeter = GREETER
+        if self.gtk_user is not None:
+            # lightdm-gtk-greeter asks for Debian's default session name whatever the hint: the same session there
+            shutil.copy(sessions / f"{SESSION}.desktop", sessions / "lightdm-xsession.desktop")
+            greeter = "lightdm-gtk-greeter"
+            shutil.copy(f"/usr/share/xgreeters/{greeter}.desktop", greeters / f"{greeter}.desktop")
+            state = self.lightdm_home / ".cache" / greeter
+            state.mkdir(parents=True)
+            (state / "state").write_text(f"[greeter]\nlast-user={self.gtk_user}\n")
+            lightdm = pwd.getpwnam("lightdm")
+            for path in (self.lightdm_home / ".cache", state, state / "state"):
+                os.chown(path, lightdm.pw_uid, lightdm.pw_gid)
         config = self.base / "lightdm.conf"
         config.write_text(
             "[LightDM]\nstart-default-seat=true\ngreeter-user=lightdm\nbackup-logs=false\n"
             f"log-directory={self.base / 'log'}\nrun-directory={self.base / 'run'}\n"
             f"cache-directory={self.base / 'cache'}\nsessions-directory={sessions}\ngreeters-directory={greeters}\n"
             "[Seat:*]\ntype=xremote\nxserver-hostname=127.0.0.1\n"
-            f"xserver-display-number={self.display}\ngreeter-session={GREETER}\nuser-session={SESSION}\n"
-            f"session-wrapper={wrapper}\ngreeter-hide-users=true\nallow-guest=false\nexit-on-failure=true\n")
+            f"xserver-display-number={self.display}\ngreeter-session={greeter}\nuser-session={SESSION}\n"
+            f"session-wrapper={wrapper}\ngreeter-hide-users={'false' if self.gtk_user else 'true'}\n"
+            "allow-guest=false\nexit-on-failure=true\n")
         return config
 
     def start(self) -> "LightDM":
@@ -245,7 +260,8 @@ class LightDM:
         self.started = time.monotonic()
         self.proc = subprocess.Popen(self.namespace("lightdm", "-c", str(config), "--debug"), env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.connected = self.wait_event("connected", since=0, timeout=30)["t"]
+        if self.gtk_user is None:
+            self.connected = self.wait_event("connected", since=0, timeout=30)["t"]
         return self
 
     # ------------------------------------------------------------ use

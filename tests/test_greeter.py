@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from cli_support import FACEID
@@ -157,6 +158,40 @@ def test_no_face_check_goes_straight_to_the_password(greeter: Setup, failure: st
     finally:
         if failure == "daemon down":
             greeter.daemon.start()
+
+
+def test_the_real_gtk_greeter_logs_the_owner_in_by_face_and_one_enter(greeter: Setup) -> None:
+    """lightdm-gtk-greeter, the greeter Debian's lightdm installs, with the owner selected (its state file): it
+    starts authentication at once, the face matches, and one Enter (its "Log In") starts the session."""
+    if shutil.which("lightdm-gtk-greeter") is None or shutil.which("xdotool") is None:
+        pytest.skip("lightdm-gtk-greeter or xdotool not installed (apt-get install lightdm-gtk-greeter xdotool)")
+    greeter.camera(greeter.owner)
+    base = greeter.base / "gtk"
+    base.mkdir(mode=0o711)
+    gtk = LightDM(base, gtk_user=greeter.user.name)
+    try:
+        shutil.copy(greeter.lightdm.pam_dir / "lightdm", gtk.pam_dir / "lightdm")  # the face line, the session env
+        gtk.start()
+        authenticated = f"Authenticate result for user {greeter.user.name}: Success"
+        _wait_for(lambda: authenticated in gtk.logs(), f"{authenticated!r} in LightDM's log", gtk)
+        assert not gtk.session_records(), "the session started before Log In"
+        xdotool = subprocess.run(["xdotool", "key", "Return"], capture_output=True, text=True, timeout=10,
+                                 env={"PATH": "/usr/bin:/bin", "DISPLAY": f"127.0.0.1:{gtk.display}"})
+        assert xdotool.returncode == 0, xdotool.stderr
+        _wait_for(gtk.session_records, "the session's record", gtk)
+        assert gtk.session_records()[0]["uid"] == greeter.user.uid
+    finally:
+        gtk.stop()
+        greeter.user.stop_processes()
+        greeter.user.start_session_bus(greeter.runtime)
+
+
+def _wait_for(ready: Callable[[], object], what: str, lightdm: LightDM, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline and lightdm.proc is not None and lightdm.proc.poll() is None, \
+            f"{what}: not within {timeout} s; LightDM's log:\n{lightdm.logs()}"
+        time.sleep(0.05)
 
 
 def test_keyring_unlocked_after_a_live_face_login_only(greeter: Setup, tmp_path_factory) -> None:
