@@ -85,6 +85,10 @@ def test_enroll_checks_the_password_through_pam_and_never_stores_a_wrong_one(tpm
                           f"lambda: open({str(path.parent / 'x.sealed')!r}, 'w')):\n"
                           "    try:\n        op(); print('ALLOWED')\n    except PermissionError:\n        print('denied')\n")
     assert probe.stdout.split() == ["denied"] * 3, probe.stdout + probe.stderr
+    os.chown(path, 65534, 65534)  # a record root does not own alone (planted, or given away) is refused
+    with pytest.raises(sealed.SealError, match="not root's alone"):
+        sealed.load(state, temp_user.name)
+    os.chown(path, 0, 0)
 
     # a password change (here chpasswd, as passwd does) makes the record stale: dropped, never handed on
     subprocess.run(["chpasswd"], input=f"{temp_user.name}:new-{temp_user.password}\n", text=True, check=True)
@@ -144,7 +148,7 @@ def test_helper_hands_the_password_on_only_after_a_live_match_at_a_greeter(tpm, 
     for path in Path(d.base).rglob("*"):  # never written unsealed: not in the state, config, logs or sockets' folder
         if path.is_file() and path.suffix != ".jpg":
             assert temp_user.password.encode() not in path.read_bytes(), path
-    for service in ("sudo", "polkit-1"):
+    for service in ("sudo", "su", "polkit-1"):
         assert _helper(d.config_path, temp_user.name, service) == (0, b""), service
     assert _helper(d.config_path, temp_user.name, "lightdm", as_nobody=True)[1] == b""
     d.rewrite_config({"camera": {"device": str(write_folder(tmp_path / "stranger",
