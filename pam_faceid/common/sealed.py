@@ -91,7 +91,7 @@ def _env(tcti: str) -> dict[str, str]:
     return {"PATH": SAFE_PATH, "TPM2TOOLS_TCTI": tcti, "LC_ALL": "C"}
 
 
-def _run(args: list[str], tcti: str, cwd: str, secret: bytes | None = None) -> bytes:
+def _run(args: list[str], tcti: str, cwd: str, secret: bytes | bytearray | None = None) -> bytes:
     """One tpm2-tools command in ``cwd``; its stdout. The secret, if any, goes on stdin."""
     try:
         done = subprocess.run(args, input=secret if secret is not None else b"", capture_output=True, cwd=cwd,
@@ -147,7 +147,7 @@ def seal(secret: bytes | bytearray, tcti: str, user: str, work_parent: str | Non
         _flush(tcti, work)
         _run(["tpm2_create", "-Q", "-C", "primary.ctx", "-g", "sha256", "-L", "policy.dat",
               "-a", "fixedtpm|fixedparent", "-i", "-", "-u", "sealed.pub", "-r", "sealed.priv"], tcti, work,
-             secret=bytes(secret))
+             secret=secret)
         _flush(tcti, work)
         with open(os.path.join(work, "sealed.pub"), "rb") as pub, open(os.path.join(work, "sealed.priv"), "rb") as priv:
             parts = {"pub": base64.b64encode(pub.read()).decode(), "priv": base64.b64encode(priv.read()).decode()}
@@ -172,11 +172,65 @@ def unseal(record: dict[str, Any], work_parent: str | None = None) -> bytearray:
              tcti, work)
         _flush(tcti, work)
         try:
-            secret = bytearray(_run(["tpm2_unseal", "-c", "sealed.ctx", "-p", f"pcr:{record.get('pcrs', PCRS)}"],
-                                    tcti, work))
+            secret = _unseal_into_buffer(["tpm2_unseal", "-c", "sealed.ctx", "-p", f"pcr:{record.get('pcrs', PCRS)}"],
+                                         tcti, work)
         finally:
             _flush(tcti, work)
     return secret
+
+
+def _unseal_into_buffer(args: list[str], tcti: str, work: str) -> bytearray:
+    """tpm2_unseal's stdout read straight into a bytearray the caller can wipe (no bytes copy on the way)."""
+    buffer = bytearray(MAX_SECRET + 1)
+    view = memoryview(buffer)
+    size = 0
+    try:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                cwd=work, env=_env(tcti))
+    except FileNotFoundError:
+        raise SealError(f"{args[0]} not found: install tpm2-tools") from None
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        while size < len(buffer):
+            got = os.readv(proc.stdout.fileno(), [view[size:]])
+            if not got:
+                break
+            size += got
+        errors = proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
+        code = proc.wait(TOOL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise SealError(f"{args[0]}: the TPM did not answer within {TOOL_TIMEOUT:.0f} s") from None
+    finally:
+        view.release()
+    if code != 0 or size > MAX_SECRET:
+        wipe(buffer)
+        why = next((line for line in errors if "failed" in line.lower()),
+                   errors[-1] if errors else f"exit {code}, {size} bytes")
+        raise SealError(f"{args[0]}: {why.strip()}")
+    del buffer[size:]  # shrinking in place: the bytes cut off were never written
+    return buffer
+
+
+def read_secret(fd: int) -> bytearray:
+    """A password from the pipe ``fd`` until its end, read straight into a bytearray (wipe it after use)."""
+    buffer = bytearray(MAX_SECRET + 1)
+    view = memoryview(buffer)
+    size = 0
+    try:
+        while size < len(buffer):
+            got = os.readv(fd, [view[size:]])
+            if not got:
+                break
+            size += got
+    finally:
+        view.release()
+    if size > MAX_SECRET:
+        wipe(buffer)
+        raise SealError(f"more than {MAX_SECRET} bytes: not a password")
+    del buffer[size:]
+    return buffer
 
 
 def _check_private(path: str) -> None:

@@ -365,11 +365,7 @@ def reseal_keyring(env: Mapping[str, str], config_path: str | None, fd: int) -> 
         if not sealed.stale(record, user):
             sealed.remove(state_dir, user)
             raise Abort(EXIT_SKIPPED, f"user={user}: password unchanged after chauthtok: sealed secret dropped")
-        while len(secret) <= sealed.MAX_SECRET:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            secret += chunk
+        secret = sealed.read_secret(fd)
         sealed.store(state_dir, user, sealed.seal(secret, str(record.get("tcti") or sealed.DEFAULT_TCTI), user,
                                                   sealed.work_folder(state_dir)))
     except (sealed.SealError, OSError) as exc:

@@ -216,17 +216,20 @@ class FaceCheck:
         pam_gnome_keyring); the bytes read are zeroed (the string handed to PAM cannot be)."""
         if self.authtok is None or self.code != 0:
             return
-        secret = bytearray()
+        secret = bytearray(MAX_TYPED + 1)
+        view = memoryview(secret)
+        size = 0
         try:
-            while len(secret) <= MAX_TYPED and ready([self.authtok], 0):
-                chunk = os.read(self.authtok, 4096)
-                if not chunk:
+            while size < len(secret) and ready([self.authtok], 0):
+                got = os.readv(self.authtok, [view[size:]])  # straight into the buffer: no bytes copy left behind
+                if not got:
                     break
-                secret += chunk
-            if secret and len(secret) <= MAX_TYPED:
-                pamh.authtok = secret.decode("utf-8", "surrogateescape")
+                size += got
+            if 0 < size <= MAX_TYPED:
+                pamh.authtok = str(view[:size], "utf-8", "surrogateescape")
                 log(pamh, "sealed keyring password set as PAM_AUTHTOK")
         finally:
+            view.release()
             secret[:] = bytes(len(secret))
 
     def close(self) -> None:
