@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_support import faceid, write_config
+from cli_support import FACEID, faceid, write_config
 from faceidd_util import HELPER, Faceidd, enrol, require_model, run_as_nobody
 from keyring_support import SwTPM, live_video_frames, require_swtpm
 
@@ -99,6 +99,28 @@ def test_enroll_checks_the_password_through_pam_and_never_stores_a_wrong_one(tpm
     removed = faceid(config, "keyring", "remove", temp_user.name)
     assert removed.returncode == 0 and sealed.sealed_users(state) == []
     assert faceid(config, "keyring", "remove", temp_user.name).returncode == 1
+
+
+def test_a_face_line_in_common_auth_never_vouches_for_the_password(tpm, temp_user, tmp_path: Path) -> None:
+    """enroll checks the password with our face lines taken out: a face line that always matches (a stand-in
+    named faceid-helper, in common-auth of a private /etc/pam.d) must not let a wrong password be sealed."""
+    tmp_path.chmod(0o700)
+    one = tpm()
+    config = write_config(tmp_path, tmp_path / "no-camera")
+    stand_in = tmp_path / "bin" / "faceid-helper"
+    stand_in.parent.mkdir()
+    stand_in.write_text("#!/bin/sh\nexit 0\n")
+    stand_in.chmod(0o755)
+    pam_copy = tmp_path / "pam.d"
+    shutil.copytree("/etc/pam.d", pam_copy, symlinks=True)
+    common = pam_copy / "common-auth"
+    common.write_text(f"auth [success=done default=ignore] pam_exec.so quiet {stand_in}\n" + common.read_text())
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           'mount --bind "$1" /etc/pam.d && shift && exec "$@"', "sh", str(pam_copy),
+                           FACEID, "--config", str(config), "keyring", "enroll", temp_user.name, "--tcti", one.tcti],
+                          input="wrong-" + temp_user.password + "\n", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "PAM refused" in done.stderr, done.stdout + done.stderr
+    assert sealed.sealed_users(str(tmp_path / "state")) == []
 
 
 def test_no_tpm_says_so_and_does_nothing(temp_user, tmp_path: Path) -> None:

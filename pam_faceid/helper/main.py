@@ -18,13 +18,14 @@ With ``--password-used``, on a line after the password module::
 it only tells the daemon that the password authenticated PAM_USER (for
 ``auth.require_password_after``); it looks at no camera and prints nothing.
 
+It sits in the auth stack, not the account stack, because sudo runs the
+account stack also when its cached credentials skip authentication.
+
 Two options only the pam_python module (pam_prompt) passes, each a pipe:
 ``--authtok-fd FD``: after a live face match at a greeter, write the user's
 TPM-sealed login password there (hand_keyring; see common.sealed);
 ``--reseal-fd FD``: on a ``password`` line, read the new password from it
 and reseal (reseal_keyring).
-It sits in the auth stack, not the account stack, because sudo runs the
-account stack also when its cached credentials skip authentication.
 
 Fail safe, fail fast: every problem (no such user, a caller asking for
 another user, face auth disabled, a remote session, a closed lid, no daemon
