@@ -335,12 +335,13 @@ def test_every_service_here_a_sufficient_stack_and_a_second_factor(tmp_path, dae
 
     done = copies.run(FACEID, "pam", "enable", "--service", *names, "--helper", str(helper),
                       "--start", "exec")  # faceidd down
-    enabled = [name for name in names if f"{name}: enabled" in done.stdout]
-    refused = [name for name in names if f"{name}: FAILED" in done.stdout]
+    lines = done.stdout.splitlines()  # whole lines: "login: " is also the end of "lightdm-autologin: "
+    enabled = [name for name in names if any(line.startswith(f"{name}: enabled") for line in lines)]
+    refused = [name for name in names if any(line.startswith(f"{name}: FAILED") for line in lines)]
     assert sorted(enabled + refused) == sorted(names), done.stdout + done.stderr
     assert {"faceid-sufficient", "faceid-token", "sudo", "login", "su"} <= set(enabled), done.stdout
     for name in refused:  # nothing to stand in for, or a stack the throwaway user cannot pass (pam_shells, rootok)
-        why = done.stdout.split(f"{name}: FAILED")[1].splitlines()[0]
+        why = next(line for line in lines if line.startswith(f"{name}: FAILED"))
         assert any(reason in why for reason in ("no password line", "does not work even before the change",
                                                  "which a face match would skip")), why
         assert (copies.pam / name).read_text() == original[name]
