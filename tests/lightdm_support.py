@@ -70,6 +70,17 @@ def missing_tools() -> list[str]:
     return missing
 
 
+def keyring_missing() -> list[str]:
+    """What the login keyring checks need that is absent (empty: gnome-keyring, its PAM module, secret-tool)."""
+    modules = ("/usr/lib/x86_64-linux-gnu/security/pam_gnome_keyring.so", "/lib/x86_64-linux-gnu/security/"
+               "pam_gnome_keyring.so", "/usr/lib/security/pam_gnome_keyring.so")
+    missing = [package for package, tool in (("gnome-keyring", "gnome-keyring-daemon"),
+                                             ("libsecret-tools", "secret-tool")) if shutil.which(tool) is None]
+    if not any(os.path.exists(path) for path in modules):
+        missing.append("libpam-gnome-keyring")
+    return missing
+
+
 def require_lightdm() -> None:
     if os.geteuid() != 0:
         pytest.skip("real LightDM runs as root")
@@ -150,9 +161,11 @@ class GreeterUser:
         _wait(f"{self.name}'s processes to end", lambda: not self.processes(), 5)
 
     def close(self) -> None:
-        self.stop_processes()
-        subprocess.run(["userdel", "-r", self.name], capture_output=True)
-        subprocess.run(["groupdel", self.name], capture_output=True)
+        try:
+            self.stop_processes()
+        finally:
+            subprocess.run(["userdel", "-r", self.name], capture_output=True)
+            subprocess.run(["groupdel", self.name], capture_output=True)
 
 
 class LightDM:

@@ -22,7 +22,7 @@ import pytest
 from cli_support import FACEID
 from faceidd_util import Faceidd, enrol, require_model, short_tmp
 from keyring_support import SwTPM, live_video_frames, require_swtpm
-from lightdm_support import GreeterUser, LightDM, require_lightdm
+from lightdm_support import GreeterUser, LightDM, keyring_missing, require_lightdm
 
 from pam_faceid.cli.demo import camera_frames, sample_image, write_folder
 from pam_faceid.helper import main as helper
@@ -37,9 +37,9 @@ TIMEOUT = 4.0
 class Setup:
     """The module's LightDM, faceidd, user and cameras."""
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, user: GreeterUser):
         self.base = base
-        self.user = GreeterUser(base)
+        self.user = user
         (base / "d").mkdir(mode=0o711)
         self.daemon = Faceidd(base / "d", {"liveness": {"mode": "off"},
                                            "camera": {"dark_threshold": 0.0},
@@ -78,7 +78,6 @@ class Setup:
     def close(self) -> None:
         self.lightdm.stop()
         self.daemon.close()
-        self.user.close()
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +87,10 @@ def greeter() -> Iterator[Setup]:
     if not pamconf.pam_python_available():
         pytest.skip("libpam-python not installed (apt-get install libpam-python): the face line is pam_python's")
     base = short_tmp()
+    user = GreeterUser(base)
     setup = None
     try:
-        setup = Setup(base)
+        setup = Setup(base, user)
         stack = setup.enable_face()
         assert f"pam_python.so {pamconf.PROMPT_MODULE}" in stack and "auth\tsubstack\tcommon-auth" in stack, stack
         setup.daemon.start()
@@ -99,6 +99,7 @@ def greeter() -> Iterator[Setup]:
     finally:
         if setup is not None:
             setup.close()
+        user.close()
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -117,8 +118,9 @@ def test_stranger_at_the_camera_gets_the_password_prompt(greeter: Setup) -> None
     assert "prompt" in right.kinds()
     record = right.session(sessions)
     assert record["uid"] == greeter.user.uid
-    assert record["keyring"] == {"locked": False, "stored": True, "lookup": STORED} or \
-        record["keyring"] == {"locked": False, "lookup": STORED}, f"the typed password did not open the keyring: {record}"
+    if not keyring_missing():
+        assert record["keyring"] == {"locked": False, "stored": True, "lookup": STORED} or \
+            record["keyring"] == {"locked": False, "lookup": STORED}, f"the typed password did not open it: {record}"
     assert len(greeter.lightdm.session_records()) == sessions + 1, "the wrong password started a session"
     greeter.session_done(right.start)
 
@@ -127,14 +129,17 @@ def test_owner_at_the_camera_logs_in_with_no_password(greeter: Setup) -> None:
     greeter.camera(greeter.owner)
     sessions = len(greeter.lightdm.session_records())
     attempt = greeter.lightdm.login(greeter.user.name)
-    assert attempt.wait("complete")["authenticated"], attempt.events()
+    complete = attempt.wait("complete")
+    assert complete["authenticated"], attempt.events()
+    print(f"owner: authenticate() to authenticated {(complete['t'] - attempt.wait('authenticate')['t']) * 1000:.0f} ms")
     record = attempt.session(sessions)
     assert record["uid"] == greeter.user.uid and f"({greeter.user.name})" in record["id"]
     messages = [(e["text"], e["type"]) for e in attempt.events() if e["event"] == "message"]
     assert messages == [(helper.NOTICE_LOOKING, "info"), (helper.NOTICE_MATCH, "info")], attempt.events()
     assert "prompt" not in attempt.kinds() and "answered" not in attempt.kinds()
     assert f"user={greeter.user.name} service=lightdm" in greeter.daemon.logs()
-    assert record["keyring"]["locked"] is True, f"no password was given, yet the keyring is open: {record}"
+    if not keyring_missing():
+        assert record["keyring"]["locked"] is True, f"no password was given, yet the keyring is open: {record}"
     greeter.session_done(attempt.start)
 
 
@@ -197,6 +202,8 @@ def _wait_for(ready: Callable[[], object], what: str, lightdm: LightDM, timeout:
 def test_keyring_unlocked_after_a_live_face_login_only(greeter: Setup, tmp_path_factory) -> None:
     """The sealed password opens the keyring after a live face match, not after a face with liveness off."""
     require_swtpm()
+    if keyring_missing():
+        pytest.skip(f"not installed: {', '.join(keyring_missing())} (./install.sh --dev installs them)")
     live_enrol, live_camera = live_video_frames(tmp_path_factory.mktemp("live"))
     tpm = SwTPM(greeter.base / "tpm").start()
     try:
