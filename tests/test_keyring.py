@@ -76,7 +76,10 @@ def test_enroll_checks_the_password_through_pam_and_never_stores_a_wrong_one(tpm
     assert temp_user.password.encode() not in path.read_bytes()
     record = sealed.load(state, temp_user.name)
     assert record is not None and sealed.unseal(record) == temp_user.password.encode()
-    assert f"{temp_user.name}: sealed" in faceid(config, "keyring", "status").stdout
+    assert "ok, the TPM unseals it" in faceid(config, "keyring", "status").stdout
+    one.stop()  # the TPM gone (or PCR 7 moved): status says so
+    assert "DOES NOT UNSEAL" in faceid(config, "keyring", "status").stdout
+    one.start()
     assert f"keyring:  sealed login password for {temp_user.name}" in faceid(config, "status").stdout
 
     # a hostile local user can neither read, list nor replace it

@@ -121,9 +121,22 @@ def _status(state_dir: str) -> int:
             continue
         if record is None:
             continue
-        state = "STALE: the password changed, dropped at the next face login" if sealed.stale(record, user) else "ok"
+        if sealed.stale(record, user):
+            state = "STALE: the password changed, dropped at the next face login"
+        else:
+            state = _unseals(record, state_dir)
         print(f"{user}: sealed {record.get('sealed_at')} to {record.get('tcti')} (PCR {record.get('pcrs')}): {state}")
     return 0
+
+
+def _unseals(record: dict, state_dir: str) -> str:
+    """Whether the TPM still unseals the record (a firmware or Secure Boot change moves PCR 7); the secret is
+    wiped at once, never shown."""
+    try:
+        sealed.wipe(sealed.unseal(record, sealed.work_folder(state_dir)))
+    except sealed.SealError as exc:
+        return f"DOES NOT UNSEAL: {exc} (faceid keyring enroll again)"
+    return "ok, the TPM unseals it"
 
 
 def run(args: argparse.Namespace) -> int:
