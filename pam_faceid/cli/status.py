@@ -231,7 +231,9 @@ def _print(report: dict[str, Any]) -> None:
     _print_lockouts(report["lockouts"], report["enrolments"])
     services = report["pam_services"]
     print(f"pam:      face auth on for {', '.join(services) if services else 'no service'} (in {PAM_DIR})")
-    print(f"keyring:  sealed login password for {', '.join(report['keyring']) or 'nobody'} (faceid keyring status)")
+    keyring = report["keyring"]
+    listed = "unknown (root only)" if keyring is None else ", ".join(keyring) or "nobody"
+    print(f"keyring:  sealed login password for {listed} (faceid keyring status)")
 
 
 def _print_lockouts(lockouts: dict[str, Any], enrolments: dict[str, Any]) -> None:
@@ -265,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
         "enrolments": _enrolments(cfg),
         "lockouts": _lockouts(cfg),
         "pam_services": pam_services(),
-        "keyring": sealed.sealed_users(cfg.daemon.state_dir),
+        "keyring": sealed.sealed_users(cfg.daemon.state_dir) if os.geteuid() == 0 else None,
     }
     if args.json:
         print(json.dumps(report, indent=1, sort_keys=True, default=str))
