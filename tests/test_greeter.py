@@ -28,6 +28,8 @@ from pam_faceid.cli.demo import camera_frames, sample_image, write_folder
 from pam_faceid.helper import main as helper
 from pam_faceid.pamstack import pamconf
 
+pytestmark = pytest.mark.slow  # one real LightDM for the module: 30-50 s on 2 cores
+
 STORED = "faceid-keyring-check-value"
 """What the first (password) session stores in the login keyring, and later sessions look up."""
 TIMEOUT = 4.0

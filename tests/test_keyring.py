@@ -157,6 +157,7 @@ def live_frames(tmp_path_factory) -> tuple[Path, Path]:
     return live_video_frames(tmp_path_factory.mktemp("live"))
 
 
+@pytest.mark.slow
 def test_helper_hands_the_password_on_only_after_a_live_match_at_a_greeter(tpm, temp_user, faceidd, live_frames,
                                                                           tmp_path: Path) -> None:
     require_model()
