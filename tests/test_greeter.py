@@ -77,6 +77,19 @@ class Setup:
         self.user.stop_processes()
         self.user.start_session_bus(self.runtime)
 
+    def ensure_login_keyring(self) -> None:
+        """The user's login keyring, made by a password login whose session stored STORED (the stranger test does
+        that; this repeats it when a test runs alone)."""
+        keyring = self.user.home / ".local" / "share" / "keyrings" / "login.keyring"
+        if keyring.exists():
+            return
+        self.camera(self.stranger)
+        sessions = len(self.lightdm.session_records())
+        attempt = self.lightdm.login(self.user.name, self.user.password)
+        assert attempt.session(sessions)["keyring"].get("lookup") == STORED
+        self.session_done(attempt.start)
+        assert keyring.exists(), f"no {keyring} after a password login"
+
     def close(self) -> None:
         self.lightdm.stop()
         self.daemon.close()
@@ -128,6 +141,8 @@ def test_stranger_at_the_camera_gets_the_password_prompt(greeter: Setup) -> None
 
 
 def test_owner_at_the_camera_logs_in_with_no_password(greeter: Setup) -> None:
+    if not keyring_missing():
+        greeter.ensure_login_keyring()
     greeter.camera(greeter.owner)
     sessions = len(greeter.lightdm.session_records())
     attempt = greeter.lightdm.login(greeter.user.name)
@@ -207,6 +222,7 @@ def test_keyring_unlocked_after_a_live_face_login_only(greeter: Setup, tmp_path_
     if keyring_missing():
         pytest.skip(f"not installed: {', '.join(keyring_missing())} (./install.sh --dev installs them)")
     live_enrol, live_camera = live_video_frames(tmp_path_factory.mktemp("live"))
+    greeter.ensure_login_keyring()
     tpm = SwTPM(greeter.base / "tpm").start()
     try:
         enrolled = subprocess.run([FACEID, "--config", str(greeter.daemon.config_path), "keyring", "enroll",
