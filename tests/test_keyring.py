@@ -66,7 +66,7 @@ def test_enroll_checks_the_password_through_pam_and_never_stores_a_wrong_one(tpm
     config = write_config(tmp_path, tmp_path / "no-camera")
     state = str(tmp_path / "state")
     wrong = faceid(config, "keyring", "enroll", temp_user.name, "--tcti", one.tcti, input="wrong-" + temp_user.password)
-    assert wrong.returncode == 1 and "nothing sealed" in wrong.stderr, wrong.stderr
+    assert wrong.returncode == 1 and "PAM refused" in wrong.stderr and "nothing sealed" in wrong.stderr, wrong.stderr
     assert sealed.sealed_users(state) == []
     done = faceid(config, "keyring", "enroll", temp_user.name, "--tcti", one.tcti, input=temp_user.password + "\n")
     assert done.returncode == 0, done.stderr
