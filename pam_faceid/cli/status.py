@@ -86,10 +86,11 @@ def _camera(cfg: Any) -> dict[str, Any]:
     return info
 
 
-FIGURES = ("accuracy", "auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "enroll_frr_at_far_1e-3")
+FIGURES = ("accuracy", "auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "enroll_frr_at_far_1e-3", "far", "frr")
 """The accuracy figures shown from model.json; counts and training internals stay in --json."""
 
-SECTION_DATA = {"validation": "held-out identities of the training data (they chose the epoch)"}
+SECTION_DATA = {"validation": "held-out identities of the training data (they chose the epoch)",
+                "same_camera": "same-camera people never trained or fit on (docs/same-camera.md)"}
 """What data each metrics section of model.json was measured on, where model.json does not say."""
 
 
@@ -103,8 +104,10 @@ def figures(meta: dict[str, Any]) -> list[dict[str, Any]]:
                       "metrics": source["metrics"]})
     for name, metrics in (meta.get("metrics") or {}).items():
         if isinstance(metrics, dict):
-            found.append({"data": f"{name}, {SECTION_DATA.get(name, 'data not recorded in model.json')}",
-                          "metrics": metrics})
+            data = f"{name}, {SECTION_DATA.get(name, 'data not recorded in model.json')}"
+            if metrics.get("command"):
+                data += f" [{metrics['command']}]"
+            found.append({"data": data, "metrics": metrics})
     return found
 
 
@@ -132,6 +135,7 @@ def _enrolments(cfg: Any) -> dict[str, Any]:
         good, bad = common.open_store(cfg).load_all()
     except StoreError as exc:
         return {"error": str(exc)}
+    from pam_faceid.vision.operating import OperatingPoint
     from pam_faceid.vision.userhead import HeadError, read_head
 
     current = common.current_model_id(cfg) or ""
@@ -147,7 +151,10 @@ def _enrolments(cfg: Any) -> dict[str, Any]:
         if stored is not None and current and stored.model_id != current:
             stale_heads[user] = (f"made for model {stored.model_id}, the current model is {current} "
                                  f"(ignored: scored by the base model; sudo faceid retrain {user})")
-        users[user] = {"templates": len(enrolment.templates), "per_user_model": stored is not None}
+        point = OperatingPoint.from_json(enrolment.operating_point)
+        users[user] = {"templates": len(enrolment.templates), "per_user_model": stored is not None,
+                       "threshold": None if point is None else point.threshold,
+                       "operating_point": None if point is None else point.line()}
         why = enrolment.stale_for(current)
         if why:
             stale[user] = why
@@ -211,6 +218,9 @@ def _print(report: dict[str, Any]) -> None:
         listed = ", ".join(f"{u} ({v['templates']}{', own model' if v['per_user_model'] else ''})"
                            for u, v in users.items())
         print(f"enrolled: {listed or 'nobody'}")
+        for user, v in users.items():
+            print(f"          {user}: " + (f"operating point {v['operating_point']}" if v.get("operating_point")
+                                           else "global threshold (no operating point stored)"))
         for user, why in e["unreadable"].items():
             print(f"          UNREADABLE {user}: {why}")
         for user, why in e.get("unreadable_heads", {}).items():
