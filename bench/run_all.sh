@@ -44,6 +44,7 @@ step "login latency, three paths";    $PY bench/auth_latency.py "${MODEL[@]}" "$
 step "faceidd memory";                $PY bench/daemon_memory.py "${MODEL[@]}" "${MEMORY[@]}" --out "$OUT/daemon_memory.json"
 step "embedder speed, memory, accuracy"; $PY bench/embedder.py "${MODEL[@]}" "${PAIRS[@]}" --out "$OUT/embedder.json"
 step "per-user retraining vs the seed"; $PY bench/retrain.py "${MODEL[@]}" "${RETRAIN[@]}" --out "$OUT/retrain.json"
+step "same-camera FAR";              $PY bench/same_camera.py --out "$OUT/same_camera.json"
 step "report"
 README=()
 ((QUICK)) || README=(--readme README.md)  # a quick run never reaches the README
