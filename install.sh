@@ -4,7 +4,8 @@
 #   ./install.sh --dev                    ./.venv with the package editable + training, test and dlib tools
 #   sudo ./install.sh                     system install (venv in /opt/pam_faceid, config, state, units, PAM profile)
 #   sudo ./install.sh --uninstall         remove the system install; keeps enrolments in /var/lib/pam_faceid
-#   sudo ./install.sh --uninstall --purge also remove /etc/pam_faceid and /var/lib/pam_faceid
+#   sudo ./install.sh --uninstall --purge also remove /etc/pam_faceid, /var/lib/pam_faceid and the PAM file
+#                                         backups in /var/backups/pam_faceid
 #
 # Options:
 #   --root DIR   system install/uninstall under DIR instead of / (for tests and staging). Paths written into
@@ -45,9 +46,20 @@ declare -A APT_WHY=(
     [xvfb]="tests: a virtual X screen for the screen-locker test"
     [i3lock]="tests: a real screen locker that authenticates through PAM"
     [xdotool]="tests: types keys into i3lock"
+    [lightdm]="tests: a real greeter (tests/test_greeter.py)"
+    [gir1.2-lightdm-1]="tests: LightDM's greeter API for Python"
+    [python3-gi]="tests: GObject introspection for the test greeter"
+    [dbus]="tests: a private D-Bus for LightDM and gnome-keyring"
+    [gnome-keyring]="tests: the keyring a face login unlocks (tests/test_keyring.py)"
+    [libpam-gnome-keyring]="tests: gnome-keyring's PAM module"
+    [libsecret-tools]="tests: secret-tool, to read the unlocked keyring"
+    [swtpm]="tests: a software TPM the keyring password is sealed to"
+    [swtpm-tools]="tests: swtpm's setup tools"
+    [tpm2-tools]="tests: the tpm2 commands that seal and unseal"
 )
 DEV_APT=(python3-venv python3-dev libpam-modules libpam-runtime libpam0g systemd libpam-python sudo pamtester xvfb
-         i3lock xdotool)
+         i3lock xdotool lightdm gir1.2-lightdm-1 python3-gi dbus gnome-keyring libpam-gnome-keyring libsecret-tools
+         swtpm swtpm-tools tpm2-tools)
 SYSTEM_APT=(python3-venv libpam-modules libpam-runtime libpam-python)
 
 MODE=system
@@ -87,6 +99,7 @@ PROMPT_MODULE="$PREFIX/pam/pam_prompt.py"   # pamconf.INSTALLED_PROMPT_MODULE: t
 INSTALL_STATE="$PREFIX/.install"       # what this script installed, read back by --uninstall
 ETC="$ROOT/etc/pam_faceid"
 STATE="$ROOT/var/lib/pam_faceid"
+BACKUPS="$ROOT/var/backups/pam_faceid"  # pamconf.BACKUP_DIR
 UNIT_DIR="$ROOT/etc/systemd/system"
 PAM_PROFILE="$ROOT/usr/share/pam-configs/faceid"
 PAM_PASSWORD_PROFILE="$ROOT/usr/share/pam-configs/faceid-password"
@@ -334,13 +347,17 @@ Priority: 260
 Auth-Type: Primary
 Auth:
 	[success=end default=ignore]	pam_exec.so quiet stdout seteuid $PREFIX/bin/faceid-helper"
-    # Runs after the primary block, i.e. once a password (or the face) was accepted; faceidd tells the two apart.
-    # [default=ignore]: its result never counts, so it cannot turn a failed password into success.
+    # Runs after the primary blocks, i.e. once a password (or the face) was accepted; faceidd tells the two apart
+    # and records a password use only when the account report follows the auth report of the same application.
+    # [default=ignore]: their result never counts, so they cannot turn a failed password into success.
     write_pam_profile "$PAM_PASSWORD_PROFILE" "Name: Face unlock: note password logins (pam_faceid)
 Default: no
 Priority: 0
 Auth-Type: Additional
 Auth:
+	[default=ignore]	pam_exec.so quiet seteuid $PREFIX/bin/faceid-helper --password-used
+Account-Type: Additional
+Account:
 	[default=ignore]	pam_exec.so quiet seteuid $PREFIX/bin/faceid-helper --password-used"
 }
 
@@ -495,6 +512,14 @@ uninstall() {
             rm -rf "$STATE"
         else
             step "keeping $STATE (enrolments); --purge removes it"
+        fi
+    fi
+    if [[ -d $BACKUPS ]]; then
+        if ((PURGE)); then
+            step "purging $BACKUPS (copies of PAM files from before each 'faceid pam' change)"
+            rm -rf "$BACKUPS"
+        else
+            step "keeping $BACKUPS (copies of PAM files from before each 'faceid pam' change); --purge removes it"
         fi
     fi
     step "uninstalled"

@@ -20,12 +20,18 @@ import pytest
 
 from pam_faceid.common import scaffold
 
+from pam_faceid.common.config import SEAT_SERVICES
+
 REPO = Path(__file__).resolve().parents[1]
 FACEIDD = scaffold.script("faceidd")
 HELPER = scaffold.script("faceid-helper")
 PYTHON = scaffold.script("python")
 MODEL_DIR = Path(os.environ.get("FACEID_TEST_MODEL") or REPO / "pam_faceid" / "data" / "model")
 """The model the tests use: the bundled one, or the folder in $FACEID_TEST_MODEL (to try a candidate model)."""
+
+
+TEST_SERVICES = [*SEAT_SERVICES, "faceid-*", "fid*", "journaltest"]
+"""auth.services in test configs: the shipped list and the names of the PAM services the tests write."""
 
 
 def model_available() -> bool:
@@ -57,7 +63,8 @@ class Faceidd(scaffold.Daemon):
         self.state_dir = base / "state"
         self.config_path = base / "etc" / "config.yaml"
         values: dict[str, dict[str, Any]] = {"daemon": {"socket": self.socket, "state_dir": str(self.state_dir)},
-                                             "model": {"path": str(MODEL_DIR)}}
+                                             "model": {"path": str(MODEL_DIR)},
+                                             "auth": {"services": list(TEST_SERVICES)}}
         for section, keys in (config or {}).items():
             values.setdefault(section, {}).update(keys)
         self.values = values

@@ -69,7 +69,8 @@ def render_sections() -> str:
     for section, doc in C.SECTIONS.items():
         lines += ["", "", f"class {section.title()}Section(NamedTuple):", f'    """{section}: {doc}"""', ""]
         for key in (k for k in C.SCHEMA if k.section == section):
-            kind = "float | str" if key.type == C.FLOAT_OR_AUTO else TYPE_NAMES[key.type]
+            kind = TYPE_NAMES.get(key.value_type) or ("float | str" if key.type == C.FLOAT_OR_AUTO else
+                                                      "tuple[str, ...]")
             lines.append(f"    {key.field}: {kind}")
         lines += ["", "    def as_dict(self) -> dict[str, Any]:", "        return self._asdict()"]
     lines += ["", "", "class Sections:",

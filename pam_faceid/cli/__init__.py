@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # Order is the order shown in --help.
@@ -30,6 +31,7 @@ COMMANDS = [
     "snapshot",
     "unlock",
     "retrain",
+    "keyring",
 ]
 
 EXIT_OK = 0
@@ -70,8 +72,20 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     return args
 
 
+EXIT_CLOSED_STDOUT = 141
+"""128 + SIGPIPE: what a shell reports for a program whose reader went away (``faceid … | head -1``)."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one faceid command; its exit code (the README's table)."""
+    """Every verb; a closed stdout ends it quietly (exit 141), as it ends any Unix filter."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        return EXIT_CLOSED_STDOUT
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parse(parser, argv)
     logging.basicConfig(

@@ -16,17 +16,18 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from pam_faceid.cli import EXIT_FAILURE
 from pam_faceid.cli import _common as common
+from pam_faceid.common import sealed
 
 EXAMPLE = """examples:
   sudo faceid status
   sudo faceid status --json"""
 
 PAM_DIR = "/etc/pam.d"
-HELPER_NAME = "faceid-helper"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -45,23 +46,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
-def pam_services(pam_dir: str = PAM_DIR) -> list[str]:
-    """PAM service files that call the helper on an uncommented line."""
-    found = []
-    try:
-        names = sorted(os.listdir(pam_dir))
-    except OSError:
-        return []
-    for name in names:
-        path = os.path.join(pam_dir, name)
-        try:
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                lines = fh.read().splitlines()
-        except OSError:
-            continue
-        if any(HELPER_NAME in line and not line.lstrip().startswith("#") for line in lines):
-            found.append(name)
-    return found
+def pam_services(cfg: Any, pam_dir: str = PAM_DIR) -> dict[str, list[str]]:
+    """The PAM services whose stack runs the face line: where auth.services lets the face in, and where the helper
+    skips it (network daemons, services installed later)."""
+    from pam_faceid.common.config import service_allowed
+    from pam_faceid.pamstack.pamconf import services_reaching_face
+
+    reached = services_reaching_face(Path(pam_dir))
+    return {"face": [name for name in reached if service_allowed(name, cfg.auth.services)],
+            "skipped": [name for name in reached if not service_allowed(name, cfg.auth.services)]}
 
 
 def _daemon(cfg: Any) -> dict[str, Any]:
@@ -239,7 +232,12 @@ def _print(report: dict[str, Any]) -> None:
             print(f"          OLD per-user head of {user}: {why}")
     _print_lockouts(report["lockouts"], report["enrolments"])
     services = report["pam_services"]
-    print(f"pam:      face auth on for {', '.join(services) if services else 'no service'} (in {PAM_DIR})")
+    print(f"pam:      face used by {', '.join(services['face']) or 'no service'} (in {PAM_DIR})")
+    if services["skipped"]:
+        print(f"          face skipped, password only: {', '.join(services['skipped'])} (not in auth.services)")
+    keyring = report["keyring"]
+    listed = "unknown (root only)" if keyring is None else ", ".join(keyring) or "nobody"
+    print(f"keyring:  sealed login password for {listed} (faceid keyring status)")
 
 
 def _print_lockouts(lockouts: dict[str, Any], enrolments: dict[str, Any]) -> None:
@@ -272,7 +270,8 @@ def run(args: argparse.Namespace) -> int:
         "model": _model(cfg),
         "enrolments": _enrolments(cfg),
         "lockouts": _lockouts(cfg),
-        "pam_services": pam_services(),
+        "pam_services": pam_services(cfg),
+        "keyring": sealed.sealed_users(cfg.daemon.state_dir) if os.geteuid() == 0 else None,
     }
     if args.json:
         print(json.dumps(report, indent=1, sort_keys=True, default=str))

@@ -31,6 +31,7 @@ class AuthSection(NamedTuple):
     threshold: float | str
     min_matching_frames: int
     detection_notice: bool
+    services: tuple[str, ...]
     abort_if_ssh: bool
     abort_if_lid_closed: bool
     require_password_after: float

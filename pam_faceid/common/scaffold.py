@@ -52,15 +52,17 @@ class ThrowawayUser:
     """
 
     def __init__(self, prefix: str = "fidt", shell: str = "/usr/sbin/nologin",
-                 comment: str = "pam_faceid throwaway user"):
+                 comment: str = "pam_faceid throwaway user", home: Path | None = None):
         self.name = f"{prefix}{secrets.token_hex(4)}"
         self.password = secrets.token_urlsafe(18)
         self.shell = shell
         self.comment = comment
+        self.home = home  # made for the user, and removed with it, when given
         self.uid = -1
 
     def create(self) -> ThrowawayUser:
-        made = subprocess.run(["useradd", "-M", "-U", "-s", self.shell, "-c", self.comment, self.name],
+        where = ["-m", "-d", str(self.home)] if self.home is not None else ["-M"]
+        made = subprocess.run(["useradd", *where, "-U", "-s", self.shell, "-c", self.comment, self.name],
                               capture_output=True, text=True)
         if made.returncode:
             raise ScaffoldError(f"cannot create user {self.name}: {made.stderr.strip() or made.returncode}")
@@ -76,8 +78,8 @@ class ThrowawayUser:
         return self
 
     def remove(self) -> None:
-        """Delete the user and its group; nothing happens when it does not exist."""
-        subprocess.run(["userdel", "-f", self.name], capture_output=True)
+        """Delete the user, its group and its home (when made here); nothing happens when it does not exist."""
+        subprocess.run(["userdel", "-f", *(["-r"] if self.home is not None else []), self.name], capture_output=True)
         subprocess.run(["groupdel", self.name], capture_output=True)
 
     def __enter__(self) -> ThrowawayUser:

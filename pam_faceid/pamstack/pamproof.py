@@ -158,3 +158,19 @@ def prove(copy: PrivateCopy, after: list[str], before: tuple[str, ...] = (), wri
     if not result["after"]["ok"]:
         raise PamConfError(f"after the change {result['after']['detail']}")
     return result["after"]["detail"]
+
+
+def _authenticate(service: str, user: str, uid: int, password: str, wrap: tuple[str, ...] = ()) -> tuple[bool, str]:
+    """python-pam in a child whose real uid is the user (euid root, like setuid sudo), so pam_rootok is no shortcut;
+    ``wrap`` runs it (e.g. in a mount namespace)."""
+    try:
+        done = subprocess.run([*wrap, sys.executable, "-I", "-c", _CHECK_CHILD, service, user, str(uid)],
+                              input=password, capture_output=True, text=True, timeout=CHECK_TIMEOUT, cwd="/",
+                              env={"PATH": SAFE_PATH})
+    except subprocess.TimeoutExpired:
+        return False, f"PAM did not answer within {CHECK_TIMEOUT:.0f} s"
+    last = (done.stdout.strip().splitlines() or [""])[-1]
+    if done.returncode or not last[:1].isdigit():
+        return False, f"PAM check crashed: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
+    flag, _, reason = last.partition(" ")
+    return flag == "1", reason

@@ -13,25 +13,10 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from pam_faceid.pamstack import pamconf
-from pam_faceid.pamstack.pamproof import _CHECK_CHILD, CHECK_TIMEOUT, PAM_DIR, SAFE_PATH, STAND_INS, Proof
+from pam_faceid.pamstack.pamproof import PAM_DIR, SAFE_PATH, STAND_INS, Proof, _authenticate
 
 
 # ---------------------------------------------------------------- inside the private mount namespace
-
-
-def _authenticate(service: str, user: str, uid: int, password: str) -> tuple[bool, str]:
-    """python-pam in a child whose real uid is the user (euid root, like setuid sudo), so pam_rootok is no shortcut."""
-    try:
-        done = subprocess.run([sys.executable, "-I", "-c", _CHECK_CHILD, service, user, str(uid)], input=password,
-                              capture_output=True, text=True, timeout=CHECK_TIMEOUT, cwd="/",
-                              env={"PATH": SAFE_PATH})
-    except subprocess.TimeoutExpired:
-        return False, f"PAM did not answer within {CHECK_TIMEOUT:.0f} s"
-    last = (done.stdout.strip().splitlines() or [""])[-1]
-    if done.returncode or not last[:1].isdigit():
-        return False, f"PAM check crashed: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
-    flag, _, reason = last.partition(" ")
-    return flag == "1", reason
 
 
 def _prove_services(names: list[str], spec: dict, stand_ins: bool) -> Proof:
