@@ -43,7 +43,7 @@ def pair():
 
 def test_the_export_regenerates_the_shipped_files_byte_for_byte(pair, tmp_path):
     done = subprocess.run([sys.executable, "-m", "pam_faceid.model.minifasnet", "export", "--source", str(WEIGHTS),
-                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=300)
+                           "--out", str(tmp_path)], check=False, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     shipped = antispoof.model_dir()
     for name in ("minifasnet.onnx", "minifasnet.json", "LICENSE", "NOTICE"):
@@ -137,9 +137,8 @@ def test_real_video_scores_real_and_its_replay_on_a_phone_does_not(person, real_
 
 
 def test_the_sources_own_samples_separate():
-    """Its live samples score real; its prints and screen photos do not, but for one print on the fence."""
+    """Its live samples score real (0.66-1.0); its prints and screen photos do not (0.0-0.36)."""
     stills = require(SPOOF) / "stills"
     real = [mean_real([sent(read_image(p))]) for p in sorted((stills / "real").glob("*.jpg"))]
     attack = [mean_real([sent(read_image(p))]) for p in sorted((stills / "attack").glob("*.jpg"))]
-    assert min(real) > 0.5, real
-    assert sorted(attack)[-2] < 0.25 and max(attack) < min(real), attack
+    assert min(real) > 0.5 > max(attack), (real, attack)

@@ -16,6 +16,7 @@ import sys
 COMMANDS = [
     "train_base",
     "evaluate",
+    "liveness",
     "config",
     "enroll",
     "list",

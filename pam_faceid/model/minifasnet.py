@@ -32,7 +32,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -221,7 +220,8 @@ def export_onnx(pair: Pair) -> bytes:
     names = list(WEIGHTS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(pair, (dummy, dummy), buf, input_names=names, output_names=["probabilities"],
+        torch.onnx.export(pair, (dummy, dummy), buf, input_names=names,  # type: ignore[arg-type]
+                          output_names=["probabilities"],
                           dynamic_axes={**{n: {0: "batch"} for n in names}, "probabilities": {0: "batch"}},
                           opset_version=OPSET, dynamo=False)
     proto = onnx.load_from_string(buf.getvalue())
