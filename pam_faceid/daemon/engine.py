@@ -223,7 +223,9 @@ def _liveness_model(mode: str) -> tuple[Any, str | None]:
     from pam_faceid.vision import antispoof
 
     try:
-        return antispoof.shared(), None
+        model = antispoof.shared()
+        model.score(np.zeros((antispoof.SIZE, antispoof.SIZE, 3), np.uint8), (0, 0, antispoof.SIZE, antispoof.SIZE))
+        return model, None  # warmed up: the first login does not pay onnxruntime's first run
     except Exception as exc:  # noqa: BLE001 - a missing or changed model must not stop the daemon: the password is asked
         error = _one_line(exc)
         log.error("anti-spoofing model not loaded (liveness.mode %s): %s", mode, error)

@@ -90,8 +90,8 @@ def scan(roots: Iterable[Path], limit: int | None = None) -> list[Session]:
 
 
 def scan_bona_fide(root: Path, limit: int | None = None) -> list[Session]:
-    """Every image and video below ``root`` (any depth) as a bona fide session of kind "real"; with ``limit``,
-    that many spread evenly over the name order (a photo collection of live people, e.g. dev/lfw)."""
+    """Every image and video below ``root`` (any depth) as a bona fide session of kind "real_<folder name>";
+    with ``limit``, that many spread evenly over the name order (photos of live people, e.g. dev/lfw)."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: not a folder")
@@ -99,7 +99,7 @@ def scan_bona_fide(root: Path, limit: int | None = None) -> list[Session]:
                    and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
     if limit and len(paths) > limit:
         paths = [paths[i * len(paths) // limit] for i in range(limit)]
-    return [Session(p, "real", still=p.suffix.lower() in IMAGE_SUFFIXES) for p in paths]
+    return [Session(p, f"real_{root.name}", still=p.suffix.lower() in IMAGE_SUFFIXES) for p in paths]
 
 
 def jpeg_frames(path: Path, max_frames: int) -> Iterator[bytes]:
