@@ -149,7 +149,8 @@ def auth_section(auth: dict) -> list[str]:
         f"Howdy after one frame under distance {s['howdy_certainty']:.2f} (its default certainty 3.5). "
         "Times exclude camera opening, shown apart."
         + (f" Liveness is {s['liveness']} in this run (the camera replays still photos; its cost and what it "
-           "stops are measured by `bench/liveness.py`)." if s.get("liveness") else ""), "",
+           "stops are measured by `bench/liveness_latency.py` and `bench/liveness.py`)."
+           if s.get("liveness") else ""), "",
         "| path | p50 ms | p95 ms | camera open p50 ms | match rate | frames p50 |",
         "|---|---:|---:|---:|---:|---:|"]
     for name in ("daemon", "per_attempt", "howdy"):
