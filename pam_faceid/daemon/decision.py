@@ -88,13 +88,16 @@ class Decision:
         return self.liveness.verdict()
 
     def liveness_word(self) -> str | None:
-        """The liveness result as the audit log shows it."""
+        """The liveness result as the audit log shows it, with the frames' mean P(real) when one was scored:
+        "live(0.97)", "not_live:spoof(0.12)", "off" (an admin sees how near the line their camera puts them)."""
         result = self.live()
         if result is None:
             return None
-        if result.live:
-            return "off" if result.reason == "off" else "live"
-        return f"not_live:{result.reason}"
+        if result.reason == "off":
+            return "off"
+        word = "live" if result.live else f"not_live:{result.reason}"
+        real = result.scores.get("real")
+        return word if real is None else f"{word}({real:.2f})"
 
     def _see_live(self, frame: Any, face: Any) -> None:
         if self.liveness_mode is None or frame is None or face is None:
