@@ -99,6 +99,21 @@ def test_the_context_box_keeps_its_size_inside_the_frame():
     assert (y0, y1 - y0) == (0, 479) and x1 - x0 == 479
 
 
+def test_any_box_in_any_frame_gives_in_bounds_crops():
+    """Boxes a detector could report at the edge, past it, tiny or larger than the frame: never an empty slice."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        height, width = (int(v) for v in rng.integers(2, 700, 2))
+        box = (rng.uniform(-2 * width, 2 * width), rng.uniform(-2 * height, 2 * height),
+               rng.uniform(0, 3 * width), rng.uniform(0, 3 * height))
+        for scale in antispoof.SCALES:
+            x0, y0, x1, y1 = antispoof.context_box(box, scale, width, height)
+            assert 0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height, (box, scale, width, height)
+        frame = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        assert antispoof.crops(frame, box).shape == (2, 3, 80, 80)
+    assert antispoof.crops(np.zeros((50, 60), np.uint8), (10, 10, 20, 20)).shape == (2, 3, 80, 80)  # IR, grey
+
+
 def sent(frame: np.ndarray) -> np.ndarray:
     """The frame as faceidd decodes it: through the helper's JPEG (long side 640)."""
     return cv2.imdecode(np.frombuffer(encode_jpeg(frame), np.uint8), cv2.IMREAD_COLOR)
