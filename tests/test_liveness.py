@@ -149,6 +149,22 @@ def test_a_session_whose_face_never_matched_stays_no_match(pipeline):
     assert verdict.result == "no_match" and verdict.liveness == "not_live:too_few_frames"
 
 
+def test_a_missing_model_is_logged_and_sessions_answer_error(monkeypatch, tmp_path):
+    """faceidd starts without it (never stops), says why, and a session with liveness on answers error: the
+    password is asked, as for any error; with liveness off nothing is loaded."""
+    from pam_faceid.daemon import engine
+    from pam_faceid.vision import antispoof
+
+    monkeypatch.setattr(antispoof, "model_dir", lambda: tmp_path)
+    antispoof.shared.cache_clear()
+    try:
+        model, error = engine._liveness_model("basic")
+        assert model is None and "minifasnet.json" in error and "reinstall pam_faceid" in error
+        assert engine._liveness_model("off") == (None, None)
+    finally:
+        antispoof.shared.cache_clear()
+
+
 # ---------------------------------------------------------------- faceidd
 
 
@@ -182,6 +198,7 @@ def test_faceidd_refuses_a_photo_with_the_liveness_reason_and_off_lets_it_match(
     assert verdict.get("reason").startswith("liveness spoof") and verdict.get("score") is not None
     d.wait_log("verdict=not_live")
     assert "liveness=not_live:spoof(0.0" in d.logs() and "liveness=basic" in d.logs()
+    assert protocol.request_status(d.socket)["liveness"] == {"mode": "basic", "loaded": True, "error": None}
     d.rewrite_config({"liveness": {"mode": "off"}})
     protocol.request_reload(d.socket)
     verdict = session(d.socket, photo)
