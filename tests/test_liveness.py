@@ -93,6 +93,16 @@ def test_the_session_mean_decides_after_the_modes_frames():
     assert POLICIES["strict"].threshold >= POLICIES["basic"].threshold
 
 
+def test_the_config_reference_states_the_modes_as_they_are():
+    from pam_faceid.common.config import KEYS
+
+    doc = KEYS["liveness.mode"].doc
+    for mode, policy in POLICIES.items():
+        assert f"{mode} needs the anti-spoofing model's mean P(real) of" in doc or f"{mode} of" in doc
+        assert f"{policy.min_frames} matched frames >= {policy.threshold:g}" in doc or \
+            f"of {policy.min_frames} >= {policy.threshold:g}" in doc, (mode, doc)
+
+
 def test_off_is_always_live_and_runs_no_model(pipeline):
     check = LivenessCheck("off", model=object())  # an object without score(): off never calls it
     for frame in photo_frames(3):
