@@ -11,7 +11,10 @@ the tables come from the same numbers.
   video on a screen, and genuine stand-ins, all rendered photographs;
 - real captures: ../shared/spoof (webcam videos of two people and their
   replays on a phone; the MiniFASNet source's sample stills);
-- live photos: ``--real-photos`` photos of live people (dev/lfw, bona fide).
+- live photos: ``--real-photos`` photos of live people (dev/lfw, bona fide);
+- grey copies of ../shared/spoof's videos (what an IR camera's frames look like to the model,
+  though not IR): the model's mean P(real) over their first 60 frames, scored directly, since
+  faceidd does not score grey frames (vision.liveness: ``infrared``).
 
 The thresholds in pam_faceid/vision/liveness.py were chosen from this
 output with a train/celeba synthetic set (seed 1), ../shared/spoof and 300
@@ -58,8 +61,33 @@ def faceid_liveness(args: list[str]) -> dict:
 
 
 def sessions_of(result: dict) -> list[pad.Session]:
-    return [pad.Session(Path(s["path"]), s["kind"], s["still"], s["frames"], s["scores"], s["error"])
-            for s in result["sessions"]]
+    return [pad.Session(Path(s["path"]), s["kind"], s["still"], s["frames"], s["scores"], s["error"],
+                        s.get("infrared", 0)) for s in result["sessions"]]
+
+
+def grey_copies(frames: int = 60) -> dict[str, float]:
+    """Mean P(real) of the first ``frames`` frames of each ../shared/spoof video turned grey (frames with a face)."""
+    import cv2
+    import numpy as np
+
+    from pam_faceid.vision.antispoof import AntiSpoof
+    from pam_faceid.vision.faces import FacePipeline, FaceRefused
+
+    model, faces = AntiSpoof(), FacePipeline()
+    out = {}
+    for path in sorted((SPOOF / "videos").glob("*/*")):
+        capture, scores = cv2.VideoCapture(str(path)), []
+        for _ in range(frames):
+            ok, frame = capture.read()
+            if not ok:
+                break
+            grey = cv2.cvtColor(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+            try:
+                scores.append(model.score(grey, faces.find(grey).box))
+            except FaceRefused:
+                continue
+        out[f"{path.parent.name}/{path.name}"] = round(float(np.mean(scores)), 3) if scores else None
+    return out
 
 
 def curve(sessions: list[pad.Session], min_frames: int) -> list[dict]:
@@ -148,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                                             "apcer_worst": max(apcer, default=0.0)}
             print(f"\n### {name}: faceid liveness {' '.join(scored['args'])}\n")
             print(pad.table(m, mode))
+    if SPOOF.is_dir():
+        result["grey_copies"] = grey_copies()
+        print("\ngrey copies of ../shared/spoof's videos, mean P(real) of 60 frames: "
+              + ", ".join(f"{k} {v}" for k, v in result["grey_copies"].items()))
     plot(result["curves"], result["points"], PLOT)
     save_json(args.out, result)
     print(f"\nplot: {PLOT.relative_to(REPO)}; results: {args.out}")

@@ -24,7 +24,13 @@ from pam_faceid.common.images import read_image
 from pam_faceid.daemon.decision import Decision
 from pam_faceid.vision.camera import encode_jpeg
 from pam_faceid.vision.faces import FacePipeline, FaceRefused
-from pam_faceid.vision.liveness import MODES, POLICIES, LivenessCheck, Policy
+from pam_faceid.vision.liveness import (
+    MODES,
+    POLICIES,
+    LivenessCheck,
+    Policy,
+    looks_infrared,
+)
 
 SPOOF = REPO.parent / "shared" / "spoof"
 SAMPLE = Path(str(resources.files("pam_faceid") / "data" / "samples" / "sample_person" / "eileen_collins.jpg"))
@@ -77,6 +83,18 @@ def test_a_live_person_is_live_and_their_video_replayed_on_a_phone_is_not(person
     for mode in ("basic", "strict"):
         assert run(video("real", person), mode, pipeline)[0], (person, mode)
         assert run(video("replay", person), mode, pipeline) == (False, "spoof"), (person, mode)
+
+
+def test_infrared_frames_are_not_scored_and_end_not_live_infrared(pipeline):
+    """Grey frames (an IR camera's; one channel or three equal ones after JPEG) are outside what the model
+    judges: live people score 0.02-0.16 on grey copies of ../shared/spoof's videos, so no verdict is drawn."""
+    grey = [cv2.cvtColor(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR) for f in photo_frames(4)]
+    through_jpeg = cv2.imdecode(cv2.imencode(".jpg", grey[0])[1], cv2.IMREAD_COLOR)
+    assert looks_infrared(through_jpeg) and looks_infrared(grey[0][..., 0]) and not looks_infrared(photo_frames(1)[0])
+    assert run(grey, "basic", pipeline) == (False, "infrared")
+    verdict = decide([(f, 0.9) for f in grey], "basic", pipeline)
+    assert verdict.result == "not_live" and verdict.liveness == "not_live:infrared"
+    assert "liveness.mode off" in verdict.reason
 
 
 def test_the_session_mean_decides_after_the_modes_frames():

@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         out = {"command": "faceid liveness " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "faceid liveness",
                "commit": source_commit(), "modes": results,
                "sessions": [{"path": str(s.path), "kind": s.kind, "still": s.still, "frames": s.frames,
-                             "scores": [round(x, 4) for x in s.scores], "error": s.error} for s in sessions]}
+                             "scores": [round(x, 4) for x in s.scores], "error": s.error, "infrared": s.infrared}
+                            for s in sessions]}
         print(json.dumps(out, indent=1))
         return EXIT_OK
     for mode, result in results.items():
@@ -96,9 +97,12 @@ def run(args: argparse.Namespace) -> int:
         if bpcer["trials"]:
             print(f"\nBPCER {bpcer['errors']}/{bpcer['trials']} = {100 * bpcer['rate']:.1f} % "
                   f"(95 % CI {100 * bpcer['ci95'][0]:.1f}-{100 * bpcer['ci95'][1]:.1f} %)\n")
-    unreadable = [s for s in sessions if s.error]
-    for s in unreadable:
-        print(f"unreadable: {s.path}: {s.error}", file=sys.stderr)
+    for s in sessions:
+        if s.error:
+            print(f"unreadable: {s.path}: {s.error}", file=sys.stderr)
+        elif s.infrared and not s.scores:
+            print(f"not scored: {s.path}: infrared (grey) frames, which faceidd refuses as not_live:infrared",
+                  file=sys.stderr)
     return EXIT_OK
 
 

@@ -53,6 +53,7 @@ class Session:
     frames: int = 0
     scores: list[float] = field(default_factory=list)
     error: str | None = None
+    infrared: int = 0
 
     @property
     def bona_fide(self) -> bool:
@@ -118,12 +119,16 @@ def score_session(session: Session, find: Callable[[Any], Any], model: Any, max_
     from pam_faceid.daemon.engine import FrameRefused, decode_frame
     from pam_faceid.vision.camera import CameraError
     from pam_faceid.vision.faces import FaceRefused
+    from pam_faceid.vision.liveness import looks_infrared
 
     try:
         for jpeg in jpeg_frames(session.path, max_frames):
             session.frames += 1
             frame = decode_frame(jpeg)
             if frame is None:
+                continue
+            if looks_infrared(frame):  # as the check does: not scored (vision.liveness)
+                session.infrared += 1
                 continue
             try:
                 face = find(frame)
@@ -176,7 +181,8 @@ def measure(sessions: list[Session], min_frames: int, threshold: float) -> dict[
         frames = [x for s in scored for x in s.scores]
         wrong_frames = sum((x >= threshold) != bona_fide for x in frames)
         kinds[kind] = {"bona_fide": bona_fide, "metric": "BPCER" if bona_fide else "APCER",
-                       "sessions": len(group), "no_face": sum(1 for s in group if not s.scores and not s.error),
+                       "sessions": len(group), "no_face": sum(1 for s in group if not s.scores and not s.error and not s.infrared),
+                       "infrared": sum(1 for s in group if not s.scores and s.infrared),
                        "unreadable": sum(1 for s in group if s.error),
                        "session": rate(wrong, len(scored)), "frame": rate(wrong_frames, len(frames))}
     bona = [k for k in kinds.values() if k["bona_fide"]]
@@ -193,7 +199,7 @@ def table(result: dict[str, Any], mode: str) -> str:
     """The measurement as a Markdown table: one row per kind, its metric with counts and interval."""
     lines = [(f"liveness.mode {mode}: live when the mean P(real) of >= {result['min_frames']} frames reaches "
               f"{result['threshold']:g}"), "",
-             "| kind | metric | sessions (no face) | per session | 95 % CI | per frame | 95 % CI |",
+             "| kind | metric | sessions (not scored) | per session | 95 % CI | per frame | 95 % CI |",
              "|---|---|---|---|---|---|---|"]
 
     def cell(r: dict[str, Any]) -> tuple[str, str]:
@@ -205,7 +211,7 @@ def table(result: dict[str, Any], mode: str) -> str:
     for kind, k in result["kinds"].items():
         sess, sess_ci = cell(k["session"])
         frame, frame_ci = cell(k["frame"])
-        missing = k["no_face"] + k["unreadable"]
+        missing = k["no_face"] + k["unreadable"] + k["infrared"]
         lines.append(f"| {kind} | {k['metric']} | {k['sessions']} ({missing}) | {sess} | {sess_ci} | {frame} | "
                      f"{frame_ci} |")
     return "\n".join(lines)

@@ -13,6 +13,12 @@ moire, glare, blink, infrared flatness) were measured on real captures
 (docs/liveness.md): they let replays in and refused real people, and none
 refused an attack the model let in, so they are gone.
 
+An infrared camera's frames are grey, and the model, trained on colour,
+calls live people in grey frames attacks (0.02-0.16 on grey copies of the
+real webcam videos): such frames are not scored, and a session of them ends
+``not_live`` with the reason ``infrared`` rather than a verdict the model
+cannot give. With an IR camera, liveness.mode off is the admin's choice.
+
 What the model does not stop, with figures: docs/liveness.md.
 """
 
@@ -30,7 +36,22 @@ REASONS = {
     "live": "the face looks live to the anti-spoofing model",
     "too_few_frames": "not enough frames yet",
     "spoof": "the face looks like a print, a screen or a mask to the anti-spoofing model",
+    "infrared": "infrared (grey) frames, which the anti-spoofing model cannot judge: with an IR camera set "
+                "liveness.mode off, knowing what it lets in (docs/liveness.md)",
 }
+
+
+def looks_infrared(frame: np.ndarray) -> bool:
+    """True for a frame from an IR camera: single channel, or three equal ones (a grey frame survives JPEG exactly).
+
+    No colour camera gives equal channels (Bayer noise and white balance differ per channel), so the
+    camera kind needs no configuration.
+    """
+    if frame.ndim == 2 or frame.shape[2] == 1:
+        return True
+    sample = frame[::4, ::4].astype(np.int16)
+    return int(np.abs(sample[..., 0] - sample[..., 1]).max(initial=0)) <= 2 and \
+        int(np.abs(sample[..., 1] - sample[..., 2]).max(initial=0)) <= 2
 
 
 @dataclass(frozen=True)
@@ -75,6 +96,7 @@ class LivenessCheck:
         self.mode = mode
         self.policy = POLICIES.get(mode) if policy is None or mode == "off" else policy
         self.frame_scores: list[float] = []
+        self.infrared_frames = 0
         self._model = model
 
     @property
@@ -82,8 +104,12 @@ class LivenessCheck:
         return len(self.frame_scores)
 
     def add(self, frame: np.ndarray, face: Any) -> float | None:
-        """Score one frame (BGR, or greyscale) and the face the detector found in it; the frame's P(real)."""
+        """Score one frame (BGR) and the face the detector found in it; the frame's P(real), or None for an
+        infrared (grey) frame, which is counted and not scored."""
         if self.policy is None:
+            return None
+        if looks_infrared(frame):
+            self.infrared_frames += 1
             return None
         if self._model is None:
             from pam_faceid.vision.antispoof import shared
@@ -103,7 +129,7 @@ class LivenessCheck:
     def scores(self) -> dict[str, float]:
         """The numbers behind the verdict, for the audit log and the measuring command."""
         if not self.frame_scores:
-            return {"frames": 0.0}
+            return {"frames": 0.0, **({"infrared": float(self.infrared_frames)} if self.infrared_frames else {})}
         return {"frames": float(self.frames), "real": round(self.mean(), 4),
                 "real_min": round(min(self.frame_scores), 4), "real_max": round(max(self.frame_scores), 4)}
 
@@ -113,7 +139,7 @@ class LivenessCheck:
             return LivenessResult(True, "off", {"frames": float(self.frames)})
         scores = self.scores()
         if self.frames < self.policy.min_frames:
-            return LivenessResult(False, "too_few_frames", scores)
+            return LivenessResult(False, "infrared" if self.infrared_frames else "too_few_frames", scores)
         if self.mean() < self.policy.threshold:
             return LivenessResult(False, "spoof", scores)
         return LivenessResult(True, "live", scores)
