@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="measure the liveness check on labelled captures (APCER per attack kind, BPCER)",
         description="Score every session under CAPTURES/KIND/ the way faceidd does (every face taken as "
                     "matching) and print, per mode, APCER for each attack kind and BPCER (ISO/IEC 30107-3), "
-                    "per session and per frame, with counts and 95 %% Wilson intervals.",
+                    "per session and per frame, with counts and 95 % Wilson intervals.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         results[mode] = pad.measure(sessions, args.min_frames or policy.min_frames,
                                     policy.threshold if args.threshold is None else args.threshold)
     if args.json:
-        out = {"command": "faceid liveness " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "faceid liveness",
+        out = {"command": "faceid " + " ".join(sys.argv[1:]),
                "commit": source_commit(), "modes": results,
                "sessions": [{"path": str(s.path), "kind": s.kind, "still": s.still, "frames": s.frames,
                              "scores": [round(x, 4) for x in s.scores], "error": s.error, "infrared": s.infrared}
