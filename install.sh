@@ -4,7 +4,8 @@
 #   ./install.sh --dev                    ./.venv with the package editable + training, test and dlib tools
 #   sudo ./install.sh                     system install (venv in /opt/pam_faceid, config, state, units, PAM profile)
 #   sudo ./install.sh --uninstall         remove the system install; keeps enrolments in /var/lib/pam_faceid
-#   sudo ./install.sh --uninstall --purge also remove /etc/pam_faceid and /var/lib/pam_faceid
+#   sudo ./install.sh --uninstall --purge also remove /etc/pam_faceid, /var/lib/pam_faceid and the PAM file
+#                                         backups in /var/backups/pam_faceid
 #
 # Options:
 #   --root DIR   system install/uninstall under DIR instead of / (for tests and staging). Paths written into
@@ -71,6 +72,7 @@ PREFIX="$ROOT/opt/pam_faceid"
 INSTALL_STATE="$PREFIX/.install"       # what this script installed, read back by --uninstall
 ETC="$ROOT/etc/pam_faceid"
 STATE="$ROOT/var/lib/pam_faceid"
+BACKUPS="$ROOT/var/backups/pam_faceid"  # pamconf.BACKUP_DIR
 UNIT_DIR="$ROOT/etc/systemd/system"
 PAM_PROFILE="$ROOT/usr/share/pam-configs/faceid"
 PAM_PASSWORD_PROFILE="$ROOT/usr/share/pam-configs/faceid-password"
@@ -299,13 +301,17 @@ Priority: 260
 Auth-Type: Primary
 Auth:
 	[success=end default=ignore]	pam_exec.so quiet stdout seteuid $PREFIX/bin/faceid-helper"
-    # Runs after the primary block, i.e. once a password (or the face) was accepted; faceidd tells the two apart.
-    # [default=ignore]: its result never counts, so it cannot turn a failed password into success.
+    # Runs after the primary blocks, i.e. once a password (or the face) was accepted; faceidd tells the two apart
+    # and records a password use only when the account report follows the auth report of the same application.
+    # [default=ignore]: their result never counts, so they cannot turn a failed password into success.
     write_pam_profile "$PAM_PASSWORD_PROFILE" "Name: Face unlock: note password logins (pam_faceid)
 Default: no
 Priority: 0
 Auth-Type: Additional
 Auth:
+	[default=ignore]	pam_exec.so quiet seteuid $PREFIX/bin/faceid-helper --password-used
+Account-Type: Additional
+Account:
 	[default=ignore]	pam_exec.so quiet seteuid $PREFIX/bin/faceid-helper --password-used"
 }
 
@@ -460,6 +466,14 @@ uninstall() {
             rm -rf "$STATE"
         else
             step "keeping $STATE (enrolments); --purge removes it"
+        fi
+    fi
+    if [[ -d $BACKUPS ]]; then
+        if ((PURGE)); then
+            step "purging $BACKUPS (copies of PAM files from before each 'faceid pam' change)"
+            rm -rf "$BACKUPS"
+        else
+            step "keeping $BACKUPS (copies of PAM files from before each 'faceid pam' change); --purge removes it"
         fi
     fi
     step "uninstalled"

@@ -262,13 +262,16 @@ def unit_environment() -> dict[str, str]:
     return env
 
 
+BENCH_SERVICE_PREFIX = "faceid-bench-"
 BENCH_POLICY: dict[str, dict[str, Any]] = {
     "liveness": {"mode": "off"},
     "lockout": {"max_failures": 1000, "window": 1},
+    "auth": {"services": ["sudo", f"{BENCH_SERVICE_PREFIX}*"]},
 }
 """What every benchmark daemon changes from the defaults: the benchmarks replay still photos (liveness
 would answer not_live) and run many failing sessions in a row (a stranger under load, a weak model's
-no_match), which lockout would turn into refusals at hello with no frames scored."""
+no_match), which lockout would turn into refusals at hello with no frames scored; the helper uses the face
+only in the services auth.services lists (sudo, and the benchmarks' own)."""
 
 
 def daemon_config(base: Path, model: Path, socket_path: str, state_dir: Path,
@@ -307,7 +310,7 @@ def temp_user(prefix: str = "fidb") -> Iterator[str]:
 @contextmanager
 def pam_service(helper_command: str) -> Iterator[str]:
     """A temporary /etc/pam.d service: the helper by pam_exec, then deny (so only a face match succeeds)."""
-    name = f"faceid-bench-{uuid.uuid4().hex[:8]}"
+    name = f"{BENCH_SERVICE_PREFIX}{uuid.uuid4().hex[:8]}"
     path = Path("/etc/pam.d") / name
     path.write_text(
         f"auth    [success=done default=ignore] pam_exec.so quiet stdout seteuid {helper_command}\n"

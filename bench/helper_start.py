@@ -69,7 +69,8 @@ def time_helper(config: Path, stub: StubDaemon) -> float:
     thread.start()
     started = time.monotonic()
     proc = subprocess.run([str(VENV_BIN / "faceid-helper"), "--config", str(config)],
-                          env={**CLEAN_ENV, "PAM_USER": "root"}, capture_output=True, text=True, timeout=30)
+                          env={**CLEAN_ENV, "PAM_USER": "root", "PAM_SERVICE": "sudo"}, capture_output=True,
+                          text=True, timeout=30)
     thread.join()
     if proc.returncode != 0 or stub.arrived is None:
         raise SystemExit(f"helper_start: helper exited {proc.returncode} ({stub.error}): {proc.stderr.strip()}")

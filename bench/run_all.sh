@@ -47,6 +47,7 @@ step "liveness cost to a login";      $PY bench/liveness_latency.py "${MODEL[@]}
 step "liveness APCER/BPCER, trade-off"; $PY bench/liveness.py "${LIVE[@]}" --out "$OUT/liveness.json"
 step "embedder speed, memory, accuracy"; $PY bench/embedder.py "${MODEL[@]}" "${PAIRS[@]}" --out "$OUT/embedder.json"
 step "per-user retraining vs the seed"; $PY bench/retrain.py "${MODEL[@]}" "${RETRAIN[@]}" --out "$OUT/retrain.json"
+step "same-camera FAR";              $PY bench/same_camera.py --out "$OUT/same_camera.json"
 step "report"
 README=()
 ((QUICK)) || README=(--readme README.md)  # a quick run never reaches the README

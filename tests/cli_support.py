@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from faceidd_util import TEST_SERVICES
 from faces_support import PERSON, session_frames, write_frames
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ def write_config(folder: Path, camera: Path | str, **extra: dict[str, object]) -
         "camera": {"device": str(camera), "dark_threshold": 0.0},
         "daemon": {"socket": str(folder / "faceidd.sock"), "state_dir": str(folder / "state")},
         "model": {"path": str(model_dir())},
-        "auth": {"abort_if_ssh": False, "abort_if_lid_closed": False, "timeout": 6.0},
+        "auth": {"abort_if_ssh": False, "abort_if_lid_closed": False, "timeout": 6.0, "services": TEST_SERVICES},
         "liveness": {"mode": "off"},  # the cameras here show photos moved about; liveness is test_liveness.py's
     }
     for section, values in extra.items():

@@ -23,6 +23,8 @@ from typing import Any, Sequence
 import pytest
 import yaml
 
+from pam_faceid.common.config import SEAT_SERVICES
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 FACEIDD = VENV_BIN / "faceidd"
@@ -30,6 +32,10 @@ HELPER = VENV_BIN / "faceid-helper"
 PYTHON = VENV_BIN / "python"
 MODEL_DIR = Path(os.environ.get("FACEID_TEST_MODEL") or REPO / "pam_faceid" / "data" / "model")
 """The model the tests use: the bundled one, or the folder in $FACEID_TEST_MODEL (to try a candidate model)."""
+
+
+TEST_SERVICES = [*SEAT_SERVICES, "faceid-*", "fid*", "journaltest"]
+"""auth.services in test configs: the shipped list and the names of the PAM services the tests write."""
 
 
 def model_available() -> bool:
@@ -66,7 +72,8 @@ class Faceidd:
         self.log_path = base / "faceidd.log"
         self.notify_path = str(base / "notify.sock")
         values: dict[str, dict[str, Any]] = {"daemon": {"socket": self.socket, "state_dir": str(self.state_dir)},
-                                             "model": {"path": str(MODEL_DIR)}}
+                                             "model": {"path": str(MODEL_DIR)},
+                                             "auth": {"services": list(TEST_SERVICES)}}
         for section, keys in (config or {}).items():
             values.setdefault(section, {}).update(keys)
         self.values = values

@@ -156,7 +156,9 @@ def test_requester_witnesses(tmp_path):
 
 
 def test_remote_witnesses():
-    assert caller.remote_reason({"PAM_RHOST": "::1"}) is None
+    assert caller.remote_reason({}) is None
+    for loopback in ("::1", "127.0.0.1", "localhost"):  # a network daemon on loopback serves a peer too
+        assert caller.remote_reason({"PAM_RHOST": loopback}) == f"remote session from {loopback}"
     assert caller.remote_reason({"PAM_RHOST": "10.1.2.3"}) == "remote session from 10.1.2.3"
     assert caller.remote_reason({"SSH_CONNECTION": "x"}) == "SSH session (SSH_CONNECTION set)"
     assert caller.remote_reason({"PAM_TTY": "ssh"}) == "SSH session (PAM_TTY=ssh)"

@@ -54,7 +54,7 @@ def test_dev_daemon_serves_the_cli_and_a_pam_login_then_stops_on_ctrl_c(tmp_path
         assert f"daemon:   running, pid {proc.pid}, " in shown.stdout, shown.stdout + shown.stderr
         assert f"socket {folder / 'faceidd.sock'}" in shown.stdout
         for key, value in (("liveness.mode", "off"), ("auth.abort_if_ssh", "false"),
-                           ("auth.abort_if_lid_closed", "false")):
+                           ("auth.abort_if_lid_closed", "false"), ("auth.services", "sudo faceid-test*")):
             done = faceid(config, "config", key, value)
             assert done.returncode == 0 and "not reloaded" not in done.stderr, done.stderr
         enrolled = faceid(config, "enroll", temp_user.name, "--from", str(SAMPLE))

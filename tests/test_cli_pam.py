@@ -114,6 +114,12 @@ def test_user_mistakes(service):
     assert nobody.returncode == 4 and "needs root" in nobody.stderr
     helpless = faceid(None, "pam", "enable", "--service", service[0], "--helper", "/nonexistent/helper")
     assert helpless.returncode == 2 and "not an executable helper" in helpless.stderr
+    if Path("/etc/pam.d/vsftpd").is_file():  # a network service: refused for what it is, the file untouched
+        before = Path("/etc/pam.d/vsftpd").read_bytes()
+        ftp = faceid(None, "pam", "enable", "--service", "vsftpd", "--start", "exec")
+        assert ftp.returncode == 1, ftp
+        assert "vsftpd: FAILED: vsftpd is a network service: the face is never used there" in ftp.stdout
+        assert Path("/etc/pam.d/vsftpd").read_bytes() == before
 
 
 def test_the_password_used_line_goes_after_the_last_auth_rule_and_comes_out_again():
@@ -335,14 +341,15 @@ def test_every_service_here_a_sufficient_stack_and_a_second_factor(tmp_path, dae
 
     done = copies.run(FACEID, "pam", "enable", "--service", *names, "--helper", str(helper),
                       "--start", "exec")  # faceidd down
-    enabled = [name for name in names if f"{name}: enabled" in done.stdout]
-    refused = [name for name in names if f"{name}: FAILED" in done.stdout]
+    said = done.stdout.splitlines()  # line by line: "lightdm-autologin: FAILED" is not login's
+    enabled = [name for name in names if any(line.startswith(f"{name}: enabled") for line in said)]
+    refused = [name for name in names if any(line.startswith(f"{name}: FAILED") for line in said)]
     assert sorted(enabled + refused) == sorted(names), done.stdout + done.stderr
     assert {"faceid-sufficient", "faceid-token", "sudo", "login", "su"} <= set(enabled), done.stdout
     for name in refused:  # nothing to stand in for, or a stack the throwaway user cannot pass (pam_shells, rootok)
-        why = done.stdout.split(f"{name}: FAILED")[1].splitlines()[0]
+        why = next(line for line in said if line.startswith(f"{name}: FAILED"))
         assert any(reason in why for reason in ("no password line", "does not work even before the change",
-                                                 "which a face match would skip")), why
+                                                 "which a face match would skip", "is a network service")), why
         assert (copies.pam / name).read_text() == original[name]
 
     def no_wrong_password_gets_in() -> None:

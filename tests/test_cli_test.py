@@ -12,7 +12,7 @@ import time
 import cv2
 import pytest
 
-from cli_support import Daemon, PamService, faceid, model_dir, write_config
+from cli_support import FACEID, Daemon, PamService, faceid, model_dir, write_config
 from faces_support import OTHER_PERSON, PERSON, fill_image_folder, session_frames, write_frames
 
 
@@ -147,17 +147,22 @@ def test_pam_runs_the_real_stack(enrolled, daemon, person_images, make_image_fol
 def test_status_shows_daemon_model_users_and_pam_services(enrolled, daemon):
     config, user = enrolled
     service = PamService(config)
+    unlisted = PamService(config, prefix="later")  # a service the config's auth.services does not hold
     try:
         shown = faceid(config, "status")
         assert shown.returncode == 0, shown.stdout + shown.stderr
         assert "daemon:   running" in shown.stdout
         assert f"enrolled: {user.name} (8)" in shown.stdout
-        assert service.name in shown.stdout.split("pam:", 1)[1]
+        used, skipped = shown.stdout.split("pam:", 1)[1].split("face skipped, password only:", 1)
+        assert service.name in used and unlisted.name not in used
+        assert unlisted.name in skipped.splitlines()[0] and service.name not in skipped
         assert "camera:" in shown.stdout and ": ok," in shown.stdout
         report = json.loads(faceid(config, "status", "--json").stdout)
         assert user.name in report["daemon"]["users"] and report["model"]["ok"]
+        assert service.name in report["pam_services"]["face"] and unlisted.name in report["pam_services"]["skipped"]
     finally:
         service.remove()
+        unlisted.remove()
     daemon.stop()
     down = faceid(config, "status")
     assert down.returncode == 1 and "daemon:   not running" in down.stdout
@@ -241,3 +246,21 @@ def test_a_user_may_test_only_itself_and_sees_no_score(faceidd, make_user, perso
     own = test_as(owner, owner)
     assert own.returncode == 0, own.stdout + own.stderr
     assert "verdict: match (best score hidden (root only);" in own.stdout
+
+
+def test_every_verb_ends_quietly_when_its_reader_has_gone(tmp_path):
+    """``faceid … | head -1``: a closed stdout ends any verb with 141, as for any Unix filter, and no traceback."""
+    from pam_faceid.cli import COMMANDS, EXIT_CLOSED_STDOUT
+
+    config = tmp_path / "config.yaml"
+    config.write_text("auth:\n  timeout: 5\n")
+    runs = [[verb.replace("_", "-"), "--help"] for verb in COMMANDS] + [["config", "auth.timeout"], ["--help"]]
+    for args in runs:
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader is gone before the first line
+        try:
+            done = subprocess.run([FACEID, "--config", str(config), *args], stdout=write_end, stderr=subprocess.PIPE,
+                                  text=True, timeout=60)
+        finally:
+            os.close(write_end)
+        assert (done.returncode, done.stderr) == (EXIT_CLOSED_STDOUT, ""), (args, done.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import stat
 import subprocess
 import sys
@@ -25,7 +26,7 @@ CONTRACT_KEYS = {
     "camera.device", "camera.width", "camera.height", "camera.fps", "camera.force_mjpeg", "camera.exposure",
     "camera.rotate", "camera.dark_threshold",
     "auth.enabled", "auth.timeout", "auth.threshold", "auth.min_matching_frames", "auth.detection_notice",
-    "auth.abort_if_ssh", "auth.abort_if_lid_closed", "auth.require_password_after",
+    "auth.services", "auth.abort_if_ssh", "auth.abort_if_lid_closed", "auth.require_password_after",
     "model.path", "model.backend",
     "daemon.socket", "daemon.state_dir", "daemon.max_sessions", "daemon.max_frames_per_session",
     "daemon.max_message_bytes",
@@ -159,14 +160,14 @@ def test_missing_explicit_file_is_an_error(folder: Path) -> None:
 
 
 def test_values_sections_and_access(folder: Path) -> None:
-    path = write(folder, "camera:\n  device: /tmp/frames\n  rotate: 90\nauth:\n  threshold: 0.42\n"
+    path = write(folder, "camera:\n  device: /srv/frames\n  rotate: 90\nauth:\n  threshold: 0.42\n"
                          "liveness:\n  mode: off\nsnapshots:\n")
     cfg = load_config(str(path))
-    assert cfg.from_file and cfg.camera.device == "/tmp/frames" and cfg.camera.rotate == 90
+    assert cfg.from_file and cfg.camera.device == "/srv/frames" and cfg.camera.rotate == 90
     assert cfg.auth.threshold == 0.42 and cfg.get("auth.threshold") == 0.42
     assert cfg.liveness.mode == "off"  # YAML 1.1 would have made this False
     assert cfg.camera.width == 640 and cfg.snapshots.keep == 5
-    assert cfg.as_dict()["camera"]["rotate"] == 90 and cfg.camera.as_dict()["device"] == "/tmp/frames"
+    assert cfg.as_dict()["camera"]["rotate"] == 90 and cfg.camera.as_dict()["device"] == "/srv/frames"
     with pytest.raises(AttributeError, match=r"^config section 'auth' has no key 'timout'$"):
         cfg.auth.timout
     with pytest.raises(AttributeError, match=r"^config has no section 'nosection'$"):
@@ -180,7 +181,8 @@ def test_values_sections_and_access(folder: Path) -> None:
 
 
 # The exact types a loaded value may have: bool is an int to isinstance, 3 from YAML is no float.
-EXACT_TYPES = {bool: {bool}, int: {int}, float: {float}, str: {str}, C.FLOAT_OR_AUTO: {float, str}}
+EXACT_TYPES = {bool: {bool}, int: {int}, float: {float}, str: {str}, C.FLOAT_OR_AUTO: {float, str},
+               C.SERVICE_LIST: {tuple}}
 
 
 def assert_schema_types(cfg: C.Config) -> None:
@@ -258,6 +260,10 @@ ERRORS = [
     ("camera:\n  device: 0\n", "camera.device = 0: must be non-empty text"),
     ("auth: 5\n", "auth = 5: must be a mapping of keys (enabled, timeout,"),
     ("auth:\n  timeout: [1, 2]\n", "auth.timeout = a list: must be a number from 0.5 to 30"),
+    ("auth:\n  services: [sudo, vsftpd]\n", "auth.services = a list: vsftpd: a network service, where a face"),
+    ("auth:\n  services: [sudo, 's*']\n", "auth.services = a list: \"s*\" is not a service name; must be a list of "
+     "PAM service names"),
+    ("auth:\n  services: sudo\n", "auth.services = sudo: must be a list of PAM service names"),
     ("auth:\n  timeout: 3\n  timeout: 4\n", "invalid YAML at line 3, column 3: duplicate key 'timeout'"),
     ("auth:\n  timeout: [1,\n", "invalid YAML at line 3, column 1:"),
     ("auth:\n\ttimeout: 3\n", "invalid YAML at line 2, column 1:"),
@@ -555,3 +561,32 @@ def test_daemon_socket_must_lie_in_folders_only_root_can_change(folder: Path, tm
     run.chmod(0o1777)  # a sticky folder above (like /tmp) keeps root's entries root's
     assert load_config(str(path)).daemon.socket.endswith("faceidd.sock")
     assert load_config(str(path), check_permissions=False)
+
+
+def test_a_camera_path_another_user_can_write_is_refused(folder: Path, tmp_path: Path) -> None:
+    """camera.device naming a folder (or video) a user owns or can write: that user could show the helper any
+    face. The loader refuses it, as it refuses such a config or socket folder; `faceid config` too."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make files of another owner")
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    tmp_path.chmod(0o755)
+    nobody = pwd.getpwnam("nobody")
+    os.chown(planted, nobody.pw_uid, nobody.pw_gid)
+    message = error_of(write(folder, f"camera:\n  device: {planted}\n"))
+    assert f"camera.device = {planted}: folder {planted} must be owned by root and not writable by others (it is uid " \
+           f"{nobody.pw_uid}" in message
+    os.chown(planted, 0, 0)
+    planted.chmod(0o777)
+    assert "mode 0777" in error_of(write(folder, f"camera:\n  device: {planted}\n"))
+    video = planted / "clip.avi"
+    planted.chmod(0o755)
+    video.write_bytes(b"")
+    video.chmod(0o666)
+    assert f"{video} must be owned by root and not writable by others" in error_of(
+        write(folder, f"camera:\n  device: {video}\n"))
+    with pytest.raises(ConfigError, match="camera.device = .*: .* must be owned by root"):
+        set_value(str(write(folder, "")), "camera.device", str(video))
+    video.chmod(0o644)
+    assert load_config(str(write(folder, f"camera:\n  device: {video}\n"))).camera.device == str(video)
+    assert load_config(str(write(folder, "camera:\n  device: /dev/video9\n"))).camera.device == "/dev/video9"

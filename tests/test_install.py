@@ -36,6 +36,9 @@ Priority: 0
 Auth-Type: Additional
 Auth:
 \t[default=ignore]\tpam_exec.so quiet seteuid {prefix}/bin/faceid-helper --password-used
+Account-Type: Additional
+Account:
+\t[default=ignore]\tpam_exec.so quiet seteuid {prefix}/bin/faceid-helper --password-used
 """
 
 MINIMAL_UNITS = {
@@ -138,6 +141,9 @@ def test_system_install_layout_idempotence_and_uninstall(source: Path, root: Pat
 
     (state / "users").mkdir()
     (state / "users" / "alice.json").write_text("{}")
+    backups = root / "var/backups/pam_faceid"  # what 'faceid pam enable' leaves (pamconf.BACKUP_DIR)
+    backups.mkdir(parents=True)
+    (backups / "sudo.20261204-120000-000000").write_text("#%PAM-1.0\n")
     out = _run("--root", str(root), "--uninstall", src=source).stdout
     assert not prefix.exists() and not profile.exists() and not password_profile.exists()
     assert not any(link.is_symlink() for link in links)
@@ -145,9 +151,11 @@ def test_system_install_layout_idempotence_and_uninstall(source: Path, root: Pat
     assert not (etc / "config.yaml").exists(), "an unedited config the script installed is removed"
     assert (state / "users" / "alice.json").exists(), "enrolments are kept without --purge"
     assert "keeping" in out
+    assert f"keeping {backups} (copies of PAM files" in out and backups.exists()
 
-    _run("--root", str(root), "--uninstall", "--purge", src=source)
+    out = _run("--root", str(root), "--uninstall", "--purge", src=source).stdout
     assert not state.exists() and not etc.exists()
+    assert not backups.exists() and f"purging {backups}" in out
 
 
 @pytest.mark.slow

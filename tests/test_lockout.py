@@ -183,10 +183,22 @@ def test_daemon_hooks_count_failures_clear_on_match_and_tell_a_face_match_from_a
     assert len(store.read("alice").failures) == 1  # only no_match counts
     daemon.sessions.after_session("alice", Verdict("match", 0.9, 2), state)
     assert store.read("alice").failures == []
-    assert daemon.sessions.password_use("alice", state)[0] is False  # the face just matched: no password was used
+    sudo, other = (4242, 1), (4243, 1)  # two PAM application processes: (pid, start time)
+    for stage in ("auth", "account"):  # the face just matched: no password was used
+        assert daemon.sessions.password_use("alice", stage, sudo, state)[0] is False
     assert store.read("alice").password_used is None
-    assert daemon.sessions.password_use("bob", state) == (True, None)
+    assert daemon.sessions.password_use("bob", "account", sudo, state)[0] is False  # cached sudo: no auth at all
+    assert daemon.sessions.password_use("bob", "auth", sudo, state)[0] is False  # a password was taken, maybe wrong
+    assert daemon.sessions.password_use("bob", "account", other, state)[0] is False  # another process's account
+    assert store.read("bob").password_used is None
+    assert daemon.sessions.password_use("bob", "account", sudo, state) == (True, None)  # the same login succeeded
     assert store.read("bob").password_used == pytest.approx(time.time(), abs=5)
+    assert daemon.sessions.password_use("bob", "account", sudo, state)[0] is False  # confirmed once only
+    daemon.sessions.password_use("carol", "auth", sudo, state)  # a wrong password, then a face match on a retry
+    daemon.sessions.after_session("carol", Verdict("match", 0.9, 2), state)
+    daemon.sessions.face_matches["carol"] -= 60  # past the grace: only the cancelled note could still count
+    assert daemon.sessions.password_use("carol", "account", sudo, state)[0] is False
+    assert store.read("carol").password_used is None
     daemon.sessions.after_session("bob", Verdict("no_match", 0.1, 5), state)
     assert "bob" not in store.locked()
     daemon.sessions.after_session("bob", Verdict("not_live", 0.9, 5), state)  # a photo the liveness check refused
@@ -303,7 +315,7 @@ HELLO = """
 import json, sys
 from pam_faceid.common import protocol
 with protocol.Client(sys.argv[1], 2.0) as client:
-    answer = client.request("hello", protocol.hello_fields("nobody", "x"), timeout=2.0)
+    answer = client.request("hello", protocol.hello_fields("nobody", "i3lock"), timeout=2.0)
     print(json.dumps([answer.type, answer.get("result")]))
 """
 
@@ -334,11 +346,15 @@ def test_password_used_only_from_root(faceidd):
     assert as_locker.returncode == helper.EXIT_SKIPPED, as_locker.stderr  # a locker's stack runs as the user
     assert "reported from root PAM stacks only" in as_locker.stderr and d.logs().count("password_used") == 2
 
-    with protocol.Client(d.socket, 2.0) as client:
+    with protocol.Client(d.socket, 2.0) as client:  # the auth stack's report: only noted
         answer = client.request("password_used", {"user": "nobody", "service": "x"}, timeout=2.0)
+    assert answer.fields == {"recorded": False, "reason": "noted: recorded when the account stack confirms the login"}
+    assert LockoutStore(d.state_dir).read("nobody").password_used == before
+    with protocol.Client(d.socket, 2.0) as client:  # the account stack's, from the same application: recorded
+        answer = client.request("password_used", {"user": "nobody", "service": "x", "stage": "account"}, timeout=2.0)
     assert answer.fields == {"recorded": True, "reason": None}
     assert LockoutStore(d.state_dir).read("nobody").password_used == pytest.approx(time.time(), abs=10)
-    assert "password_used user=nobody service=x pid=" in d.logs()
+    assert "password_used user=nobody service=x stage=account pid=" in d.logs()
     assert json.loads(run_as_nobody(hello).stdout)[1] != "password_required"
 
 
@@ -364,7 +380,8 @@ AUTH_UPDATE_STACK = ("auth [success=2 default=ignore] pam_exec.so quiet stdout s
                      "auth requisite pam_deny.so\n"
                      "auth required pam_permit.so\n"
                      "auth [default=ignore] pam_exec.so quiet seteuid {helper} --password-used\n"
-                     "account required pam_permit.so\n")
+                     "account required pam_permit.so\n"
+                     "account [default=ignore] pam_exec.so quiet seteuid {helper} --password-used\n")
 """common-auth as pam-auth-update writes it with both profiles: a face match also reaches the password-used line."""
 
 
@@ -407,7 +424,7 @@ def test_face_is_refused_until_the_password_was_used(faceidd, temp_user, pam_sta
     ok, _ = pam_login(service, user, temp_user.password)
     assert ok
     assert "verdict=password_required" in _next_audit(d, user, 1)
-    d.wait_log(f"password_used user={user} service={service} pid=")
+    d.wait_log(f"password_used user={user} service={service} stage=account pid=")
     assert "recorded=yes" in d.logs()
     assert LockoutStore(d.state_dir).read(user).password_used == pytest.approx(time.time(), abs=30)
 
@@ -450,7 +467,7 @@ def test_failed_faces_lock_out_and_a_match_after_unlock_clears_the_count(imposto
     assert not pam_login(service, user, "")[0]
     assert "verdict=locked_out score=- frames=0" in _next_audit(d, user, 2)  # refused at hello: no frames taken
     assert pam_login(service, user, temp_user.password)[0]  # the password still works
-    d.wait_log(f"password_used user={user} service={service} pid=")
+    d.wait_log(f"password_used user={user} service={service} stage=account pid=")
 
     assert faceid(d.config_path, "unlock", user).returncode == 0
     assert not pam_login(service, user, "")[0]

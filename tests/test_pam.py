@@ -159,9 +159,13 @@ def test_remote_host_with_abort_if_ssh_falls_through(faceidd, pam_service):
     ok, shown, _ = authenticate(service, "root", env={"SSH_CONNECTION": "203.0.113.7 50000 192.0.2.1 22"})
     assert not ok and shown == MESSAGES_NONE
     assert "auth user=" not in d.logs()  # the helper stopped before asking the daemon
-    ok, _, _ = authenticate(service, "root", rhost="localhost")
+    for loopback in ("localhost", "127.0.0.1", "::1"):  # a network daemon on this machine serves a peer too
+        ok, shown, _ = authenticate(service, "root", rhost=loopback)
+        assert not ok and shown == MESSAGES_NONE
+    assert "auth user=" not in d.logs()
+    ok, _, _ = authenticate(service, "root")
     assert not ok
-    assert "auth user=root" in d.wait_log("auth user=root")  # a local rhost goes on to the daemon
+    assert "auth user=root" in d.wait_log("auth user=root")  # without PAM_RHOST the helper goes on to the daemon
 
 
 def test_disabled_in_config_falls_through(faceidd, pam_service, helper_floor):
@@ -191,9 +195,12 @@ def test_each_early_exit_has_its_code_and_one_line_reason(faceidd, daemon_dir):
     cases = [
         ({}, helper.EXIT_CONFIG, "PAM_USER is not set"),
         ({"PAM_USER": "no-such-user-x"}, helper.EXIT_SKIPPED, "does not exist"),
-        ({"PAM_USER": "root", "PAM_RHOST": "198.51.100.2"}, helper.EXIT_SKIPPED, "remote session from 198.51.100.2"),
-        ({"PAM_USER": "root", "PAM_TTY": "ssh"}, helper.EXIT_SKIPPED, "SSH session"),
-        ({"PAM_USER": "root"}, helper.EXIT_NO_DAEMON, "faceidd is not running"),
+        ({"PAM_USER": "root"}, helper.EXIT_SKIPPED, "service (none) is not in auth.services"),
+        ({"PAM_USER": "root", "PAM_SERVICE": "vsftpd"}, helper.EXIT_SKIPPED, "service vsftpd is not in auth.services"),
+        ({"PAM_USER": "root", "PAM_SERVICE": "sudo", "PAM_RHOST": "198.51.100.2"}, helper.EXIT_SKIPPED,
+         "PAM_RHOST=198.51.100.2: a network peer"),
+        ({"PAM_USER": "root", "PAM_SERVICE": "sudo", "PAM_TTY": "ssh"}, helper.EXIT_SKIPPED, "SSH session"),
+        ({"PAM_USER": "root", "PAM_SERVICE": "sudo"}, helper.EXIT_NO_DAEMON, "faceidd is not running"),
     ]
     for env, code, reason in cases:
         proc = run_helper(env, d.config_path)
@@ -214,7 +221,7 @@ def test_no_camera_is_reported_and_no_notice_promised(faceidd, make_user):
 
     Store(d.state_dir).add_templates(user, np.eye(128, dtype=np.float32)[0])
     d.start()
-    proc = run_helper({"PAM_USER": user}, d.config_path)
+    proc = run_helper({"PAM_USER": user, "PAM_SERVICE": "sudo"}, d.config_path)
     assert proc.returncode == helper.EXIT_NO_CAMERA and "camera:" in proc.stderr
     assert proc.stdout == ""
 
@@ -244,8 +251,8 @@ def test_closed_lid_skips_before_the_daemon_is_asked(tmp_path):
 
     def helper_with_lid(auth: str) -> subprocess.CompletedProcess:
         config.write_text(f"daemon:\n  socket: {tmp_path / 'no-daemon.sock'}\n{auth}")
-        return subprocess.run([str(PYTHON), "-c", *run], env={"PAM_USER": "root"}, capture_output=True, text=True,
-                              timeout=20)
+        return subprocess.run([str(PYTHON), "-c", *run], env={"PAM_USER": "root", "PAM_SERVICE": "sudo"},
+                              capture_output=True, text=True, timeout=20)
 
     proc = helper_with_lid("")
     assert proc.returncode == helper.EXIT_SKIPPED and "lid is closed" in proc.stderr, proc.stderr
@@ -300,8 +307,8 @@ def test_helper_imports_no_model_code_and_sends_a_first_frame_fast(daemon_dir, p
             thread = threading.Thread(target=serve_one, args=(started,))
             thread.start()
             started[0] = time.monotonic()
-            proc = subprocess.run([str(PYTHON), "-c", probe], env={"PAM_USER": "root"}, capture_output=True,
-                                  text=True, timeout=20)
+            proc = subprocess.run([str(PYTHON), "-c", probe], env={"PAM_USER": "root", "PAM_SERVICE": "sudo"},
+                                  capture_output=True, text=True, timeout=20)
             thread.join()
             assert proc.returncode == 0, proc.stderr
             assert "LOADED []" in proc.stdout

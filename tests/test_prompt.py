@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ from cli_support import FACEID
 from faceidd_util import HELPER, PYTHON, enrol, require_model
 from faces_support import OTHER_PERSON, PERSON, session_frames, write_frames
 
+from pam_faceid.daemon.lockout import LockoutStore
 from pam_faceid.helper import main as helper
 from pam_faceid.helper import pam_prompt
 from pam_faceid.pamstack import pamconf
@@ -464,3 +467,132 @@ def test_i3lock_unlocks_by_face_or_password_and_not_by_a_wrong_one(setup, xvfb):
     sessions = [line for line in d.logs().splitlines() if f"auth user={user} service=i3lock" in line]
     assert len(sessions) == 3 and "verdict=match" in sessions[0], sessions
     assert not any("verdict=match" in line for line in sessions[1:]), sessions  # the password unlocked it
+
+
+# ---------------------------------------------------------------- auth.require_password_after: only a right password
+
+def _password_uses(d, user: str) -> list[str]:
+    """faceidd's password_used audit lines for ``user``."""
+    return [line for line in d.logs().splitlines() if f"password_used user={user} " in line]
+
+
+@pytest.mark.parametrize("start", ["exec", "race"])
+def test_only_a_right_password_at_su_counts_as_a_password_use(faceidd, sudo_user, person_images, start):
+    """The issue's route: with the password due (auth.require_password_after), another user runs ``su victim``
+    and types a wrong password; then the terminal is closed at the prompt. Neither may count as a password use
+    (the substack's failure goes on to the line after it). Only the victim's right password does."""
+    require_model()
+    user, password = sudo_user
+    d = faceidd({"liveness": {"mode": "off"}, "auth": {"timeout": 4.0, "require_password_after": 1}})
+    enrol(d.state_dir, user, person_images(PERSON)[:4])
+    d.start()
+    ns = Namespace(d.base, user)
+    wrapper = d.base / "bin" / "faceid-helper"  # the face and report lines then reach this test's faceidd
+    wrapper.parent.mkdir(mode=0o755)
+    wrapper.write_text(f'#!/bin/sh\nexec {HELPER} --config {d.config_path} "$@"\n')
+    wrapper.chmod(0o755)
+    stack = ns.enable(d.config_path, "--start", start, "--helper", str(wrapper), service="su")
+    assert "auth\tsubstack\tcommon-auth" in stack and "account\t[default=ignore]\tpam_exec.so" in stack
+    su = SCRIPT.replace(f"{SUDO} /bin/echo {MARK}", f"su {user} -c '/bin/echo {MARK}'")
+
+    child = ns.sudo("nobody", su, "nogroup")  # the attacker: a wrong password
+    child.expect_exact(pam_prompt.PROMPT)
+    child.send("not-the-password\r")
+    child.expect_exact("Authentication failure", timeout=15)
+    assert finish(child)[0] != 0
+    d.wait_log(f"password_used user={user} service=su stage=auth")  # the line after the substack did run
+    assert all("recorded=no" in line for line in _password_uses(d, user)), _password_uses(d, user)
+
+    child = ns.sudo(user, su)  # the terminal closed at the prompt
+    child.expect_exact(pam_prompt.PROMPT)
+    child.close(force=True)
+    assert LockoutStore(d.state_dir).read(user).password_used is None
+    assert not any("recorded=yes" in line for line in _password_uses(d, user))
+
+    child = ns.sudo(user, su)  # the user's own right password: recorded, by the account stack's report
+    child.expect_exact(pam_prompt.PROMPT)
+    child.send(password + "\r")
+    child.expect_exact(MARK, timeout=15)
+    assert finish(child)[0] == 0
+    d.wait_log(f"password_used user={user} service=su stage=account")
+    assert "recorded=yes" in _password_uses(d, user)[-1]
+    assert LockoutStore(d.state_dir).read(user).password_used == pytest.approx(time.time(), abs=60)
+
+
+# ---------------------------------------------------------------- signals at the prompt
+
+def _child_named(parent: int, name: str, timeout: float = 10) -> int:
+    """The pid of ``parent``'s child whose command is ``name`` (waits for it to appear)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in os.listdir("/proc"):
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+            if comm == name and int(rest[1]) == parent:
+                return int(entry)
+        time.sleep(0.02)
+    raise AssertionError(f"no {name} under pid {parent}")
+
+
+def test_su_stopped_and_resumed_keeps_the_password_hidden(setup):
+    """SIGTSTP to su at the prompt, then the shell's fg, which brings its own terminal settings (echo on) back:
+    the prompt puts its settings back and draws itself again, so the password typed after fg is not shown."""
+    ns, d, user, password, _, stranger = setup
+    ns.enable(d.config_path, service="su")
+    d.rewrite_config({"camera": {"device": str(stranger)}})
+    argv = ns.command("setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "/bin/bash", "--norc",
+                      "--noprofile", "-i")
+    shell = pexpect.spawn(argv[0], argv[1:], env={"PATH": "/usr/bin:/bin", "TERM": "dumb", "PS1": "$ "},
+                          timeout=20, encoding="utf-8", codec_errors="replace")
+    shell.expect_exact("$ ")
+    shell.send(f"su {user} -c '/bin/echo {MARK}'\r")
+    shell.expect_exact(pam_prompt.PROMPT)
+    os.kill(_child_named(shell.pid, "su"), signal.SIGTSTP)
+    shell.expect("Stopped")
+    shell.expect_exact("$ ")
+    shell.send("fg\r")
+    shell.expect_exact(pam_prompt.PROMPT)  # drawn again once the prompt's settings are back
+    shell.send(password + "\r")
+    shell.expect_exact(MARK)
+    assert password not in shell.before, shell.before
+    shell.send("exit\r")
+    shell.expect(pexpect.EOF)
+
+
+def _next_session_line(d, user: str) -> str:
+    """faceidd's audit line of ``user``'s (first) session, once it is written."""
+    return next(line for line in d.wait_log(f"auth user={user} ", timeout=30).splitlines()
+                if f"auth user={user} " in line)
+
+
+def test_sudo_killed_at_the_prompt_leaves_echo_on_and_no_helper(setup):
+    """SIGKILL to sudo while its face child runs: the child dies with it (it would otherwise look at the camera
+    until its frames ran out) and the terminal's echo comes back, though sudo could restore nothing."""
+    ns, d, user, _, _, stranger = setup
+    ns.enable(d.config_path)
+    many = write_frames([f for _ in range(10) for f in session_frames(
+        [p for p in sorted(stranger.iterdir())][:30], 1)], d.base / "many")
+    frames = len(list(many.iterdir()))
+    d.rewrite_config({"camera": {"device": str(many)}, "auth": {"timeout": 30.0},
+                      "daemon": {"max_frames_per_session": 1000}})
+    d.signal(signal.SIGHUP)
+    d.wait_log("reloaded")
+    script = f"{SUDO} /bin/echo {MARK}; echo rc=$?; read line; stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?echo'"
+    child = ns.sudo(user, script)
+    child.expect_exact(pam_prompt.PROMPT)
+    assert helpers_running(d.config_path)
+    os.kill(_child_named(child.pid, "sudo"), signal.SIGKILL)
+    child.expect(r"rc=(\d+)")
+    assert child.match.group(1) == "137"
+    deadline = time.monotonic() + 30
+    while helpers_running(d.config_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not helpers_running(d.config_path)
+    line = _next_session_line(d, user)
+    assert int(re.search(r"frames=(\d+)", line).group(1)) < frames, line  # it stopped before its camera ran out
+    child.send("\r")
+    child.expect(r"(-?echo)\r?\n")
+    assert child.match.group(1) == "echo"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # Order is the order shown in --help.
@@ -62,7 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_CLOSED_STDOUT = 141
+"""128 + SIGPIPE: what a shell reports for a program whose reader went away (``faceid … | head -1``)."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Every verb; a closed stdout ends it quietly (exit 141), as it ends any Unix filter."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        return EXIT_CLOSED_STDOUT
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -122,6 +122,27 @@ def threshold(cfg: Any, embedder: Any) -> float:
     return float(embedder.threshold) if value == "auto" else float(value)
 
 
+def operating_point(cfg: Any, embedder: Any) -> Callable[[np.ndarray], dict[str, Any]]:
+    """templates -> the user's operating point (vision.operating.fit) as stored, against the bank faceid calibrate
+    uses (the admin's, else the one shipped with the model) and the global threshold; without a bank, from the
+    templates alone (said once)."""
+    from pam_faceid.model import negatives
+    from pam_faceid.vision.operating import fit
+
+    try:
+        bank, where = negatives.load_default(cfg.daemon.state_dir, model_dir(cfg), model_id(embedder))
+    except negatives.NegativesError as exc:
+        print(f"note: no negative bank ({str(exc).splitlines()[0]}): operating point from the templates alone",
+              file=sys.stderr)
+        bank, where = None, "none"
+    base = threshold(cfg, embedder)
+
+    def point(templates: np.ndarray) -> dict[str, Any]:
+        return fit(templates, bank, base, bank_source=where).to_json()
+
+    return point
+
+
 def reload_daemon(cfg: Any, command: str) -> bool:
     """Ask faceidd to re-read enrolments; a daemon that is not running reads them when it starts."""
     from pam_faceid.common.protocol import DaemonError, request_reload
@@ -194,8 +215,14 @@ def frames_from(paths: Iterable[str], wanted: int | None = None) -> Iterator[Fra
                     yield Frame(image, f"{path} frame {index}")
 
 
-def frames_from_camera(cfg: Any, timeout: float = CAMERA_TIMEOUT) -> Iterator[Frame]:
-    """Frames of camera.device until it ends or ``timeout`` seconds pass."""
+def _every_frame(source: Any) -> Iterator[np.ndarray]:
+    while (image := source.read()) is not None:
+        yield image
+
+
+def frames_from_camera(cfg: Any, timeout: float = CAMERA_TIMEOUT, dark: bool = False) -> Iterator[Frame]:
+    """Frames of camera.device until it ends or ``timeout`` seconds pass; with ``dark`` also the frames under
+    camera.dark_threshold (guided enrolment tells the person it is too dark instead of waiting in silence)."""
     from pam_faceid.vision.camera import CameraError, FrameSource
 
     try:
@@ -204,7 +231,8 @@ def frames_from_camera(cfg: Any, timeout: float = CAMERA_TIMEOUT) -> Iterator[Fr
         raise CommandError(f"camera: {exc}", EXIT_FAILURE) from None
     deadline = time.monotonic() + timeout
     with source:
-        for index, image in enumerate(source.frames(timeout=timeout), 1):
+        images = _every_frame(source) if dark else source.frames(timeout=timeout)
+        for index, image in enumerate(images, 1):
             yield Frame(image, f"camera frame {index}")
             if time.monotonic() > deadline:
                 break

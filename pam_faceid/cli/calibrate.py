@@ -6,7 +6,10 @@ scores: every face of the negative bank (pam_faceid.model.negatives) and every o
 enrolled user's templates against the user's templates. The threshold is the
 lowest one whose impostor acceptance is at most --far (pam_faceid.model.metrics,
 rounded up to 4 decimals); FRR is the genuine
-share under it. With fewer than 1/FAR impostor scores the FAR cannot be
+share under it. Each user's operating point (vision.operating.fit, the
+function enrolment uses) is printed too; --apply writes the threshold to
+auth.threshold and stores each user's point, refit on that threshold and
+this bank, with their enrolment. With fewer than 1/FAR impostor scores the FAR cannot be
 resolved, and the command says so.
 
 Exit codes: 0 calibrated; 1 not enough data (fewer than 2 templates, no
@@ -23,6 +26,7 @@ import numpy as np
 from pam_faceid.cli import EXIT_FAILURE, EXIT_USAGE, CommandError
 from pam_faceid.cli import _common as common
 from pam_faceid.model.metrics import rates, round_up, threshold_at_far
+from pam_faceid.vision.operating import fit
 
 EXAMPLE = """examples:
   sudo faceid calibrate alice --negatives /srv/faces/others --plot /tmp/alice.png
@@ -142,9 +146,10 @@ def run(args: argparse.Namespace) -> int:
 
                 negatives = bank.build(folder, embedder, limit=args.limit, progress=tick)
             saved = bank.save(cfg.daemon.state_dir, negatives, model, str(folder))
+            source = f"admin bank {saved}"
             print(f"negative bank: {len(negatives)} faces from {folder}, cached in {saved}")
         else:
-            negatives = bank.load(cfg.daemon.state_dir, model)
+            negatives, source = bank.load_default(cfg.daemon.state_dir, common.model_dir(cfg), model)
     except bank.NegativesError as exc:
         raise CommandError(str(exc), EXIT_FAILURE) from None
     genuine, impostor = scores(templates, negatives, users)
@@ -161,6 +166,10 @@ def run(args: argparse.Namespace) -> int:
               f"): the threshold is above every impostor score; add negatives for a sharper answer")
     print(f"threshold for FAR <= {args.far:g}: {chosen:.4f}  (FAR {far:.4g}, FRR {frr:.4g})")
     print(f"current threshold {current:.4f} ({cfg.auth.threshold}): FAR {cur_far:.4g}, FRR {cur_frr:.4g}")
+    base = chosen if args.apply else current
+    points = {user: fit(templates[user], negatives, base, bank_source=source) for user in users}
+    for user, point in points.items():
+        print(f"{user}: operating point {point.line()}")
     if args.plot:
         plot(args.plot, genuine, impostor, chosen, f"{who}: threshold {chosen:.3f} for FAR {args.far:g}")
         print(f"wrote {args.plot}")
@@ -172,5 +181,13 @@ def run(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             raise CommandError(str(exc), EXIT_FAILURE) from None
         print(f"auth.threshold = {chosen:.4f} in {cfg.path}")
+        store = common.open_store(cfg)
+        try:
+            for user in users:
+                store.set_operating_point(user, lambda matrix, u=user: fit(matrix, negatives, chosen,
+                                                                           bank_source=source).to_json())
+        except StoreError as exc:
+            raise common.store_error(exc) from None
+        print(f"operating points of {who} stored with their enrolments")
         common.reload_daemon(cfg, "calibrate")
     return 0

@@ -138,11 +138,11 @@ class Steps:
         return "as expected" if ok else f"UNEXPECTED: {what}"
 
 
-def _config_text(work: Path, model_path: str, liveness: str | None) -> str:
+def _config_text(work: Path, model_path: str, liveness: str | None, service: str) -> str:
     lines = [
         "camera:", f"  device: {work / 'camera'}", "  dark_threshold: 0.0",
         "daemon:", f"  socket: {work / 'faceidd.sock'}", f"  state_dir: {work / 'state'}",
-        "auth:", "  abort_if_ssh: false", "  abort_if_lid_closed: false", "  timeout: 6.0",
+        "auth:", "  abort_if_ssh: false", "  abort_if_lid_closed: false", "  timeout: 6.0", f"  services: [{service}]",
         "model:", f"  path: {model_path or chr(34) * 2}",
     ]
     if liveness is not None:
@@ -150,9 +150,9 @@ def _config_text(work: Path, model_path: str, liveness: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_config(work: Path, model_path: str, liveness: str | None) -> Path:
+def _write_config(work: Path, model_path: str, liveness: str | None, service: str) -> Path:
     path = work / "config.yaml"
-    atomic.write_bytes(path, _config_text(work, model_path, liveness).encode(), 0o600)
+    atomic.write_bytes(path, _config_text(work, model_path, liveness, service).encode(), 0o600)
     return path
 
 
@@ -241,7 +241,8 @@ def _run_steps(steps: Steps, work: Path, model_path: str, sample: np.ndarray, ot
     from pam_faceid.common.protocol import request_reload
 
     work.chmod(0o700)
-    config = _write_config(work, model_path, "off")
+    service = f"faceid-demo-{secrets.token_hex(3)}"  # the demo's own PAM service: the one auth.services holds
+    config = _write_config(work, model_path, "off", service)
     photo = camera_frames(sample, ATTEMPT_FRAMES, seed=2)
     write_folder(work / "camera", photo)
     socket_path = str(work / "faceidd.sock")
@@ -287,7 +288,6 @@ def _run_steps(steps: Steps, work: Path, model_path: str, sample: np.ndarray, ot
                                EXIT_FAILURE)
         note["result"] = next((line for line in lines if line.startswith("enrolled")), "enrolled")
 
-    service = f"faceid-demo-{secrets.token_hex(3)}"
     service_path = Path("/etc/pam.d") / service
     with steps.step(f"writing PAM service /etc/pam.d/{service}: faceid-helper, then pam_unix") as note:
         helper = " ".join(_program("faceid-helper"))
@@ -304,7 +304,7 @@ def _run_steps(steps: Steps, work: Path, model_path: str, sample: np.ndarray, ot
     with steps.step(f"logging in as {user} with a different person in front of the camera") as note:
         note["result"] = _pam_attempt(user, service, steps, False, "a different person was let in")
 
-    _write_config(work, model_path, "basic")
+    _write_config(work, model_path, "basic", service)
     request_reload(socket_path)
     write_folder(work / "camera", photo)
     with steps.step(f"logging in as {user} with the same photo of the sample person that got in above, now with "

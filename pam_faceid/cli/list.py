@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "list",
         help="list enrolled users, or one user's templates",
         description="Without USER: every enrolled user with the number of templates (and any enrolment file "
-                    "that cannot be read, with why). With USER: that user's templates (id, label, date).",
+                    "that cannot be read, with why). With USER: that user's templates (id, label, date) and operating point (threshold and how it was fit).",
         epilog=EXAMPLE,
         formatter_class=common.formatter(),
     )
@@ -34,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Print the users, or one user's templates."""
     from pam_faceid.common.store import StoreError, validate_user
+    from pam_faceid.vision.operating import OperatingPoint
 
     common.require_root("reading enrolments")
     cfg = common.load_cfg(args)
@@ -51,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
             if user in good:
                 count = len(good[user].templates)
                 stale = good[user].stale_for(current or "")
-                print(f"{user}: {count} template{'s' if count != 1 else ''}" + (f": {stale}" if stale else ""))
+                point = OperatingPoint.from_json(good[user].operating_point)
+                own = f" (threshold {point.threshold:.4f})" if point is not None else " (global threshold)"
+                print(f"{user}: {count} template{'s' if count != 1 else ''}" + (f": {stale}" if stale else own))
             else:
                 print(f"{user}: UNREADABLE: {bad[user]}")
         return EXIT_FAILURE if bad else 0
@@ -67,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{template.id:<14}{template.label or '-':<28}{template.created}")
     model = enrolment.model_id or "unnamed model"
     print(f"{len(enrolment.templates)} template(s) for {args.user}, made with {model}")
+    point = OperatingPoint.from_json(enrolment.operating_point)
+    print(f"operating point: {point.line()}" if point is not None else
+          f"operating point: none stored, the global threshold applies (sudo faceid calibrate {args.user} --apply)")
     stale = enrolment.stale_for(common.current_model_id(cfg) or "")
     if stale:
         print(stale)

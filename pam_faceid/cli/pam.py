@@ -66,6 +66,19 @@ def _status() -> int:
     return 0
 
 
+def _seat_problem(service: str, services: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """(why the face line must not go into ``service``, a warning to print) for `faceid pam enable`."""
+    from pam_faceid.common.config import NETWORK_SERVICES, service_allowed
+
+    if service in NETWORK_SERVICES:
+        return (f"{service} is a network service: the face is never used there (it proves only who sits at this "
+                "machine's camera); left as it was"), None
+    if not service_allowed(service, services):
+        return None, (f"{service} is not in auth.services, so the helper skips the face there until it is added: "
+                      f"faceid config auth.services \"{' '.join(services)} {service}\"")
+    return None, None
+
+
 def _face_start(args: argparse.Namespace) -> "pamconf.FaceStart":
     """--start race/enter need libpam-python; without --start, race where it is installed, else pam_exec."""
     from pam_faceid.pamstack import pamconf
@@ -111,10 +124,18 @@ def run(args: argparse.Namespace) -> int:
         if not services and not changes:
             print("face auth is not on in any PAM service: nothing to do")
             return 0
+    allowed = common.load_cfg(args).auth.services if enable else ()
     for service in services:
         changes.append((service, lambda s=service: pamconf.edit_service(s, enable, helper, how=how or pamconf.FaceStart())))
     failed = 0
     for name, apply in changes:
+        refusal, warning = _seat_problem(name, allowed) if enable and name != "common-auth" else (None, None)
+        if refusal:
+            failed += 1
+            print(f"{name}: FAILED: {refusal}")
+            continue
+        if warning:
+            print(f"{name}: warning: {warning}")
         print(f"{name}: proving the change in a private copy of {pamconf.PAM_DIR}…", flush=True)
         try:
             change = apply()  # type: ignore[operator]

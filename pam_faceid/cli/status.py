@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from pam_faceid.cli import EXIT_FAILURE
@@ -26,7 +27,6 @@ EXAMPLE = """examples:
   sudo faceid status --json"""
 
 PAM_DIR = "/etc/pam.d"
-HELPER_NAME = "faceid-helper"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -45,23 +45,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
-def pam_services(pam_dir: str = PAM_DIR) -> list[str]:
-    """PAM service files that call the helper on an uncommented line."""
-    found = []
-    try:
-        names = sorted(os.listdir(pam_dir))
-    except OSError:
-        return []
-    for name in names:
-        path = os.path.join(pam_dir, name)
-        try:
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                lines = fh.read().splitlines()
-        except OSError:
-            continue
-        if any(HELPER_NAME in line and not line.lstrip().startswith("#") for line in lines):
-            found.append(name)
-    return found
+def pam_services(cfg: Any, pam_dir: str = PAM_DIR) -> dict[str, list[str]]:
+    """The PAM services whose stack runs the face line: where auth.services lets the face in, and where the helper
+    skips it (network daemons, services installed later)."""
+    from pam_faceid.common.config import service_allowed
+    from pam_faceid.pamstack.pamconf import services_reaching_face
+
+    reached = services_reaching_face(Path(pam_dir))
+    return {"face": [name for name in reached if service_allowed(name, cfg.auth.services)],
+            "skipped": [name for name in reached if not service_allowed(name, cfg.auth.services)]}
 
 
 def _daemon(cfg: Any) -> dict[str, Any]:
@@ -94,10 +86,11 @@ def _camera(cfg: Any) -> dict[str, Any]:
     return info
 
 
-FIGURES = ("accuracy", "auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "enroll_frr_at_far_1e-3")
+FIGURES = ("accuracy", "auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "enroll_frr_at_far_1e-3", "far", "frr")
 """The accuracy figures shown from model.json; counts and training internals stay in --json."""
 
-SECTION_DATA = {"validation": "held-out identities of the training data (they chose the epoch)"}
+SECTION_DATA = {"validation": "held-out identities of the training data (they chose the epoch)",
+                "same_camera": "same-camera people never trained or fit on (docs/same-camera.md)"}
 """What data each metrics section of model.json was measured on, where model.json does not say."""
 
 
@@ -111,8 +104,10 @@ def figures(meta: dict[str, Any]) -> list[dict[str, Any]]:
                       "metrics": source["metrics"]})
     for name, metrics in (meta.get("metrics") or {}).items():
         if isinstance(metrics, dict):
-            found.append({"data": f"{name}, {SECTION_DATA.get(name, 'data not recorded in model.json')}",
-                          "metrics": metrics})
+            data = f"{name}, {SECTION_DATA.get(name, 'data not recorded in model.json')}"
+            if metrics.get("command"):
+                data += f" [{metrics['command']}]"
+            found.append({"data": data, "metrics": metrics})
     return found
 
 
@@ -140,6 +135,7 @@ def _enrolments(cfg: Any) -> dict[str, Any]:
         good, bad = common.open_store(cfg).load_all()
     except StoreError as exc:
         return {"error": str(exc)}
+    from pam_faceid.vision.operating import OperatingPoint
     from pam_faceid.vision.userhead import HeadError, read_head
 
     current = common.current_model_id(cfg) or ""
@@ -155,7 +151,10 @@ def _enrolments(cfg: Any) -> dict[str, Any]:
         if stored is not None and current and stored.model_id != current:
             stale_heads[user] = (f"made for model {stored.model_id}, the current model is {current} "
                                  f"(ignored: scored by the base model; sudo faceid retrain {user})")
-        users[user] = {"templates": len(enrolment.templates), "per_user_model": stored is not None}
+        point = OperatingPoint.from_json(enrolment.operating_point)
+        users[user] = {"templates": len(enrolment.templates), "per_user_model": stored is not None,
+                       "threshold": None if point is None else point.threshold,
+                       "operating_point": None if point is None else point.line()}
         why = enrolment.stale_for(current)
         if why:
             stale[user] = why
@@ -223,6 +222,9 @@ def _print(report: dict[str, Any]) -> None:
         listed = ", ".join(f"{u} ({v['templates']}{', own model' if v['per_user_model'] else ''})"
                            for u, v in users.items())
         print(f"enrolled: {listed or 'nobody'}")
+        for user, v in users.items():
+            print(f"          {user}: " + (f"operating point {v['operating_point']}" if v.get("operating_point")
+                                           else "global threshold (no operating point stored)"))
         for user, why in e["unreadable"].items():
             print(f"          UNREADABLE {user}: {why}")
         for user, why in e.get("unreadable_heads", {}).items():
@@ -233,7 +235,9 @@ def _print(report: dict[str, Any]) -> None:
             print(f"          OLD per-user head of {user}: {why}")
     _print_lockouts(report["lockouts"], report["enrolments"])
     services = report["pam_services"]
-    print(f"pam:      face auth on for {', '.join(services) if services else 'no service'} (in {PAM_DIR})")
+    print(f"pam:      face used by {', '.join(services['face']) or 'no service'} (in {PAM_DIR})")
+    if services["skipped"]:
+        print(f"          face skipped, password only: {', '.join(services['skipped'])} (not in auth.services)")
 
 
 def _print_lockouts(lockouts: dict[str, Any], enrolments: dict[str, Any]) -> None:
@@ -266,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
         "model": _model(cfg),
         "enrolments": _enrolments(cfg),
         "lockouts": _lockouts(cfg),
-        "pam_services": pam_services(),
+        "pam_services": pam_services(cfg),
     }
     if args.json:
         print(json.dumps(report, indent=1, sort_keys=True, default=str))

@@ -25,6 +25,16 @@ README_START = "<!-- config-reference:start -->"
 README_END = "<!-- config-reference:end -->"
 
 FLOAT_OR_AUTO = "float_or_auto"
+SERVICE_LIST = "service_list"
+_SERVICE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$|^[A-Za-z0-9_.+-]{3,}\*$")
+NETWORK_SERVICES = frozenset({"sshd", "vsftpd", "proftpd", "pure-ftpd", "ftp", "samba", "smbd", "cups", "dovecot",
+                              "imap", "pop3", "smtp", "exim", "postfix", "xrdp-sesman", "ppp", "openvpn", "radiusd",
+                              "httpd", "apache2", "nginx", "cockpit", "webmin", "rsync", "other"})
+"""Services that serve a network peer, never the person at this machine's camera: refused in auth.services."""
+SEAT_SERVICES = ("sudo", "sudo-i", "su", "su-l", "login", "gdm-password", "lightdm", "sddm", "kde", "polkit-1",
+                 "gnome-screensaver", "cinnamon-screensaver", "mate-screensaver", "xfce4-screensaver",
+                 "xscreensaver", "kscreenlocker", "i3lock", "swaylock", "hyprlock")
+"""The shipped auth.services: what a person at this machine's seat uses (sudo, su, login, greeters, lockers, polkit)."""
 
 
 class ConfigError(Exception):
@@ -39,7 +49,7 @@ class Key(NamedTuple):
     """
 
     name: str  # "section.key"
-    type: Any  # bool | int | float | str | FLOAT_OR_AUTO
+    type: Any  # bool | int | float | str | FLOAT_OR_AUTO | SERVICE_LIST
     default: Any
     doc: str
     min: float | None = None
@@ -59,12 +69,16 @@ class Key(NamedTuple):
     @property
     def value_type(self) -> Any:
         """The type of this key's loaded value: its section's field type."""
+        if self.type == SERVICE_LIST:
+            return tuple
         return float | str if self.type == FLOAT_OR_AUTO else self.type
 
     @property
     def type_name(self) -> str:
         if self.type == FLOAT_OR_AUTO:
             return "float or auto"
+        if self.type == SERVICE_LIST:
+            return "list of PAM service names"
         return self.type.__name__
 
     def allowed(self) -> str:
@@ -79,6 +93,9 @@ class Key(NamedTuple):
             return f"a number from {_num(self.min)} to {_num(self.max)}"
         if self.type == FLOAT_OR_AUTO:
             return f"auto or a number from {_num(self.min)} to {_num(self.max)}"
+        if self.type == SERVICE_LIST:
+            return ("a list of PAM service names (letters, digits, . _ + -; a name of 3 or more ending in * matches "
+                    f"that prefix), none of them a network service ({', '.join(sorted(NETWORK_SERVICES))})")
         if self.absolute:
             return "an absolute path" if self.nonempty else "empty or an absolute path"
         return "non-empty text" if self.nonempty else "text"
@@ -117,7 +134,11 @@ SCHEMA: list[Key] = [
         doc="frames that must match before the user is accepted"),
     Key("auth.detection_notice", bool, True,
         doc="show 'Looking for your face…', then 'Face recognised.' or 'Face not recognised: enter your password.'"),
-    Key("auth.abort_if_ssh", bool, True, doc="skip face authentication in SSH sessions"),
+    Key("auth.services", SERVICE_LIST, SEAT_SERVICES,
+        doc="the PAM services where a face may stand in for the password: those a person at this machine's seat "
+            "uses; every other service (network daemons, ones installed later) gets the password, with a logged line"),
+    Key("auth.abort_if_ssh", bool, True,
+        doc="skip face authentication in SSH and other remote sessions (a set PAM_RHOST is always remote)"),
     Key("auth.abort_if_lid_closed", bool, True, doc="skip face authentication when the laptop lid is closed"),
     Key("auth.require_password_after", float, 0.0, min=0, max=8760,
         doc="hours after the last password login when face authentication is refused until the password is "
@@ -186,6 +207,8 @@ def format_value(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, tuple):  # a loaded list (auth.services), written back in YAML's flow style
+        return "[" + ", ".join(format_value(item) for item in value) + "]"
     return type(value).__name__
 
 
@@ -303,6 +326,18 @@ def validate_value(key: Key, value: Any, path: str | None = None, raw: str | Non
         value = float(value)
         if math.isnan(value) or not in_range(value):
             raise bad()
+    elif kind == SERVICE_LIST:
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        wrong = next((item for item in value if not (isinstance(item, str) and _SERVICE_NAME.match(item))), None)
+        if wrong is not None or not value:
+            what = f"{_shown(wrong)} is not a service name" if wrong is not None else "the list is empty"
+            raise _error(path, key.name, original, f"{what}; must be {key.allowed()}", raw)
+        network = sorted(name for name in NETWORK_SERVICES if service_allowed(name, value))
+        if network:
+            raise _error(path, key.name, original, f"{', '.join(network)}: a network service, where a face at this "
+                         "camera proves nothing about the peer; remove it", raw)
+        value = tuple(dict.fromkeys(value))
     elif kind is str:
         if not isinstance(value, str):
             raise bad()
@@ -315,6 +350,11 @@ def validate_value(key: Key, value: Any, path: str | None = None, raw: str | Non
     if key.choices is not None and value not in key.choices:
         raise bad()
     return value
+
+
+def service_allowed(service: str, services: tuple[str, ...] | list[str]) -> bool:
+    """Is PAM service ``service`` one of ``services`` (an entry ending in * matches that prefix)?"""
+    return any(service == entry or (entry.endswith("*") and service.startswith(entry[:-1])) for entry in services)
 
 
 def _check_cross(path: str | None, values: dict[str, dict[str, Any]], changed: str | None = None) -> None:
@@ -392,6 +432,32 @@ def _check_folders(path: str) -> None:
         _check_owner_mode(path, folder, st)
 
 
+def _check_root_chain(path: str | None, name: str, value: str, start: str, strict_first: bool) -> None:
+    """``start`` (or the nearest part of it that exists) and every folder above it: root's, and not writable by
+    others; a folder above may be writable when sticky (/tmp), the first one found only when not ``strict_first``."""
+    folder, first = start, True
+    while True:
+        try:
+            st = os.stat(folder)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise _error(path, name, value, f"cannot check folder {folder}: {exc.strerror}")
+        if st is not None:
+            writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+            sticky = st.st_mode & stat.S_ISVTX and stat.S_ISDIR(st.st_mode)
+            if st.st_uid != 0 or (writable and ((first and strict_first) or not sticky)):
+                kind = "folder " if stat.S_ISDIR(st.st_mode) else ""
+                raise _error(path, name, value,
+                             f"{kind}{folder} must be owned by root and not writable by others "
+                             f"(it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})")
+            first = False
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return
+        folder = parent
+
+
 def check_socket_folder(path: str | None, socket_path: str) -> None:
     """daemon.socket must lie in folders only root can change: no one else may put a socket in its place.
 
@@ -399,27 +465,22 @@ def check_socket_folder(path: str | None, socket_path: str) -> None:
     rest) must be root's and not writable by group or others; every folder
     above it root's, and not writable by others unless sticky (/tmp).
     """
-    folder = os.path.dirname(os.path.abspath(socket_path))
-    nearest = True
-    while True:
+    _check_root_chain(path, "daemon.socket", socket_path, os.path.dirname(os.path.abspath(socket_path)), True)
+
+
+def check_camera_path(path: str | None, device: str) -> None:
+    """camera.device must be what only root can change: a user who could write the folder or video the helper
+    reads could show it any face. A camera device node is root's, and may be writable by its group (video)."""
+    for where in dict.fromkeys((os.path.abspath(device), os.path.realpath(device))):
         try:
-            st = os.stat(folder)
-        except FileNotFoundError:
+            st = os.stat(where)
+        except OSError:
             st = None
-        except OSError as exc:
-            raise _error(path, "daemon.socket", socket_path, f"cannot check folder {folder}: {exc.strerror}")
-        if st is not None:
-            writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-            sticky = st.st_mode & stat.S_ISVTX
-            if st.st_uid != 0 or (writable and (nearest or not sticky)):
-                raise _error(path, "daemon.socket", socket_path,
-                             f"folder {folder} must be owned by root and not writable by others "
-                             f"(it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})")
-            nearest = False
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            return
-        folder = parent
+        if st is not None and stat.S_ISCHR(st.st_mode):
+            if st.st_uid != 0:
+                raise _error(path, "camera.device", device, f"{where} must be owned by root (it is uid {st.st_uid})")
+            where = os.path.dirname(where)
+        _check_root_chain(path, "camera.device", device, where, True)
 
 
 # ---------------------------------------------------------------- the Config object
@@ -557,6 +618,7 @@ def load_config(path: str | None = None, *, check_permissions: bool = True) -> C
     values = _validate_document(path, _parse_text(path, text))
     if check_permissions:
         check_socket_folder(path, values["daemon"]["socket"])
+        check_camera_path(path, values["camera"]["device"])
     return Config(values, path, from_file=True)
 
 
@@ -581,6 +643,8 @@ def parse_value(name: str, text: str, path: str | None = None) -> Any:
             value = float(text)
         elif kind == FLOAT_OR_AUTO:
             value = "auto" if text.strip() == "auto" else float(text)
+        elif kind == SERVICE_LIST:
+            value = [word for word in re.split(r"[\s,]+", text.strip().strip("[]")) if word]
     except ValueError:
         raise _error(path, name, text, "must be " + key.allowed(), text) from None
     return validate_value(key, value, path, raw=text)
@@ -622,7 +686,7 @@ def _edit_text(text: str, key: Key, value: Any) -> str | None:
     """Change one key in the YAML text, keeping comments and layout; None if the document is no mapping."""
     import io
 
-    from ruamel.yaml.comments import CommentedMap
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
     from ruamel.yaml.error import YAMLError
     from ruamel.yaml.util import load_yaml_guess_indent
 
@@ -638,6 +702,9 @@ def _edit_text(text: str, key: Key, value: Any) -> str | None:
         return None
     if not isinstance(root, CommentedMap):
         return None
+    if isinstance(value, tuple):
+        value = CommentedSeq(value)
+        value.fa.set_flow_style()
     body = root.get(key.section)
     if body is None:  # absent, or "section:" / "section: ~" with every key commented out
         root[key.section] = CommentedMap([(key.field, value)])
@@ -697,6 +764,10 @@ def set_value(path: str | None, name: str, value_string: str, *, check_permissio
         expected = {section: dict(body) for section, body in current.items()}
         expected[key.section][key.field] = value
         _check_cross(path, expected, changed=name)
+        if check_permissions and name == "daemon.socket":
+            check_socket_folder(path, value)
+        if check_permissions and name == "camera.device":
+            check_camera_path(path, value)
         new_text = _edit_text(text, key, value)
         if new_text is None or _validate_document(path, _parse_text(path, new_text)) != expected:
             raise ConfigError(f"{path}: cannot change {name} in place (unusual YAML layout); "

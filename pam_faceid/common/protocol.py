@@ -42,16 +42,20 @@ Messages (client -> daemon)
             attempt (lockout.*).
 ``end``     {}: the client has no more frames (camera ended, its time is up);
             the daemon answers with the verdict at once.
-``password_used`` {"user", "service"}: the PAM stack of ``service`` has just
-            authenticated ``user`` by something other than the face (the
-            password). The helper sends it from an ``auth optional pam_exec.so
-            ... faceid-helper --password-used`` line placed after the password
-            module, so ``auth.require_password_after`` knows when the password
-            was last used. Root only: any other uid, the user itself included,
-            gets the error ``refused`` (a user's own process could otherwise
-            claim a password it never typed). The daemon ignores it when it
-            granted that user a face match in the last few seconds (a stack
-            where face success also reaches that line). Answer: ``password_used``.
+``password_used`` {"user", "service", "stage"}: the PAM stack of ``service``
+            may have authenticated ``user`` by the password, so that
+            ``auth.require_password_after`` knows when the password was last
+            used. The helper sends it from ``pam_exec.so ... faceid-helper
+            --password-used`` lines: ``stage`` "auth" from the line after the
+            password module (reached after a wrong password too in some
+            stacks: the daemon only notes it), "account" from the account
+            stack, which runs only after a successful authentication: that
+            report, from the same PAM application process, records the use.
+            Root only: any other uid, the user itself included, gets the error
+            ``refused`` (a user's own process could otherwise claim a password
+            it never typed). The daemon ignores it when it granted that user a
+            face match in the last few seconds (a stack where face success also
+            reaches that line). Answer: ``password_used``.
 ``status``  {}: root only. Answer: ``status``.
 ``reload``  {}: root only: re-read the config and the enrolments. Answer: ``reload``.
 

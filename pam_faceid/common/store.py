@@ -31,7 +31,7 @@ import re
 import stat
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -180,6 +180,8 @@ class Enrolment:
     user: str
     model_id: str = ""
     templates: list[Template] = dataclasses.field(default_factory=list)
+    operating_point: dict[str, Any] | None = None
+    """The user's threshold and its provenance (vision.operating.OperatingPoint.to_json), None = global threshold."""
 
     def matrix(self) -> np.ndarray:
         """[N, D] float32 of the templates' embeddings, for one matrix product per frame."""
@@ -200,8 +202,11 @@ class Enrolment:
         return None
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "user": self.user, "model_id": self.model_id,
-                "templates": [t.to_json() for t in self.templates]}
+        out = {"format": FORMAT, "version": VERSION, "user": self.user, "model_id": self.model_id,
+               "templates": [t.to_json() for t in self.templates]}
+        if self.operating_point is not None:
+            out["operating_point"] = self.operating_point
+        return out
 
 
 class UserFiles:
@@ -292,8 +297,10 @@ class Store(UserFiles):
         templates = obj.get("templates")
         if not isinstance(templates, list):
             raise StoreError(f"{path}: corrupt: 'templates' is not a list")
+        point = obj.get("operating_point")
         enrolment = Enrolment(user=user, model_id=str(obj.get("model_id") or ""),
-                              templates=[Template.from_json(t, str(path)) for t in templates])
+                              templates=[Template.from_json(t, str(path)) for t in templates],
+                              operating_point=point if isinstance(point, dict) else None)
         dims = {t.embedding.size for t in enrolment.templates}
         if len(dims) > 1:
             raise StoreError(f"{path}: corrupt: templates have different sizes {sorted(dims)}")
@@ -323,11 +330,15 @@ class Store(UserFiles):
                 good[user] = enrolment
         return good, bad
 
-    def add_templates(self, user: str, embeddings: np.ndarray, label: str = "", model_id: str = "") -> Enrolment:
+    def add_templates(self, user: str, embeddings: np.ndarray, label: str = "", model_id: str = "",
+                      operating: Callable[[np.ndarray], dict[str, Any]] | None = None) -> Enrolment:
         """Append embeddings to the user's enrolment (created if absent) under the write lock.
 
         A different ``model_id`` than the stored one is refused: vectors from two
         models do not compare. Use clear() first to re-enrol with a new model.
+        ``operating`` maps the whole new template matrix to the user's operating
+        point, stored in the same atomic write, so templates and threshold never
+        disagree on disk.
         """
         with self.write_lock():
             enrolment = self.load(user) or Enrolment(user=user, model_id=model_id)
@@ -337,6 +348,18 @@ class Store(UserFiles):
             enrolment.model_id = enrolment.model_id or model_id
             for vec in np.atleast_2d(np.asarray(embeddings, np.float32)):
                 enrolment.add(vec, label)
+            if operating is not None:
+                enrolment.operating_point = operating(enrolment.matrix())
+            self.save(enrolment)
+            return enrolment
+
+    def set_operating_point(self, user: str, operating: Callable[[np.ndarray], dict[str, Any]]) -> Enrolment | None:
+        """Refit the user's operating point from the stored templates (faceid calibrate); None when not enrolled."""
+        with self.write_lock():
+            enrolment = self.load(user)
+            if enrolment is None or not enrolment.templates:
+                return None
+            enrolment.operating_point = operating(enrolment.matrix())
             self.save(enrolment)
             return enrolment
 

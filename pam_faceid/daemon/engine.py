@@ -21,6 +21,7 @@ import numpy as np
 from pam_faceid.common import protocol
 from pam_faceid.common.config import Config, load_config
 from pam_faceid.common.store import Enrolment, Store, StoreError
+from pam_faceid.vision.operating import OperatingPoint, effective
 from pam_faceid.vision.userhead import UserHead, load_head
 
 log = logging.getLogger("faceidd")
@@ -203,6 +204,8 @@ def load_state(config_path: str | None, overrides: dict[str, str], previous: Sta
             skipped[user] = problem
             continue
         templates, threshold = enrolment.matrix(), threshold_of(engine)
+        if threshold is not None:  # the user's operating point (faceid enroll): never below the global threshold
+            threshold = effective(OperatingPoint.from_json(enrolment.operating_point), threshold)
         head = load_head(state_dir, user, engine.model_id) if engine is not None else None
         if head is not None and head.dim == templates.shape[1]:
             templates = head.apply(templates)

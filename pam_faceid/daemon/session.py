@@ -36,6 +36,25 @@ MESSAGE_TIMEOUT = 2.0
 """Longest silence between two messages of a session."""
 FACE_MATCH_GRACE = 10.0
 """A password_used report this soon after a face match for the same user is that match, not a password."""
+PASSWORD_CONFIRM_WINDOW = 120.0
+"""Seconds between the auth stack's password_used report and the account stack's that confirms it."""
+STAGES = ("auth", "account")
+
+
+def pam_application(pid: int) -> tuple[int, int] | None:
+    """(pid, start time) of the parent of ``pid``: the PAM application that ran the helper (sudo, su, a greeter).
+
+    Both reports of one login come from helpers of the same application
+    process; its start time tells it from a later process with the same pid.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            ppid = int(fh.read().rpartition(b")")[2].split()[1])
+        with open(f"/proc/{ppid}/stat", "rb") as fh:
+            started = int(fh.read().rpartition(b")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+    return ppid, started
 
 
 def send(conn: socket.socket, msg_type: str, fields: dict[str, Any]) -> bool:
@@ -58,6 +77,17 @@ def user_name(uid: int) -> str | None:
         return None
 
 
+def seat_problem(rhost: str) -> str | None:
+    """Why a face must not answer this hello (a network peer), or None.
+
+    The helper checks this and auth.services before it asks; this is the
+    daemon's own guard for the part a hello states plainly.
+    """
+    if rhost:
+        return f"rhost={rhost}: a network peer, not the person at the camera"
+    return None
+
+
 class Sessions:
     """Runs sessions and password reports; owns what they share across connections (face matches, the count)."""
 
@@ -66,6 +96,8 @@ class Sessions:
         self.counter_lock = threading.Lock()
         self.face_matches: dict[str, float] = {}
         """user -> time.monotonic() of the last face match granted (for password_used)."""
+        self.typed: dict[tuple[str, tuple[int, int]], float] = {}
+        """(user, PAM application) -> time.monotonic() of its auth-stack password report, awaiting the account's."""
 
     def _authorise(self, user: Any, pid: int, uid: int) -> Verdict | None:
         """None when ``uid`` may ask about ``user``; otherwise the refusal."""
@@ -99,6 +131,8 @@ class Sessions:
             if verdict.result == "match":
                 with self.counter_lock:
                     self.face_matches[user] = time.monotonic()
+                    for key in [key for key in self.typed if key[0] == user]:  # an earlier try's wrong password
+                        del self.typed[key]
                 store.record_success(user)
             elif verdict.result in COUNTED_RESULTS:
                 lock = state.cfg.lockout
@@ -111,12 +145,32 @@ class Sessions:
         except StoreError as exc:
             log.error("lockout state of user=%s not updated: %s", user, exc)
 
-    def password_use(self, user: str, state: State) -> tuple[bool, str | None]:
-        """Record that the password authenticated ``user`` now, unless a face match was granted just before."""
+    def password_use(self, user: str, stage: str, app: tuple[int, int] | None,
+                      state: State) -> tuple[bool, str | None]:
+        """Record that the password authenticated ``user``: once the account stack confirms what the auth stack said.
+
+        The auth stack's line after the password module also runs after a
+        wrong password (a substack or a ``required`` rule goes on to the end),
+        so it only notes that ``app`` may have taken a password. The account
+        stack runs only once authentication succeeded; its report from the
+        same application records the use. A face match in between (or just
+        before) cancels the note: that login was the face's.
+        """
+        now = time.monotonic()
+        if app is None:
+            return False, "cannot tell which PAM application reports"
         with self.counter_lock:
             matched = self.face_matches.get(user)
-        if matched is not None and time.monotonic() - matched < FACE_MATCH_GRACE:
-            return False, f"a face match was granted {time.monotonic() - matched:.1f} s ago: not a password use"
+            for key in [key for key, when in self.typed.items() if now - when > PASSWORD_CONFIRM_WINDOW]:
+                del self.typed[key]
+            if matched is not None and now - matched < FACE_MATCH_GRACE:
+                self.typed.pop((user, app), None)
+                return False, f"a face match was granted {now - matched:.1f} s ago: not a password use"
+            if stage == "auth":
+                self.typed[(user, app)] = now
+                return False, "noted: recorded when the account stack confirms the login"
+            if self.typed.pop((user, app), None) is None:
+                return False, "no password was taken by this PAM application (cached credentials, or a face)"
         try:
             LockoutStore(state.state_dir).record_password(user, time.time())
         except StoreError as exc:
@@ -146,17 +200,20 @@ class Sessions:
         return False
 
     def password_used(self, conn: socket.socket, msg: protocol.Message, pid: int, uid: int, state: State) -> None:
-        user, service = msg.get("user"), msg.get("service", "")
+        user, service, stage = msg.get("user"), msg.get("service", ""), msg.get("stage", "auth")
         if not self._valid_fields(conn, pid, uid, msg.type, user, {"service": service}):
+            return
+        if stage not in STAGES:
+            protocol_error(conn, pid, uid, protocol.ProtocolError(f"password_used stage must be one of {STAGES}"))
             return
         if uid != 0:
             audit.warning("refused password_used for user=%r from pid=%d uid=%d (%s): password use is reported by "
                           "root only", user, pid, uid, user_name(uid) or "no passwd entry")
             send(conn, "error", {"code": "refused", "message": "password_used is accepted from root only"})
             return
-        recorded, reason = self.password_use(user, state)
-        audit.info("password_used user=%s service=%s pid=%d uid=%d recorded=%s%s", user, service or "-", pid, uid,
-                   "yes" if recorded else "no", f" reason={reason!r}" if reason else "")
+        recorded, reason = self.password_use(user, stage, pam_application(pid), state)
+        audit.info("password_used user=%s service=%s stage=%s pid=%d uid=%d recorded=%s%s", user, service or "-",
+                   stage, pid, uid, "yes" if recorded else "no", f" reason={reason!r}" if reason else "")
         send(conn, "password_used", {"recorded": recorded, "reason": reason})
 
     def authenticate(self, conn: socket.socket, hello: protocol.Message, pid: int, uid: int, state: State) -> None:
@@ -167,7 +224,8 @@ class Sessions:
             return
         kept: collections.deque[bytes] = collections.deque(maxlen=snapshots.SNAPSHOT_FRAMES)
         verdict, frames_taken = self._run_session(conn, user, pid, uid, state, t0,
-                                                  kept if state.cfg.snapshots.enabled else None)
+                                                  kept if state.cfg.snapshots.enabled else None,
+                                                  seat_problem(rhost))
         if frames_taken:
             self.after_session(user, verdict, state)
         with self.counter_lock:
@@ -188,9 +246,11 @@ class Sessions:
                 log.error("snapshot for user=%s not saved: %s", user, exc)
 
     def _run_session(self, conn: socket.socket, user: str, pid: int, uid: int, state: State,
-                     t0: float, kept: collections.deque[bytes] | None = None) -> tuple[Verdict, bool]:
+                     t0: float, kept: collections.deque[bytes] | None = None,
+                     seat: str | None = None) -> tuple[Verdict, bool]:
         """The verdict of one session and whether frames were taken; ``kept`` collects the frames for a snapshot."""
-        refusal = self._authorise(user, pid, uid) or self.before_session(user, state)
+        refusal = (Verdict("refused", reason=seat) if seat else None) or self._authorise(user, pid, uid) \
+            or self.before_session(user, state)
         if refusal is not None:
             return refusal, False
         entry = state.users.get(user)

@@ -10,8 +10,9 @@ and console logins run as root with no requesting user yet, and keep working.
 Where the session is also matters: a camera is in front of a local user
 only. logind's view of the caller's session (the session scope of its
 cgroup, which no unprivileged process can leave) says whether it is remote;
-the environment's SSH_* variables, which a caller controls, are only an
-extra reason to skip.
+without logind, sshd among the caller's ancestors, in its audit session or
+holding its terminal does; the environment's SSH_* variables, which a caller
+controls, are only an extra reason to skip.
 
 Standard library only: the helper imports this on every login.
 """
@@ -20,14 +21,12 @@ from __future__ import annotations
 
 import os
 import pwd
-import socket
 from typing import Mapping
 
 UNSET_LOGINUID = 4294967295
 """/proc/PID/loginuid of a process outside any login session (system services, greeters, containers)."""
 SESSIONS_DIR = "/run/systemd/sessions"
 """logind's per-session state files (KEY=VALUE lines: UID, REMOTE, REMOTE_HOST, SEAT, TTY, ...)."""
-LOCAL_HOSTS = frozenset({"localhost", "localhost.localdomain", "127.0.0.1", "::1", "0:0:0:0:0:0:0:1"})
 SSH_VARIABLES = ("SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY")
 
 
@@ -120,6 +119,84 @@ def logind_session(pid: int, sessions_dir: str | None = None) -> dict[str, str] 
     return record
 
 
+def _stat_fields(pid: int) -> list[bytes]:
+    """/proc/PID/stat's fields after the command name (state, ppid, pgrp, session, tty_nr, ...); [] if unreadable."""
+    raw = _read_proc(pid, "stat") or b""
+    return raw.rpartition(b")")[2].split()
+
+
+def _sshd_processes() -> set[int]:
+    """Pids of running sshd processes (by their executable, which a user cannot give a root process)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.path.basename(os.readlink(f"/proc/{entry}/exe")) == "sshd":
+                    found.add(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def _pts_masters(pid: int) -> set[int]:
+    """Indexes of the pseudo-terminals whose master side process ``pid`` holds (ptmx fds' ``tty-index``)."""
+    indexes = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return indexes
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") not in ("/dev/ptmx", "/dev/pts/ptmx"):
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as fh:
+                for line in fh.read(4096).splitlines():
+                    if line.startswith(b"tty-index:"):
+                        indexes.add(int(line.split()[1]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return indexes
+
+
+PTS_MAJORS = range(136, 144)
+"""Device majors of /dev/pts/N (Unix98 pseudo-terminal slaves)."""
+
+
+def sshd_session(pid: int) -> str | None:
+    """Why ``pid`` runs in an SSH session, found without logind and without anything its user can change; or None.
+
+    Three witnesses: an sshd process among its ancestors; an sshd process in
+    its audit session (``/proc/PID/sessionid``, set at login by pam_loginuid and
+    kept by every descendant, even one re-parented to init); sshd holding the
+    master side of its controlling terminal.
+    """
+    sshds = _sshd_processes()
+    if not sshds:
+        return None
+    current, seen = pid, 0
+    while current > 1 and seen < 64:
+        if current in sshds:
+            return f"sshd (pid {current}) is among its ancestors"
+        fields = _stat_fields(current)
+        if len(fields) < 2 or not fields[1].isdigit():
+            break
+        current, seen = int(fields[1]), seen + 1
+    session = (_read_proc(pid, "sessionid") or b"").strip()
+    if session.isdigit() and int(session) != UNSET_LOGINUID:
+        for sshd in sshds:
+            if (_read_proc(sshd, "sessionid") or b"").strip() == session:
+                return f"its audit session {int(session)} was opened by sshd (pid {sshd})"
+    fields = _stat_fields(pid)
+    tty = int(fields[4]) if len(fields) > 4 and fields[4].lstrip(b"-").isdigit() else 0
+    major, minor = (tty >> 8) & 0xFFF, (tty & 0xFF) | ((tty >> 12) & 0xFFF00)
+    if major in PTS_MAJORS:
+        index = (major - PTS_MAJORS.start) * 256 + minor
+        for sshd in sshds:
+            if index in _pts_masters(sshd):
+                return f"sshd (pid {sshd}) holds its terminal /dev/pts/{index}"
+    return None
+
+
 def environment_of(pid: int) -> dict[str, str]:
     """Process ``pid``'s environment, best effort; empty when unreadable."""
     env = {}
@@ -137,8 +214,8 @@ def remote_reason(env: Mapping[str, str], caller_pid: int | None = None) -> str 
     the trusted witnesses; SSH_* in our own or the caller's environment (sudo
     inside an SSH session) is one the caller can hide, so it only adds.
     """
-    rhost = env.get("PAM_RHOST", "").strip()
-    if rhost and rhost.lower() not in LOCAL_HOSTS and rhost != socket.gethostname():
+    rhost = env.get("PAM_RHOST", "")
+    if rhost:  # loopback too: a network daemon on 127.0.0.1 serves a peer, not the person at the camera
         return f"remote session from {rhost}"
     if env.get("PAM_TTY", "") == "ssh":
         return "SSH session (PAM_TTY=ssh)"
@@ -147,6 +224,10 @@ def remote_reason(env: Mapping[str, str], caller_pid: int | None = None) -> str 
         if session and session.get("REMOTE") == "1":
             host = session.get("REMOTE_HOST") or "an unknown host"
             return f"remote logind session {session['ID']} from {host}"
+        if session is None:  # no logind here, or no session: look for sshd the way a user cannot hide
+            why = sshd_session(caller_pid)
+            if why:
+                return f"SSH session: {why}"
     caller_env = environment_of(caller_pid) if caller_pid is not None else {}
     for source in (env, caller_env):
         for name in SSH_VARIABLES:

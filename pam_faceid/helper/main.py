@@ -11,14 +11,18 @@ An optional ``--config FILE`` after the path selects another config (else
 $FACEID_CONFIG, else /etc/pam_faceid/config.yaml). pam_exec passes the
 request in PAM_USER, PAM_SERVICE, PAM_RHOST, PAM_TTY (no PATH, no HOME).
 
-With ``--password-used``, on a line after the password module::
+With ``--password-used``, on a line after the password module and one after the last account rule::
 
-    auth [default=ignore] pam_exec.so quiet seteuid /opt/pam_faceid/bin/faceid-helper --password-used
+    auth    [default=ignore] pam_exec.so quiet seteuid /opt/pam_faceid/bin/faceid-helper --password-used
+    account [default=ignore] pam_exec.so quiet seteuid /opt/pam_faceid/bin/faceid-helper --password-used
 
-it only tells the daemon that the password authenticated PAM_USER (for
-``auth.require_password_after``); it looks at no camera and prints nothing.
-It sits in the auth stack, not the account stack, because sudo runs the
-account stack also when its cached credentials skip authentication.
+it only tells the daemon that the password may have authenticated PAM_USER
+(for ``auth.require_password_after``); it looks at no camera and prints
+nothing. Both lines are needed: the auth line also runs after a wrong password
+in a substack or ``required`` stack, and the account stack also runs when
+sudo's cached credentials skipped authentication. The daemon records a use
+only when the account report follows the auth report of the same PAM
+application (protocol: ``password_used``).
 
 Fail safe, fail fast: every problem (no such user, a caller asking for
 another user, face auth disabled, a remote session, a closed lid, no daemon
@@ -51,7 +55,7 @@ from typing import Any, Mapping, NoReturn
 from pam_faceid.helper import caller
 from pam_faceid.common import protocol
 from pam_faceid.vision.camera import CameraError, FrameSource, sends_as_is
-from pam_faceid.common.config import ConfigError, load_config
+from pam_faceid.common.config import ConfigError, load_config, service_allowed
 
 EXIT_MATCH = 0
 EXIT_NOT_RECOGNISED = 1
@@ -148,6 +152,26 @@ def _arm_watchdog(seconds: float) -> None:
     faulthandler.dump_traceback_later(seconds + 1.0, exit=True, file=_devnull())
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """SIGTERM when the PAM application dies (sudo killed at its prompt): no root helper outlives its login.
+
+    Set after exec and the uid changes, which clear it; a parent already gone
+    (re-parented before the call) ends the run at once.
+    """
+    parent = os.getppid()
+    try:
+        import ctypes  # 1 ms; only here, where it is needed
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent or parent == 1:
+        raise Abort(EXIT_INTERNAL, "the PAM application is gone: nothing to answer")
+
+
 _DEVNULL: Any = None
 
 
@@ -197,6 +221,13 @@ def authenticate(env: Mapping[str, str], config_path: str | None) -> int:
     _arm_watchdog(cfg.auth.timeout + 3.0)
     if not cfg.auth.enabled:
         raise Abort(EXIT_SKIPPED, "face authentication is disabled (auth.enabled: false)")
+    service = env.get("PAM_SERVICE", "")
+    if not service_allowed(service, cfg.auth.services):
+        raise Abort(EXIT_SKIPPED, f"service {service or '(none)'} is not in auth.services: skipped (a face stands in "
+                                  "for a password only at this machine's seat)")
+    rhost = env.get("PAM_RHOST", "")
+    if rhost:
+        raise Abort(EXIT_SKIPPED, f"PAM_RHOST={rhost}: a network peer, not the person at the camera: skipped")
     if cfg.auth.abort_if_ssh:
         why = caller.remote_reason(env, caller_pid)
         if why:
@@ -209,8 +240,7 @@ def authenticate(env: Mapping[str, str], config_path: str | None) -> int:
         preload = threading.Thread(target=_preload_opencv, name="preload", daemon=True)
         preload.start()
     try:
-        service = env.get("PAM_SERVICE", "")
-        hello = protocol.hello_fields(user, service, env.get("PAM_TTY", ""), env.get("PAM_RHOST", ""))
+        hello = protocol.hello_fields(user, service, env.get("PAM_TTY", ""), rhost)
         client, answer = _open_session(cfg.daemon.socket, hello)
         with client:
             if answer.type == "verdict":
@@ -280,8 +310,9 @@ def report_password(env: Mapping[str, str], config_path: str | None) -> int:
     user = env.get("PAM_USER", "")
     if not user:
         raise Abort(EXIT_CONFIG, "PAM_USER is not set: run me from pam_exec")
-    if env.get("PAM_TYPE", "auth") != "auth":
-        raise Abort(EXIT_CONFIG, f"--password-used belongs on an auth line, not {env.get('PAM_TYPE')}")
+    stage = env.get("PAM_TYPE", "auth")
+    if stage not in ("auth", "account"):
+        raise Abort(EXIT_CONFIG, f"--password-used belongs on an auth and an account line, not {stage}")
     if os.geteuid() != 0:
         raise Abort(EXIT_SKIPPED, "password use is reported from root PAM stacks only (faceidd believes no other)")
     try:
@@ -293,13 +324,15 @@ def report_password(env: Mapping[str, str], config_path: str | None) -> int:
     service = env.get("PAM_SERVICE", "")
     try:
         with protocol.Client(cfg.daemon.socket, PASSWORD_TIMEOUT) as client:
-            answer = client.request("password_used", {"user": user, "service": service}, timeout=PASSWORD_TIMEOUT)
+            answer = client.request("password_used", {"user": user, "service": service, "stage": stage},
+                                    timeout=PASSWORD_TIMEOUT)
     except protocol.DaemonError as exc:
         raise Abort(EXIT_NO_DAEMON, f"password use of {user} not recorded: {exc}") from None
     if answer.get("recorded") is True:
-        log(syslog.LOG_INFO, f"user={user} service={service or '-'}: password use recorded")
+        log(syslog.LOG_INFO, f"user={user} service={service or '-'} stage={stage}: password use recorded")
         return EXIT_MATCH
-    log(syslog.LOG_INFO, f"user={user} service={service or '-'}: password use not recorded: {answer.get('reason')}")
+    log(syslog.LOG_INFO, f"user={user} service={service or '-'} stage={stage}: password use not recorded: "
+                         f"{answer.get('reason')}")
     return EXIT_NOT_RECOGNISED
 
 
@@ -321,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "module, for auth.require_password_after)")
         args = parser.parse_args(argv)
         _arm_watchdog(10.0)
+        _die_with_parent()
         if args.password_used:
             return report_password(os.environ, args.config)
         return authenticate(os.environ, args.config)

@@ -55,6 +55,8 @@ FIRST_LINE_WAIT = 0.25
 """Seconds the race waits for the helper's "Looking for your face…" line, to show it above the prompt."""
 LAST_LINE_WAIT = 0.05
 """Seconds to wait for the helper's exit after a line, so the verdict line and the result come together."""
+MODE_CHECK = 0.05
+"""Seconds between checks that the terminal is still in the prompt's mode (a shell's fg restores its own)."""
 STOP_GRACE = 0.2
 """Seconds a stopped face child has to die of SIGTERM before SIGKILL."""
 SIGKILL, SIGTERM = 9, 15
@@ -274,23 +276,93 @@ def caller_terminal(pamh) -> int | None:
     return None
 
 
+class TerminalGuard:
+    """A forked watcher that puts the terminal's mode back if this process dies before it can (sudo SIGKILLed at
+    the prompt would otherwise leave echo off); released at the prompt's normal end."""
+
+    def __init__(self, fd: int, saved: list):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            _guard_child(fd, saved, read_end, write_end)
+        os.close(read_end)
+        self.pid, self.pipe = pid, write_end
+
+    def release(self) -> None:
+        try:
+            os.write(self.pipe, b"x")
+        except OSError:
+            pass
+        os.close(self.pipe)
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass  # reaped by the application's own SIGCHLD handler
+
+
+def _guard_child(fd: int, saved: list, read_end: int, write_end: int) -> None:
+    """In the forked guard: only the terminal and the pipe open; at EOF without the release byte, restore."""
+    try:
+        os.close(write_end)
+        import signal  # only here: in the parent it would change the application's Ctrl-C
+
+        for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP,
+                       signal.SIGTTIN, signal.SIGTTOU):  # SIGTTOU ignored: it may restore from the background
+            signal.signal(signum, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        low, high = sorted((fd, read_end))
+        os.closerange(3, low)
+        os.closerange(low + 1, high)
+        os.closerange(high + 1, 65536)
+        while True:
+            try:
+                released = os.read(read_end, 1)
+                break
+            except InterruptedError:
+                continue
+        if not released:
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
+    finally:
+        os._exit(0)
+
+
 class Prompt:
-    """Echo, line editing and signal keys off for the prompt; the old settings come back in every case."""
+    """Echo, line editing and signal keys off for the prompt; the old settings come back in every case.
+
+    A stop and ``fg`` (job control) brings the shell's settings back while
+    the prompt goes on: keep_mode() notices and puts ours back. A process
+    killed outright cannot restore anything: TerminalGuard does it then.
+    """
+
+    QUIET = termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN
 
     def __init__(self, fd: int):
         self.fd = fd
         self.saved = termios.tcgetattr(fd)
+        self.mode = termios.tcgetattr(fd)
+        self.guard: TerminalGuard | None = None
 
     def __enter__(self) -> "Prompt":
-        mode = termios.tcgetattr(self.fd)
-        mode[3] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
-        mode[6][termios.VMIN] = 1
-        mode[6][termios.VTIME] = 0
-        termios.tcsetattr(self.fd, termios.TCSANOW, mode)  # TCSANOW: keys typed ahead are kept
+        self.mode[3] &= ~self.QUIET
+        self.mode[6][termios.VMIN] = 1
+        self.mode[6][termios.VTIME] = 0
+        self.guard = TerminalGuard(self.fd, self.saved)
+        termios.tcsetattr(self.fd, termios.TCSANOW, self.mode)  # TCSANOW: keys typed ahead are kept
         return self
 
     def __exit__(self, *exc: object) -> None:
-        termios.tcsetattr(self.fd, termios.TCSANOW, self.saved)
+        try:
+            termios.tcsetattr(self.fd, termios.TCSANOW, self.saved)
+        finally:
+            if self.guard is not None:
+                self.guard.release()
+
+    def keep_mode(self) -> bool:
+        """Put the prompt's mode back if another process changed it (a shell resuming us); True when it did."""
+        if not termios.tcgetattr(self.fd)[3] & self.QUIET:
+            return False
+        termios.tcsetattr(self.fd, termios.TCSANOW, self.mode)
+        return True
 
     def write(self, text: str) -> None:
         os.write(self.fd, text.encode("utf-8", "replace"))
@@ -319,6 +391,8 @@ def terminal_auth(pamh, fd: int, opts: dict[str, str], env: dict[str, str]) -> i
             prompt.write(prompt_text)
             idle_since = time.monotonic()
             while True:
+                if prompt.keep_mode():
+                    prompt.write(f"\n{prompt_text}")
                 if face is not None:
                     lines = "".join(f"{line}\n" for line in face.lines())
                     if lines:  # the verdict line comes just before the exit: no prompt drawn between them
@@ -340,7 +414,8 @@ def terminal_auth(pamh, fd: int, opts: dict[str, str], env: dict[str, str]) -> i
                 if left is not None and left <= 0:
                     prompt.write("\n")
                     raise Abort(f"no password typed within {timeout:.0f} s")
-                if fd not in ready([fd] + (face.fds() if face is not None else []), left):
+                wait = MODE_CHECK if left is None else min(left, MODE_CHECK)
+                if fd not in ready([fd] + (face.fds() if face is not None else []), wait):
                     continue
                 key = os.read(fd, 1)
                 idle_since = time.monotonic()

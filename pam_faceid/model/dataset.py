@@ -26,10 +26,16 @@ CACHE_VERSION = 2
 
 
 def scan_labelled(root: Path) -> list[tuple[Path, str]]:
-    """(image, identity) for every image in ROOT/IDENTITY/, sorted by name (evaluate.scan_dataset's rules)."""
-    from pam_faceid.model.evaluate import scan_dataset
+    """(image, identity) for every image in ROOT/IDENTITY/, sorted by name (evaluate.scan_dataset's rules).
 
-    return [(image, name) for name, images in scan_dataset(root).images().items() for image in images]
+    The same-camera identities held out for measuring (model.holdout) are never listed: nothing trains on them.
+    """
+    from pam_faceid.model.evaluate import scan_dataset
+    from pam_faceid.model.holdout import held_out
+
+    skip = held_out(root)
+    return [(image, name) for name, images in scan_dataset(root).images().items() if name not in skip
+            for image in images]
 
 
 @dataclass

@@ -40,7 +40,8 @@ FARS = (1e-2, 1e-3)
 PREFERRED_SUFFIXES = (".jpg", ".jpeg", ".png")
 """When a pairs entry matches several files (name_0001.jpg and name_0001.png), the first of these wins."""
 
-EmbedFn = Callable[[np.ndarray], "np.ndarray | None"]
+EmbedFn = Callable[[np.ndarray], "np.ndarray | tuple[np.ndarray, object] | None"]
+"""image -> unit vector, or (vector, tag) where the caller wants a per-image note kept (Embeddings.tags)."""
 
 
 class EvaluateError(ValueError):
@@ -152,6 +153,8 @@ class Embeddings:
     vectors: dict[Path, np.ndarray] = field(default_factory=dict)
     no_face: dict[Path, str] = field(default_factory=dict)
     unreadable: dict[Path, str] = field(default_factory=dict)
+    tags: dict[Path, object] = field(default_factory=dict)
+    """What an embed function returned beside the vector ((vector, tag)): the guided protocol's quality check."""
     seconds: float = 0.0
 
     def status(self, path: Path) -> str:
@@ -183,8 +186,11 @@ class Embeddings:
                     self.unreadable[path] = str(exc)
                 log.debug("skipped %s: %s", show_path(path), exc)
                 return
+            tag = None
             try:
                 vector = embed(image)
+                if isinstance(vector, tuple):
+                    vector, tag = vector
                 reason = None if vector is not None else "no_face"
             except NoFace as exc:
                 vector, reason = None, exc.reason
@@ -195,6 +201,8 @@ class Embeddings:
                     if warned[0] <= 5:
                         log.warning("embedding %s failed: %s: %s", show_path(path), exc.__class__.__name__, exc)
             with lock:
+                if tag is not None:
+                    self.tags[path] = tag
                 if vector is None:
                     self.no_face[path] = reason or "no_face"
                 else:
@@ -445,6 +453,8 @@ class EnrolResult:
     genuine_scores: np.ndarray
     impostor_top: np.ndarray
     impostor_rejected_no_face: int
+    thresholds: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """The threshold each enrolled identity was judged at (one value repeated when there is one threshold)."""
 
     @property
     def far(self) -> float | None:
@@ -459,14 +469,17 @@ TOP_FAR = max(FARS)
 """Of the millions of impostor scores only the highest are kept: enough for thresholds at FAR <= TOP_FAR."""
 
 
-def enrol_scores(groups: Sequence[np.ndarray], found: Sequence[np.ndarray], k: int, threshold: float,
+def enrol_scores(groups: Sequence[np.ndarray], found: Sequence[np.ndarray], k: int,
+                 threshold: float | Sequence[float] | np.ndarray,
                  *, max_block: int = 1 << 24) -> EnrolResult:
     """Enrol-K protocol over per-identity embeddings (rows in file-name order; ``found`` False = no face).
 
     Identities with more than ``k`` images enrol their first ``k``; score = max
     cosine to the templates. Every later image of that identity is a genuine
     attempt; every image of every other identity an impostor attempt. No face
-    (in the attempt, or in all templates) is a rejection. Vectorised in blocks.
+    (in the attempt, or in all templates) is a rejection. ``threshold`` is one
+    number, or one per group (each enrolled user's operating point, as a login
+    uses it). Vectorised in blocks.
     """
     if k < 1:
         raise ValueError("k must be at least 1")
@@ -479,8 +492,10 @@ def enrol_scores(groups: Sequence[np.ndarray], found: Sequence[np.ndarray], k: i
     impostor_attempts = int((total - sizes[enrolled]).sum())
     keep = allowed_impostors(TOP_FAR, impostor_attempts) + 1
     top = np.zeros(0, dtype=np.float32)
+    per_group = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(groups),))
+    slot_threshold = per_group[enrolled]  # [m]
     if m == 0 or total == 0:
-        return EnrolResult(genuine_attempts, impostor_attempts, 0, 0, 0, np.zeros(0), top, 0)
+        return EnrolResult(genuine_attempts, impostor_attempts, 0, 0, 0, np.zeros(0), top, 0, slot_threshold)
     templates = np.stack([np.asarray(groups[i][:k], dtype=np.float32) for i in enrolled])  # [m, k, d]
     template_ok = np.stack([np.asarray(found[i][:k], dtype=bool) for i in enrolled])  # [m, k]
     flat_templates = templates.reshape(m * k, dim).T
@@ -505,16 +520,17 @@ def enrol_scores(groups: Sequence[np.ndarray], found: Sequence[np.ndarray], k: i
         own_scores = sims[idx, own[idx]]
         genuine_rows = position[rows][idx] >= k
         genuine_scores.append(own_scores[genuine_rows])
-        genuine_accepted += int((own_scores[genuine_rows] >= threshold).sum())
+        genuine_accepted += int((own_scores[genuine_rows] >= slot_threshold[own[idx]][genuine_rows]).sum())
         sims[idx, own[idx]] = np.nan  # own enrolment: neither genuine nor impostor
+        with np.errstate(invalid="ignore"):
+            impostor_accepted += int((sims >= slot_threshold[None, :]).sum())
         impostor = sims[~np.isnan(sims)]
-        impostor_accepted += int((impostor >= threshold).sum())
         impostor_no_face += int(np.count_nonzero(~np.isfinite(impostor)))
         top = np.concatenate([top, impostor])
         if top.size > keep:
             top = np.partition(top, top.size - keep)[top.size - keep:]
     return EnrolResult(genuine_attempts, impostor_attempts, genuine_accepted, impostor_accepted, m,
-                       np.concatenate(genuine_scores), top, impostor_no_face)
+                       np.concatenate(genuine_scores), top, impostor_no_face, slot_threshold)
 
 
 def threshold_for_far(result: EnrolResult, far: float) -> tuple[float | None, float | None]:
@@ -532,12 +548,31 @@ RESULT_KEYS = ("accuracy", "auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "
                "genuine_attempts", "impostor_attempts", "images", "identities", "no_face", "seconds")
 
 
+OperatingFn = Callable[[np.ndarray], Callable[[np.ndarray], float]]
+"""Given every face vector of the run [N,D] (so a negative bank can leave out the people measured), the function
+mapping one identity's templates [K,D] to its threshold."""
+
+
 def evaluate(root: Path | str, embed: EmbedFn, *, pairs: Path | str | None = None, enroll: int | None = None,
-             threshold: float | None = None, workers: int = 1, progress: bool = False) -> dict:
+             threshold: float | None = None, workers: int = 1, progress: bool = False,
+             operating: OperatingFn | None = None, identities: Iterable[str] | None = None,
+             guided: Callable[[list[object]], list[int]] | None = None,
+             embeddings: Embeddings | None = None) -> dict:
     """Run the requested protocols on ``root`` and return one flat result dict (RESULT_KEYS first, None = not run).
 
     Images are embedded once each even when used by many pairs and both
     protocols. Without ``pairs`` or ``enroll`` every image is embedded (counts and speed only).
+    ``operating`` gives each enrolled identity its own threshold from its
+    templates (vision.operating.fit: the login's operating point); without it
+    every identity is judged at ``threshold``. ``identities`` limits the run to
+    those identity folders (the same-camera held-out set). Images refused as
+    too dark (``NoFace("too_dark")``) are left out of the enrol protocol and
+    counted apart, as faceidd refuses such frames before any face is looked at.
+    ``guided`` picks each identity's K templates as guided enrolment would:
+    given the tags of its images (in file order) it returns the indices of
+    the images to enrol; the rest are the attempts. ``embeddings`` carries
+    the vectors from one call to the next (the bench runs several protocols
+    on one collection and embeds each image once).
     """
     started = time.perf_counter()
     if enroll is not None and enroll < 1:
@@ -546,7 +581,12 @@ def evaluate(root: Path | str, embed: EmbedFn, *, pairs: Path | str | None = Non
         raise EvaluateError("the enrol protocol needs a threshold")
     pairs_file = parse_pairs(pairs) if pairs is not None else None
     dataset = scan_dataset(root)
-    emb = Embeddings()
+    if identities is not None:
+        wanted_ids = set(identities)
+        dataset.identities = {name: paths for name, paths in dataset.identities.items() if name in wanted_ids}
+        if not dataset.identities:
+            raise EvaluateError(f"none of the requested identities is in {show_path(dataset.root)}")
+    emb = embeddings if embeddings is not None else Embeddings()
     result: dict = dict.fromkeys(RESULT_KEYS)
     result["threshold"] = threshold
     result["dataset_identities"] = len(dataset.identities)
@@ -568,7 +608,7 @@ def evaluate(root: Path | str, embed: EmbedFn, *, pairs: Path | str | None = Non
     if pairs_file is not None:
         result.update(_run_pairs(resolved, emb, threshold))
     if enroll is not None:
-        result.update(_run_enrol(dataset, emb, enroll, threshold))
+        result.update(_run_enrol(dataset, emb, enroll, threshold, operating, guided))
 
     used = [p for p in dict.fromkeys(wanted) if emb.status(p) in ("face", "no_face")]
     result["images"] = len(used)
@@ -626,11 +666,17 @@ def _run_pairs(resolved: list[tuple[Pair, Path | None, Path | None]], emb: Embed
     return out
 
 
-def _run_enrol(dataset: Dataset, emb: Embeddings, k: int, threshold: float) -> dict:
+def _run_enrol(dataset: Dataset, emb: Embeddings, k: int, threshold: float,
+               operating: OperatingFn | None = None, guided: Callable[[list[object]], list[int]] | None = None) -> dict:
     groups, found = [], []
     dim = next((len(v) for v in emb.vectors.values()), 1)
+    too_dark = 0
     for paths in dataset.identities.values():
-        usable = [p for p in paths if emb.status(p) in ("face", "no_face")]
+        usable = [p for p in paths if emb.status(p) in ("face", "no_face") and emb.no_face.get(p) != "too_dark"]
+        too_dark += sum(emb.no_face.get(p) == "too_dark" for p in paths)
+        if guided is not None and len(usable) > k:
+            chosen = [i for i in guided([emb.tags.get(p) for p in usable]) if 0 <= i < len(usable)][:k]
+            usable = [usable[i] for i in chosen] + [p for i, p in enumerate(usable) if i not in set(chosen)]
         rows = np.zeros((len(usable), dim), dtype=np.float32)
         ok = np.zeros(len(usable), dtype=bool)
         for i, p in enumerate(usable):
@@ -639,8 +685,15 @@ def _run_enrol(dataset: Dataset, emb: Embeddings, k: int, threshold: float) -> d
                 ok[i] = True
         groups.append(rows)
         found.append(ok)
-    res = enrol_scores(groups, found, k, threshold)
+    thresholds: float | np.ndarray = threshold
+    if operating is not None:
+        everyone = np.concatenate([g[f] for g, f in zip(groups, found)]) if groups else np.zeros((0, dim))
+        per_user = operating(everyone)
+        thresholds = np.array([per_user(g[:k][f[:k]]) if len(g) > k and f[:k].any() else threshold
+                               for g, f in zip(groups, found)], dtype=np.float64)
+    res = enrol_scores(groups, found, k, thresholds)
     t_far, frr_at = threshold_for_far(res, 1e-3)
+    used = res.thresholds
     return {
         "enroll_k": k,
         "enrolled_identities": res.enrolled_identities,
@@ -650,6 +703,12 @@ def _run_enrol(dataset: Dataset, emb: Embeddings, k: int, threshold: float) -> d
         "frr": res.frr,
         "false_accepts": res.impostor_accepted,
         "false_rejects": res.genuine_attempts - res.genuine_accepted,
+        "too_dark": too_dark,
+        "operating_point": "per user (vision.operating)" if operating is not None else "one threshold",
+        "templates_chosen": "guided (the views enrolment asks for)" if guided is not None else "first K",
+        "user_threshold_min": float(used.min()) if used.size else None,
+        "user_threshold_median": float(np.median(used)) if used.size else None,
+        "user_threshold_max": float(used.max()) if used.size else None,
         "enroll_threshold_at_far_1e-3": t_far,
         "enroll_frr_at_far_1e-3": frr_at,
     }

@@ -63,11 +63,14 @@ def bank_path(state_dir: str | os.PathLike[str]) -> Path:
 
 
 def _people(root: Path) -> list[list[Path]]:
-    """Each identity's sorted image files under ROOT/IDENTITY/ (evaluate.scan_dataset's rules), by identity name."""
+    """Each identity's sorted image files under ROOT/IDENTITY/ (evaluate.scan_dataset's rules), by identity name,
+    less the same-camera identities held out for measuring (model.holdout)."""
     from pam_faceid.model.evaluate import EvaluateError, scan_dataset
+    from pam_faceid.model.holdout import held_out
 
+    skip = held_out(root)
     try:
-        return list(scan_dataset(root).images().values())
+        return [paths for name, paths in scan_dataset(root).images().items() if name not in skip]
     except EvaluateError as exc:
         raise NegativesError(str(exc)) from None
 

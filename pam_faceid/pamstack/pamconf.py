@@ -105,9 +105,15 @@ def face_line(helper: str, control: str, how: FaceStart = FaceStart()) -> str:
     return f"auth\t[abort=die {control.strip('[]')}]\tpam_python.so {how.module} {' '.join(words)}"
 
 
-def password_line(helper: str) -> str:
-    """The line after the last auth rule: it reports a password login; ``[default=ignore]``: its result never counts."""
-    return f"auth\t{REPORT_CONTROL}\tpam_exec.so quiet seteuid {helper} {PASSWORD_FLAG}"
+def password_line(helper: str, kind: str = "auth") -> str:
+    """The report line after the last ``kind`` rule (auth, account); ``[default=ignore]``: its result never counts.
+
+    The auth one also runs after a wrong password in a substack or
+    ``required`` stack; the account one runs only after a successful
+    authentication. faceidd records a password use when both come from one
+    PAM application (protocol: password_used).
+    """
+    return f"{kind}\t{REPORT_CONTROL}\tpam_exec.so quiet seteuid {helper} {PASSWORD_FLAG}"
 
 
 def skip_line(was: str | None = None) -> str:
@@ -129,6 +135,10 @@ class Rule:
     @property
     def is_auth(self) -> bool:
         return self.type.lstrip("-") == "auth" or (self.type == "@include" and "auth" in self.module)
+
+    @property
+    def is_account(self) -> bool:
+        return self.type.lstrip("-") == "account" or (self.type == "@include" and "account" in self.module)
 
     @property
     def inlines(self) -> bool:
@@ -206,6 +216,18 @@ def services_with_face_auth(pam_dir: Path = PAM_DIR) -> list[str]:
                 found.append(path.name)
         except OSError:
             continue
+    return found
+
+
+def services_reaching_face(pam_dir: Path = PAM_DIR) -> list[str]:
+    """Services whose auth stack, includes and substacks followed, runs the face line (common-* files are what
+    services include, not services themselves)."""
+    found = []
+    for path in sorted(pam_dir.iterdir()) if pam_dir.is_dir() else []:
+        if path.name.startswith("common-") or not path.is_file():
+            continue
+        if any(is_ours(rule) and not is_report(rule) for rule in _flat_auth(path.name, pam_dir)):
+            found.append(path.name)
     return found
 
 
@@ -314,12 +336,16 @@ def insert_line(text: str, helper: str, pam_dir: Path = PAM_DIR, how: FaceStart 
 
 
 def insert_password_line(text: str, helper: str) -> str:
-    """``text`` with the password-used line after its last auth rule (reached once the password passed)."""
+    """``text`` with the password-used lines after its last auth rule and after its last account rule."""
     lines = text.splitlines()
     auth = _auth_rules(lines)
     if not auth:
         raise PamConfError("no auth rule to put the password-used line after; add the line by hand")
-    return _insert_rules(lines, auth[-1].index + 1, len(auth), [password_line(helper)])
+    lines = _insert_rules(lines, auth[-1].index + 1, len(auth), [password_line(helper)]).splitlines()
+    account = [rule for rule in parse_rules(lines) if rule.is_account]
+    if account:  # without an account stack no use is ever confirmed: the safe side (face refused sooner)
+        lines.insert(account[-1].index + 1, password_line(helper, "account"))
+    return "\n".join(lines) + "\n"
 
 
 def insert_lines(text: str, helper: str, pam_dir: Path = PAM_DIR, how: FaceStart = FaceStart()) -> str:
@@ -387,7 +413,8 @@ def remove_lines(text: str, helpers: tuple[str, ...] = ()) -> str:
         auth = _auth_rules(lines)
         rank = next((n for n, rule in enumerate(auth) if is_ours(rule, helpers)), None)
         if rank is None:
-            return "\n".join(lines) + "\n"
+            ours = {rule.index for rule in parse_rules(lines) if rule.is_account and is_ours(rule, helpers)}
+            return "".join(f"{line}\n" for n, line in enumerate(lines) if n not in ours)
         drop = [rank]
         nxt = auth[rank + 1] if rank + 1 < len(auth) else None
         if nxt is not None and not is_report(auth[rank]) and _is_skip(nxt):
