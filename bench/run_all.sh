@@ -34,18 +34,19 @@ mkdir -p "$OUT"
 export FACEID_BENCH_OUT=$OUT
 if ((QUICK)); then
     ATTEMPTS=(--attempts 10 --match-attempts 10) HELPER=(--runs 10) MEMORY=(--repeats 1 --load-seconds 3) PAIRS=(--quick 30) RETRAIN=(--quick)
-    LIVENESS=(--count 4) FUZZ=(--cases 100) LOAD=(--processes 4 --sessions 4)
+    LIVE_LAT=(--attempts 10) LIVE=(--count 6 --photos 60) FUZZ=(--cases 100) LOAD=(--processes 4 --sessions 4)
 else
-    ATTEMPTS=() HELPER=() MEMORY=() PAIRS=() RETRAIN=() LIVENESS=() FUZZ=() LOAD=()
+    ATTEMPTS=() HELPER=() MEMORY=() PAIRS=() RETRAIN=() LIVE_LAT=() LIVE=() FUZZ=() LOAD=()
 fi
 started=$SECONDS
 step() { echo "== $1 ($((SECONDS - started)) s)"; }
 step "helper start to first frame";   $PY -m bench.helper_start "${HELPER[@]}" --out "$OUT/helper_start.json"
 step "login latency, three paths";    $PY -m bench.auth_latency "${MODEL[@]}" "${ATTEMPTS[@]}" --out "$OUT/auth_latency.json"
 step "faceidd memory";                $PY -m bench.daemon_memory "${MODEL[@]}" "${MEMORY[@]}" --out "$OUT/daemon_memory.json"
+step "liveness cost to a login";      $PY -m bench.liveness_latency "${MODEL[@]}" "${LIVE_LAT[@]}" --out "$OUT/liveness_latency.json"
+step "liveness APCER/BPCER, trade-off"; $PY -m bench.liveness "${LIVE[@]}" --out "$OUT/liveness.json"
 step "embedder speed, memory, accuracy"; $PY -m bench.embedder "${MODEL[@]}" "${PAIRS[@]}" --out "$OUT/embedder.json"
 step "per-user retraining vs the seed"; $PY -m bench.retrain "${MODEL[@]}" "${RETRAIN[@]}" --out "$OUT/retrain.json"
-step "liveness: photos and screens";  $PY -m bench.liveness --seed 3 "${LIVENESS[@]}" --out "$OUT/liveness.json"
 step "fuzzing a live faceidd";        $PY -m bench.fuzz "${MODEL[@]}" "${FUZZ[@]}" --out "$OUT/fuzz.json"
 step "load: concurrent sessions";     $PY -m bench.load "${MODEL[@]}" "${LOAD[@]}" --out "$OUT/load.json"
 step "same-camera FAR";               $PY -m bench.same_camera --out "$OUT/same_camera.json"
