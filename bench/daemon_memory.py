@@ -10,7 +10,10 @@ their timeout, the daemon's longest), and the peak sample is reported with
 the frames the daemon scored per second. Every figure is the median of
 REPEATS fresh daemons. The daemon runs with the shipped unit's environment
 (MALLOC_ARENA_MAX) and without lockout (_common.BENCH_POLICY), which would
-otherwise refuse the stranger's sessions at hello after a few failures.
+otherwise refuse the stranger's sessions at hello after a few failures, but
+with the shipped liveness.mode (basic: the anti-spoofing model is loaded and
+warmed up at start); ``--liveness-every-frame`` makes every face match
+(auth.threshold -1) so that the model also runs on every frame under load.
 """
 
 from __future__ import annotations
@@ -94,15 +97,20 @@ def load_sessions(socket_path: str, users: list[str], frames: list[bytes], secon
     return counts
 
 
-def one_round(model: Path, vectors: np.ndarray, embedder: object, frames: list[bytes], load_seconds: float) -> dict:
+def one_round(model: Path, vectors: np.ndarray, embedder: object, frames: list[bytes], load_seconds: float,
+              every_frame: bool = False) -> dict:
     out: dict = {}
+    extra: dict = {"liveness": {"mode": "basic"}}
+    if every_frame:
+        extra["auth"] = {"threshold": -1.0}
     for users in (1, 100):
         base = short_tmp()
         try:
             socket_path = str(base / "run" / "faceidd.sock")
             state_dir = base / "state"
             names = enrol_users(state_dir, users, vectors, embedder)
-            config = write_config(base / "etc" / "config.yaml", daemon_config(base, model, socket_path, state_dir))
+            config = write_config(base / "etc" / "config.yaml", daemon_config(base, model, socket_path, state_dir,
+                                                                                    extra))
             with Faceidd(base, config, socket_path, state_dir, unit_environment()) as daemon:
                 time.sleep(SETTLE)
                 out[f"idle_{users}"] = proc_memory(daemon.pid)["rss_mb"]
@@ -134,7 +142,7 @@ def one_round(model: Path, vectors: np.ndarray, embedder: object, frames: list[b
     return out
 
 
-def run(model: Path, repeats: int, load_seconds: float, stranger: str) -> dict:
+def run(model: Path, repeats: int, load_seconds: float, stranger: str, every_frame: bool = False) -> dict:
     from pam_faceid.common.images import read_image
     from pam_faceid.vision.camera import encode_jpeg
 
@@ -142,10 +150,11 @@ def run(model: Path, repeats: int, load_seconds: float, stranger: str) -> dict:
     require_model(model)
     vectors, embedder = pool_vectors(model, 200)
     frames = [encode_jpeg(read_image(p)) for p in person_images(stranger)[:20]]
-    rounds = [one_round(model, vectors, embedder, frames, load_seconds) for _ in range(repeats)]
+    rounds = [one_round(model, vectors, embedder, frames, load_seconds, every_frame) for _ in range(repeats)]
     keys = rounds[0].keys()
     return {"machine": machine(), "model": str(model), "repeats": repeats, "load_seconds": load_seconds,
             "sessions": SESSIONS, "templates_per_user": TEMPLATES_PER_USER, "stranger": stranger,
+            "liveness": "basic", "liveness_every_frame": every_frame,
             "median": {k: median([r[k] for r in rounds]) for k in keys}, "rounds": rounds}
 
 
@@ -155,9 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="fresh daemons per figure (default 3)")
     parser.add_argument("--load-seconds", type=float, default=6.0, help="length of the load phase (default 6)")
     parser.add_argument("--stranger", default="Hugo_Chavez", help="dev/lfw identity shown under load")
+    parser.add_argument("--liveness-every-frame", action="store_true",
+                        help="every face matches under load, so the anti-spoofing model runs on every frame")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "daemon_memory.json", help="result JSON")
     args = parser.parse_args(argv)
-    result = run(args.model, args.repeats, args.load_seconds, args.stranger)
+    result = run(args.model, args.repeats, args.load_seconds, args.stranger, args.liveness_every_frame)
     save_json(args.out, result)
     m = result["median"]
     print(f"faceidd RSS: idle 1 user {m['idle_1']:.0f} MiB, idle 100 users {m['idle_100']:.0f} MiB, "

@@ -149,7 +149,8 @@ def auth_section(auth: dict) -> list[str]:
         f"Howdy after one frame under distance {s['howdy_certainty']:.2f} (its default certainty 3.5). "
         "Times exclude camera opening, shown apart."
         + (f" Liveness is {s['liveness']} in this run (the camera replays still photos; its cost and what it "
-           "stops are measured by `bench/liveness.py`)." if s.get("liveness") else ""), "",
+           "stops are measured by `bench/liveness_latency.py` and `bench/liveness.py`)."
+           if s.get("liveness") else ""), "",
         "| path | p50 ms | p95 ms | camera open p50 ms | match rate | frames p50 |",
         "|---|---:|---:|---:|---:|---:|"]
     for name in ("daemon", "per_attempt", "howdy"):
@@ -286,6 +287,44 @@ def retrain_section(rt: dict | None) -> list[str]:
     return lines + [""]
 
 
+def liveness_section(lv: dict | None, lat: dict | None) -> list[str]:
+    """APCER per attack kind and BPCER at the shipped operating points (faceid liveness), the trade-off plot,
+    and the model's cost to a matching login beside liveness off."""
+    lines = ["## Liveness: the anti-spoofing model (`bench/liveness.py`, `bench/liveness_latency.py`)", ""]
+    if lv is None and lat is None:
+        return lines + ["Not run.", ""]
+    if lv is not None:
+        policies = lv["policies"]
+        lines += ["Per session (live after any frame, as faceidd stops at the first live verdict); "
+                  + "; ".join(f"{mode}: mean P(real) of >= {p['min_frames']} frames reaches {p['threshold']}"
+                              for mode, p in policies.items()) + ". 95 % Wilson intervals. Commands: "
+                  + "; ".join(f"`faceid liveness {' '.join(src['args'])}`" for src in lv["sources"].values()), "",
+                  "| source | kind | metric | basic | strict |", "|---|---|---|---|---|"]
+        for name, src in lv["sources"].items():
+            basic, strict = src["modes"]["basic"], src["modes"]["strict"]
+            for kind, k in basic["kinds"].items():
+                cells = []
+                for m in (basic, strict):
+                    r = m["kinds"][kind]["session"]
+                    cells.append(f"{r['errors']}/{r['trials']} = {_pct(r['rate'])} ({_pct(r['ci95'][0])}-"
+                                 f"{_pct(r['ci95'][1])})" if r["trials"] else "–")
+                lines.append(f"| {name} | {kind} | {k['metric']} | {cells[0]} | {cells[1]} |")
+        lines += ["", "![APCER against BPCER over the threshold](liveness_tradeoff.png)", ""]
+    if lat is not None:
+        lines += [f"Matching login of a live person at a webcam ({lat['setup']['video']}, first "
+                  f"{lat['setup']['frames']} frames), PAM call to verdict, liveness off and basic interleaved, "
+                  f"{lat['setup']['attempts']} attempts each:", "",
+                  "| liveness | p50 ms | p95 ms | inside faceidd p50 ms | frames p50 | match rate |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for mode in ("off", "basic"):
+            r = lat[mode]
+            lines.append(f"| {mode} | {_f(r['ms']['p50'])} | {_f(r['ms']['p95'])} | {_f(r['daemon_ms']['p50'])} | "
+                         f"{_f(r['frames']['p50'], 0)} | {_pct(r['match_rate'], 0)} |")
+        lines += ["", f"basic / off at p50: {lat['basic_over_off_p50']:.2f}x; p50 <= {lat['goal_p50_ms']:.0f} ms "
+                      f"with the model on: {_ok(lat['goal_met'])}.", ""]
+    return lines
+
+
 def same_camera_section(sc: dict | None) -> list[str]:
     lines = ["## Same-camera FAR: one threshold against each user's operating point (`bench/same_camera.py`)", ""]
     if sc is None:
@@ -321,6 +360,7 @@ def body(results: dict[str, dict | None], command: str, elapsed: float | None) -
     lines += helper_section(helper, auth) if helper else []
     lines += embedder_section(emb) if emb else ["## The face model", "", "Not run.", ""]
     lines += memory_section(mem) if mem else ["## faceidd memory", "", "Not run.", ""]
+    lines += liveness_section(results.get("liveness"), results.get("liveness_latency"))
     lines += retrain_section(rt)
     lines += same_camera_section(results.get("same_camera"))
     return lines
@@ -371,7 +411,8 @@ def update_readme(readme: Path, section: str) -> None:
 def write(folder: Path, out_dir: Path, command: str, readme: Path | None = None,
           elapsed: float | None = None) -> Path:
     results = {name: _load(folder, name) for name in ("helper_start", "auth_latency", "embedder",
-                                                      "daemon_memory", "retrain", "same_camera")}
+                                                      "daemon_memory", "retrain", "liveness", "liveness_latency",
+                                                      "same_camera")}
     if not any(results.values()):
         raise SystemExit(f"report: no results in {folder}")
     lines = body(results, command, elapsed)

@@ -34,14 +34,17 @@ mkdir -p "$OUT"
 export FACEID_BENCH_OUT=$OUT
 if ((QUICK)); then
     ATTEMPTS=(--attempts 10 --match-attempts 10) HELPER=(--runs 10) MEMORY=(--repeats 1 --load-seconds 3) PAIRS=(--quick 30) RETRAIN=(--quick)
+    LIVE_LAT=(--attempts 10) LIVE=(--count 6 --photos 60)
 else
-    ATTEMPTS=() HELPER=() MEMORY=() PAIRS=() RETRAIN=()
+    ATTEMPTS=() HELPER=() MEMORY=() PAIRS=() RETRAIN=() LIVE_LAT=() LIVE=()
 fi
 started=$SECONDS
 step() { echo "== $1 ($((SECONDS - started)) s)"; }
 step "helper start to first frame";   $PY bench/helper_start.py "${HELPER[@]}" --out "$OUT/helper_start.json"
 step "login latency, three paths";    $PY bench/auth_latency.py "${MODEL[@]}" "${ATTEMPTS[@]}" --out "$OUT/auth_latency.json"
 step "faceidd memory";                $PY bench/daemon_memory.py "${MODEL[@]}" "${MEMORY[@]}" --out "$OUT/daemon_memory.json"
+step "liveness cost to a login";      $PY bench/liveness_latency.py "${MODEL[@]}" "${LIVE_LAT[@]}" --out "$OUT/liveness_latency.json"
+step "liveness APCER/BPCER, trade-off"; $PY bench/liveness.py "${LIVE[@]}" --out "$OUT/liveness.json"
 step "embedder speed, memory, accuracy"; $PY bench/embedder.py "${MODEL[@]}" "${PAIRS[@]}" --out "$OUT/embedder.json"
 step "per-user retraining vs the seed"; $PY bench/retrain.py "${MODEL[@]}" "${RETRAIN[@]}" --out "$OUT/retrain.json"
 step "same-camera FAR";              $PY bench/same_camera.py --out "$OUT/same_camera.json"

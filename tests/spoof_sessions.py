@@ -1,6 +1,6 @@
 """Presentation-attack and genuine camera sessions rendered from real face photographs.
 
-Shared by tests/test_liveness.py and bench/spoof_set.py (which writes whole sets
+Used by bench/spoof_set.py (which writes whole sets
 to disk for bench/liveness.py); no pytest here. Every session is a short
 sequence of 640x480 camera frames, rendered through the same simulated webcam
 (lens distortion, defocus, exposure flicker, Bayer mosaic with

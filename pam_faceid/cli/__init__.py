@@ -17,6 +17,7 @@ import sys
 COMMANDS = [
     "train_base",
     "evaluate",
+    "liveness",
     "config",
     "enroll",
     "list",

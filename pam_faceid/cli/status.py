@@ -195,6 +195,10 @@ def _print(report: dict[str, Any]) -> None:
               f"threshold {model.get('threshold')}" + (f", MODEL ERROR: {model['error']}" if model.get("error") else ""))
         for user, why in (d.get("skipped") or {}).items():
             print(f"          skipped {user}: {why}")
+        live = d.get("liveness") or {}
+        if live.get("error"):
+            print(f"          liveness {live.get('mode')}: ANTI-SPOOFING MODEL ERROR: {live['error']} "
+                  "(every face login falls through to the password)")
     else:
         print(f"daemon:   {'not running' if d.get('running') is False else 'unknown'} ({d.get('error')})")
     c = report["camera"]
@@ -276,5 +280,6 @@ def run(args: argparse.Namespace) -> int:
     broken = (daemon.get("running") is False or not report["camera"].get("ok") or not report["model"].get("ok")
               or bool(report["enrolments"].get("unreadable")) or bool(report["enrolments"].get("unreadable_heads"))
               or bool(report["enrolments"].get("must_reenrol"))
-              or bool(report["lockouts"].get("unreadable")))
+              or bool(report["lockouts"].get("unreadable"))
+              or bool((daemon.get("liveness") or {}).get("error")))
     return EXIT_FAILURE if broken else 0

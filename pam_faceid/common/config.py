@@ -161,7 +161,8 @@ SCHEMA: list[Key] = [
     Key("lockout.window", int, 600, min=1, max=86400, doc="seconds over which failures are counted"),
     Key("lockout.duration", int, 300, min=1, max=86400, doc="seconds face authentication stays locked"),
     Key("liveness.mode", str, "basic", choices=("off", "basic", "strict"),
-        doc="how hard to check that a live face, not a photo, is in front of the camera"),
+        doc="how hard to check that a live face, not a print, screen or mask, is in front of the camera: "
+            "basic needs the anti-spoofing model's mean P(real) of 2 matched frames >= 0.5, strict of 5 >= 0.55"),
     Key("snapshots.enabled", bool, False, doc="keep the frames of recent attempts in the state folder"),
     Key("snapshots.keep", int, 5, min=1, max=100, doc="number of recent attempts whose frames are kept"),
     Key("enroll.keep_images", bool, False, doc="also store the raw enrolment images, not only the embeddings"),

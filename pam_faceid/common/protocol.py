@@ -72,8 +72,8 @@ Messages (daemon -> client)
              locked_out | password_required | not_enrolled | refused | error.
              ``refused``: the client may not ask about this user, or sent a
              frame the daemon refuses (see ``frame``). ``not_live``: the face matched but the liveness check
-             (liveness.mode) did not find a live face: a photo or screen, or
-             a person who held perfectly still; ``reason`` names the cue.
+             (liveness.mode) did not find a live face: a print, a screen or a
+             mask, as the anti-spoofing model sees it; ``reason`` says so.
              ``locked_out``: too many failed attempts (lockout.*);
              ``password_required``: the password was not used within
              auth.require_password_after hours. ``score`` is the

@@ -48,10 +48,12 @@ class Decision:
     before a photo of the user is shown lends the photo no motion. A session
     whose face matched but was never found live ends ``not_live``, with the
     liveness reason. Without ``liveness`` (None) there is no such check.
+    ``liveness_model`` scores frames (faceidd passes the one it loaded; None
+    loads the shipped one at the first matching frame).
     """
 
     def __init__(self, threshold: float, min_matching_frames: int, timeout: float, max_frames: int,
-                 started: float | None = None, liveness: str | None = None):
+                 started: float | None = None, liveness: str | None = None, liveness_model: Any = None):
         self.threshold = float(threshold)
         self.min_matching_frames = int(min_matching_frames)
         self.timeout = float(timeout)
@@ -69,6 +71,7 @@ class Decision:
             if liveness not in MODES:
                 raise ValueError(f"liveness mode {liveness!r}: choose one of {', '.join(MODES)}")
         self.liveness_mode = liveness
+        self.liveness_model = liveness_model  # None: the shipped anti-spoofing model (vision.antispoof)
         self.liveness: Any = None  # a liveness.LivenessCheck from the first matching frame on
 
     def expired(self, now: float) -> bool:
@@ -85,21 +88,24 @@ class Decision:
         return self.liveness.verdict()
 
     def liveness_word(self) -> str | None:
-        """The liveness result as the audit log shows it."""
+        """The liveness result as the audit log shows it, with the frames' mean P(real) when one was scored:
+        "live(0.97)", "not_live:spoof(0.12)", "off" (an admin sees how near the line their camera puts them)."""
         result = self.live()
         if result is None:
             return None
-        if result.live:
-            return "off" if result.reason == "off" else "live"
-        return f"not_live:{result.reason}"
+        if result.reason == "off":
+            return "off"
+        word = "live" if result.live else f"not_live:{result.reason}"
+        real = result.scores.get("real")
+        return word if real is None else f"{word}({real:.2f})"
 
     def _see_live(self, frame: Any, face: Any) -> None:
         if self.liveness_mode is None or frame is None or face is None:
             return
         if self.liveness is None:
-            from pam_faceid.vision.liveness import LivenessCheck, looks_infrared
+            from pam_faceid.vision.liveness import LivenessCheck
 
-            self.liveness = LivenessCheck(self.liveness_mode, ir=looks_infrared(frame))
+            self.liveness = LivenessCheck(self.liveness_mode, self.liveness_model)
         self.liveness.add(frame, face)
 
     def observe(self, score: float | None, reason: str | None, now: float, frame: Any = None,

@@ -69,23 +69,12 @@ class Engine:
         image folder's JPEG files unchecked). Raises FrameRefused, before any
         decoding, for a frame no camera sends (protocol.frame_problem).
         """
-        import cv2
-
         from pam_faceid.common.images import brightness_percent
         from pam_faceid.vision.faces import FaceRefused, align
 
-        problem = protocol.frame_problem(jpeg)
-        if problem is not None:
-            raise FrameRefused(problem)
-        size = protocol.jpeg_size(jpeg) or (0, 0)  # never None here: frame_problem read its SOF
-        reduced = cv2.IMREAD_REDUCED_COLOR_2 if max(size) >= 2 * DETECT_MAX_SIDE else cv2.IMREAD_COLOR
-        frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), reduced)
+        frame = decode_frame(jpeg)
         if frame is None:
             return None, "undecodable", None, None
-        scale = DETECT_MAX_SIDE / max(frame.shape[:2])
-        if scale < 1:
-            frame = cv2.resize(frame, (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale))),
-                               interpolation=cv2.INTER_AREA)
         if dark_threshold > 0 and brightness_percent(frame) < dark_threshold:
             return None, "too_dark", frame, None
         with self.lock:
@@ -98,6 +87,29 @@ class Engine:
         if head is not None:
             vector = head.apply(vector)
         return float(np.max(templates @ vector)), None, frame, face
+
+
+def decode_frame(jpeg: bytes) -> np.ndarray | None:
+    """A client's JPEG frame as faceidd scores it: checked, decoded, scaled to DETECT_MAX_SIDE; None if undecodable.
+
+    Raises FrameRefused, before any decoding, for a frame no camera sends
+    (protocol.frame_problem). ``faceid liveness`` measures through this too.
+    """
+    import cv2
+
+    problem = protocol.frame_problem(jpeg)
+    if problem is not None:
+        raise FrameRefused(problem)
+    size = protocol.jpeg_size(jpeg) or (0, 0)  # never None here: frame_problem read its SOF
+    reduced = cv2.IMREAD_REDUCED_COLOR_2 if max(size) >= 2 * DETECT_MAX_SIDE else cv2.IMREAD_COLOR
+    frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), reduced)
+    if frame is None:
+        return None
+    scale = DETECT_MAX_SIDE / max(frame.shape[:2])
+    if scale < 1:
+        frame = cv2.resize(frame, (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale))),
+                           interpolation=cv2.INTER_AREA)
+    return frame
 
 
 def _model_stamp(model_path: str) -> tuple[float, ...]:
@@ -137,6 +149,9 @@ class State:
     users: dict[str, UserEntry]
     skipped: dict[str, str]
     loaded: float
+    liveness_model: Any = None
+    """The anti-spoofing model (vision.antispoof.AntiSpoof) when liveness.mode is not off and it loaded."""
+    liveness_error: str | None = None
 
     def engines(self) -> list[Engine]:
         return [self.engine] if self.engine is not None else []
@@ -146,7 +161,8 @@ class State:
         own = sum(entry.head is not None for entry in self.users.values())
         return (f"config={self.cfg.path} state_dir={self.state_dir} users={len(self.users)} "
                 f"(own head: {own}) skipped={len(self.skipped)} model={model or 'unnamed'} "
-                f"threshold={self.threshold}")
+                f"threshold={self.threshold} liveness={self.cfg.liveness.mode}"
+                + (f" (model not loaded: {self.liveness_error})" if self.liveness_error else ""))
 
 
 def load_state(config_path: str | None, overrides: dict[str, str], previous: State | None = None) -> State:
@@ -198,8 +214,25 @@ def load_state(config_path: str | None, overrides: dict[str, str], previous: Sta
         else:
             head = None
         users[user] = UserEntry(templates, engine, threshold, head)
+    liveness_model, liveness_error = _liveness_model(cfg.liveness.mode)
     return State(cfg, socket_path, state_dir, engine, engine_error, threshold_of(engine), users, skipped,
-                 time.time())
+                 time.time(), liveness_model, liveness_error)
+
+
+def _liveness_model(mode: str) -> tuple[Any, str | None]:
+    """The anti-spoofing model, loaded once per process; or why not (sessions then answer "error")."""
+    if mode == "off":
+        return None, None
+    from pam_faceid.vision import antispoof
+
+    try:
+        model = antispoof.shared()
+        model.score(np.zeros((antispoof.SIZE, antispoof.SIZE, 3), np.uint8), (0, 0, antispoof.SIZE, antispoof.SIZE))
+        return model, None  # warmed up: the first login does not pay onnxruntime's first run
+    except Exception as exc:  # noqa: BLE001 - a missing or changed model must not stop the daemon: the password is asked
+        error = _one_line(exc)
+        log.error("anti-spoofing model not loaded (liveness.mode %s): %s", mode, error)
+        return None, error
 
 
 def _one_line(exc: BaseException) -> str:

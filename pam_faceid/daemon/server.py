@@ -402,6 +402,8 @@ class Daemon:
             "skipped": state.skipped,
             "model": {"loaded": engine is not None, "id": engine.model_id if engine else None,
                       "error": state.engine_error, "threshold": state.threshold},
+            "liveness": {"mode": state.cfg.liveness.mode, "loaded": state.liveness_model is not None,
+                         "error": state.liveness_error},
             "sessions": {"active": self.slots.active, "served": self.sessions.sessions_served,
                          "max": state.cfg.daemon.max_sessions},
             "loaded": state.loaded,

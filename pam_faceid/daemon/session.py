@@ -262,13 +262,15 @@ class Sessions:
             return Verdict("not_enrolled"), False
         if entry.engine is None or entry.threshold is None:
             return Verdict("error", reason="model not loaded"), False
+        if state.cfg.liveness.mode != "off" and state.liveness_model is None:
+            return Verdict("error", reason="anti-spoofing model not loaded: see the daemon log"), False
         engine = entry.engine
         cfg = state.cfg
         timeout = cfg.auth.timeout
         max_frames = cfg.daemon.max_frames_per_session
         dark_threshold = cfg.camera.dark_threshold
         decision = Decision(entry.threshold, cfg.auth.min_matching_frames, timeout, max_frames,
-                            liveness=cfg.liveness.mode)
+                            liveness=cfg.liveness.mode, liveness_model=state.liveness_model)
         if not send(conn, "ready", {"timeout": timeout, "max_frames": max_frames,
                                     "min_matching_frames": cfg.auth.min_matching_frames}):
             return decision.finish(time.monotonic(), "client went away"), False
