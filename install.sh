@@ -32,9 +32,12 @@ SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON=/usr/bin/python3
 TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
 # libpam-python loads pam_faceid/helper/pam_prompt.py (face or password, whichever comes first); the rest of DEV_APT
-# is what tests/test_prompt.py drives: real sudo, a screen locker under Xvfb, xdotool for its keys.
+# is what tests/test_prompt.py drives: real sudo, a screen locker under Xvfb, xdotool for its keys; and what
+# tests/test_greeter.py and tests/test_keyring.py drive: real LightDM with its Python greeter API, a private D-Bus,
+# gnome-keyring with its PAM module and secret-tool, swtpm as the TPM and tpm2-tools.
 DEV_APT=(python3-venv python3-dev libpam-modules libpam-runtime libpam0g systemd libpam-python sudo pamtester xvfb
-         i3lock xdotool)
+         i3lock xdotool lightdm gir1.2-lightdm-1 python3-gi dbus gnome-keyring libpam-gnome-keyring libsecret-tools
+         swtpm swtpm-tools tpm2-tools)
 SYSTEM_APT=(python3-venv libpam-modules libpam-runtime libpam-python)
 
 MODE=system

@@ -32,6 +32,7 @@ COMMANDS = [
     "snapshot",
     "unlock",
     "retrain",
+    "keyring",
 ]
 
 EXIT_OK = 0

@@ -21,6 +21,7 @@ from typing import Any
 
 from pam_faceid.cli import EXIT_FAILURE
 from pam_faceid.cli import _common as common
+from pam_faceid.common import sealed
 
 EXAMPLE = """examples:
   sudo faceid status
@@ -238,6 +239,9 @@ def _print(report: dict[str, Any]) -> None:
     print(f"pam:      face used by {', '.join(services['face']) or 'no service'} (in {PAM_DIR})")
     if services["skipped"]:
         print(f"          face skipped, password only: {', '.join(services['skipped'])} (not in auth.services)")
+    keyring = report["keyring"]
+    listed = "unknown (root only)" if keyring is None else ", ".join(keyring) or "nobody"
+    print(f"keyring:  sealed login password for {listed} (faceid keyring status)")
 
 
 def _print_lockouts(lockouts: dict[str, Any], enrolments: dict[str, Any]) -> None:
@@ -271,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
         "enrolments": _enrolments(cfg),
         "lockouts": _lockouts(cfg),
         "pam_services": pam_services(cfg),
+        "keyring": sealed.sealed_users(cfg.daemon.state_dir) if os.geteuid() == 0 else None,
     }
     if args.json:
         print(json.dumps(report, indent=1, sort_keys=True, default=str))

@@ -66,7 +66,8 @@ Messages (daemon -> client)
 ``progress`` {"frames", "faces", "matches", "reason"}: answer to a frame that
              did not decide the session; ``reason`` is why the frame had no
              usable face ("no_face", "face_too_small", ...) or null.
-``verdict``  {"result", "score", "frames", "matches", "reason"}: the session's single
+``verdict``  {"result", "score", "frames", "matches", "reason"; for a root peer also "liveness": "live", "off",
+             "not_live:<cue>" or null}: the session's single
              answer, after which the daemon closes the connection. ``result`` is
              one of RESULTS: match | no_match | no_face | timeout | not_live |
              locked_out | password_required | not_enrolled | refused | error.

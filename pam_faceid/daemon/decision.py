@@ -20,7 +20,7 @@ class Verdict:
     frames: int = 0
     reason: str | None = None
     liveness: str | None = dataclasses.field(default=None, compare=False)
-    """For the audit log only, never sent: "live", "off", "not_live:<reason>", or None (no liveness check)."""
+    """For the audit log and root peers only: "live", "off", "not_live:<reason>", or None (no liveness check)."""
     matches: int = 0
     """Frames whose score reached the threshold, so a client can say how many of min_matching_frames it saw."""
 
@@ -170,4 +170,6 @@ def verdict_fields(verdict: Verdict, uid: int) -> dict[str, Any]:
     fields = verdict.fields()
     if uid != 0:
         fields["score"] = None
+    else:  # the root helper hands a sealed keyring password on only after a live face (common.sealed)
+        fields["liveness"] = verdict.liveness
     return fields

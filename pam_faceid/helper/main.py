@@ -24,6 +24,12 @@ sudo's cached credentials skipped authentication. The daemon records a use
 only when the account report follows the auth report of the same PAM
 application (protocol: ``password_used``).
 
+Two options only the pam_python module (pam_prompt) passes, each a pipe:
+``--authtok-fd FD``: after a live face match at a greeter, write the user's
+TPM-sealed login password there (hand_keyring; see common.sealed);
+``--reseal-fd FD``: on a ``password`` line, read the new password from it
+and reseal (reseal_keyring).
+
 Fail safe, fail fast: every problem (no such user, a caller asking for
 another user, face auth disabled, a remote session, a closed lid, no daemon
 within 1 s, no camera, a bad config,
@@ -201,8 +207,13 @@ def _open_session(socket_path: str, hello: dict[str, str]) -> tuple[protocol.Cli
     return client, answer
 
 
-def authenticate(env: Mapping[str, str], config_path: str | None) -> int:
-    """The whole helper run; returns the exit code or raises Abort."""
+def authenticate(env: Mapping[str, str], config_path: str | None, authtok_fd: int | None = None) -> int:
+    """The whole helper run; returns the exit code or raises Abort.
+
+    With ``authtok_fd`` (the pam_python module's pipe), a live face match at a
+    greeter also hands the user's TPM-sealed login password on through it
+    (hand_keyring).
+    """
     user = env.get("PAM_USER", "")
     if not user:
         raise Abort(EXIT_CONFIG, "PAM_USER is not set: run me from pam_exec")
@@ -248,13 +259,18 @@ def authenticate(env: Mapping[str, str], config_path: str | None) -> int:
             if answer.type != "ready":
                 raise Abort(EXIT_INTERNAL, f"daemon answered hello with {answer.type}")
             timeout = float(answer.get("timeout") or cfg.auth.timeout)
-            return _stream(client, cfg, timeout, user, service)
+            verdicts: list[protocol.Message] = []
+            code = _stream(client, cfg, timeout, user, service, verdicts)
+        if code == EXIT_MATCH and authtok_fd is not None and verdicts:
+            hand_keyring(cfg.daemon.state_dir, user, service, verdicts[-1], authtok_fd)
+        return code
     finally:
         if preload is not None:
             preload.join(timeout=3.0)  # never exit with an import half done in another thread
 
 
-def _stream(client: protocol.Client, cfg: Any, timeout: float, user: str, service: str) -> int:
+def _stream(client: protocol.Client, cfg: Any, timeout: float, user: str, service: str,
+            verdicts: list[protocol.Message]) -> int:
     """Send frames lock-step until the daemon's verdict, the end of the source or the timeout."""
     shown = cfg.auth.detection_notice
     deadline = time.monotonic() + timeout
@@ -272,6 +288,7 @@ def _stream(client: protocol.Client, cfg: Any, timeout: float, user: str, servic
                 client.send("frame", payload=jpeg, timeout=left + 1.0)
                 answer = client.recv(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
                 if answer.type == "verdict":
+                    verdicts.append(answer)
                     return _finish(answer, user, service, shown)
                 if answer.type != "progress":
                     raise Abort(EXIT_INTERNAL, f"daemon answered a frame with {answer.type}")
@@ -282,6 +299,7 @@ def _stream(client: protocol.Client, cfg: Any, timeout: float, user: str, servic
         raise Abort(EXIT_NO_DAEMON, str(exc)) from None
     if answer.type != "verdict":
         raise Abort(EXIT_INTERNAL, f"daemon answered end with {answer.type}")
+    verdicts.append(answer)
     return _finish(answer, user, service, shown)
 
 
@@ -299,6 +317,94 @@ def _finish(answer: protocol.Message, user: str, service: str, shown: bool) -> i
     log(syslog.LOG_INFO, detail)
     notice(shown, NOTICE_NO_MATCH)
     return EXIT_NOT_RECOGNISED
+
+
+def hand_keyring(state_dir: str, user: str, service: str, verdict: protocol.Message, fd: int) -> bool:
+    """Unseal ``user``'s login password and write it to the pipe ``fd``; True when handed on.
+
+    Only a root helper (real and effective uid), at a greeter (sealed.SERVICES),
+    after a match whose liveness check passed ("live": not "off", not
+    skipped), into a pipe. Every refusal is logged without the secret and
+    changes nothing else: the face login stands, the keyring stays locked.
+    """
+    from pam_faceid.common import sealed
+
+    why = None
+    if os.getuid() != 0 or os.geteuid() != 0:
+        why = "not run by root"
+    elif service not in sealed.SERVICES:
+        why = f"service {service or '-'} is not a greeter ({', '.join(sorted(sealed.SERVICES))})"
+    elif verdict.get("liveness") != "live":
+        why = f"liveness was {verdict.get('liveness') or 'not checked'}, not live"
+    else:
+        try:
+            why = None if stat.S_ISFIFO(os.fstat(fd).st_mode) else f"fd {fd} is not a pipe"
+        except OSError:
+            why = f"fd {fd} is not open"
+    if why:
+        log(syslog.LOG_INFO, f"user={user} service={service or '-'}: keyring not unlocked: {why}")
+        return False
+    secret = bytearray()
+    try:
+        record = sealed.load(state_dir, user)
+        if record is None:
+            return False
+        if sealed.stale(record, user):
+            sealed.remove(state_dir, user)
+            log(syslog.LOG_WARNING, f"user={user}: the password changed since it was sealed: sealed secret dropped "
+                                    "(faceid keyring enroll to seal the new one)")
+            return False
+        secret = sealed.unseal(record, sealed.work_folder(state_dir))
+        os.write(fd, secret)
+    except (sealed.SealError, OSError) as exc:
+        log(syslog.LOG_WARNING, f"user={user} service={service}: keyring not unlocked: {exc}")
+        return False
+    finally:
+        sealed.wipe(secret)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    log(syslog.LOG_NOTICE, f"user={user} service={service}: sealed keyring password handed to PAM")
+    return True
+
+
+def reseal_keyring(env: Mapping[str, str], config_path: str | None, fd: int) -> int:
+    """After a password change (pam_python's chauthtok): seal the new password, read from the pipe ``fd``, in
+    place of PAM_USER's record. Root only; the record is dropped when the shadow hash did not change (no new
+    password was set, so what came cannot be trusted) or the TPM fails."""
+    from pam_faceid.common import sealed
+
+    user = env.get("PAM_USER", "")
+    if not user or env.get("PAM_TYPE") != "password":
+        raise Abort(EXIT_CONFIG, "--reseal-fd belongs on a password line run by pam_python")
+    if os.getuid() != 0 or os.geteuid() != 0:
+        raise Abort(EXIT_SKIPPED, "not run by root: nothing resealed")
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        raise Abort(EXIT_CONFIG, f"config: {exc}") from None
+    state_dir = cfg.daemon.state_dir
+    secret = bytearray()
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            raise Abort(EXIT_CONFIG, f"fd {fd} is not a pipe")
+        record = sealed.load(state_dir, user)
+        if record is None:
+            return EXIT_MATCH
+        if not sealed.stale(record, user):
+            sealed.remove(state_dir, user)
+            raise Abort(EXIT_SKIPPED, f"user={user}: password unchanged after chauthtok: sealed secret dropped")
+        secret = sealed.read_secret(fd)
+        sealed.store(state_dir, user, sealed.seal(secret, str(record.get("tcti") or sealed.DEFAULT_TCTI), user,
+                                                  sealed.work_folder(state_dir)))
+    except (sealed.SealError, OSError) as exc:
+        sealed.remove(state_dir, user)
+        raise Abort(EXIT_INTERNAL, f"user={user}: keyring reseal failed, sealed secret dropped: {exc}") from None
+    finally:
+        sealed.wipe(secret)
+    log(syslog.LOG_NOTICE, f"user={user}: sealed keyring password resealed after a password change")
+    return EXIT_MATCH
 
 
 PASSWORD_TIMEOUT = 0.5
@@ -349,6 +455,12 @@ def main(argv: list[str] | None = None) -> int:
                                          "pam_exec; PAM_USER etc. come from the environment).",
                                          formatter_class=_help_formatter)
         parser.add_argument("--config", help="config file (default: $FACEID_CONFIG or /etc/pam_faceid/config.yaml)")
+        parser.add_argument("--authtok-fd", type=int, metavar="FD",
+                            help="a pipe from the pam_python module: after a live face match at a greeter, write the "
+                                 "user's TPM-sealed login password to it (faceid keyring enroll)")
+        parser.add_argument("--reseal-fd", type=int, metavar="FD",
+                            help="a pipe from pam_python's chauthtok: the new password, to reseal the user's keyring "
+                                 "password with")
         parser.add_argument("--password-used", action="store_true",
                             help="only tell faceidd the password authenticated PAM_USER (a line after the password "
                                  "module, for auth.require_password_after)")
@@ -357,7 +469,9 @@ def main(argv: list[str] | None = None) -> int:
         _die_with_parent()
         if args.password_used:
             return report_password(os.environ, args.config)
-        return authenticate(os.environ, args.config)
+        if args.reseal_fd is not None:
+            return reseal_keyring(os.environ, args.config, args.reseal_fd)
+        return authenticate(os.environ, args.config, args.authtok_fd)
     except Abort as abort:
         log(syslog.LOG_WARNING if abort.code == EXIT_INTERNAL else syslog.LOG_INFO, str(abort))
         return abort.code

@@ -29,6 +29,13 @@ background job) the helper's lines go through the PAM conversation
 ``start=enter`` the module first asks "Password, or Enter for face:"
 through the conversation.
 
+Run by root (a greeter), the face child also gets a pipe on fd 3: after a
+live match at a greeter the helper writes the user's TPM-sealed login
+password there and it becomes PAM_AUTHTOK, so pam_gnome_keyring unlocks the
+login keyring (``faceid keyring``). On a ``password`` line
+(``pam_sm_chauthtok``) the new password goes to the helper through a pipe,
+which reseals it.
+
 Every failure (no helper, a bad helper owner, any Python error) returns
 PAM_IGNORE or lets pam_python return PAM_SERVICE_ERR, both ignored by the
 line: the password prompt follows. The password is never logged and never
@@ -63,6 +70,8 @@ SIGKILL, SIGTERM = 9, 15
 """Numbers, not the signal module: importing it installs a SIGINT handler inside su or sudo."""
 CHILD_ENV = ("PAM_USER", "PAM_RUSER", "PAM_SERVICE", "PAM_TTY", "PAM_RHOST")
 CTRL_C, CTRL_D, CTRL_U, BACKSPACE, DELETE = 0x03, 0x04, 0x15, 0x08, 0x7F
+AUTHTOK_FD = 3
+"""The helper's fd for the sealed keyring password (faceid-helper --authtok-fd)."""
 MAX_TYPED = 4096
 """Bytes of a typed password kept; keys past it are dropped (PAM's own limit, PAM_MAX_RESP_SIZE, is 512)."""
 
@@ -143,10 +152,18 @@ class FaceCheck:
     def __init__(self, helper: str, config: str | None, env: dict[str, str]):
         argv = [helper] + (["--config", config] if config else [])
         read_end, write_end = os.pipe()
+        # Root only (a greeter, not sudo: its real uid is the user's): a pipe on fd 3 for the sealed keyring password.
+        self.authtok = None
+        authtok_write = None
+        if os.getuid() == 0 and os.geteuid() == 0:
+            self.authtok, authtok_write = os.pipe()
+            argv += ["--authtok-fd", str(AUTHTOK_FD)]
         pid = os.fork()
         if pid == 0:
-            _exec_child(argv, env, write_end)
+            _exec_child(argv, env, write_end, authtok_write)
         os.close(write_end)
+        if authtok_write is not None:
+            os.close(authtok_write)
         self.pid = pid
         self.out = read_end
         self.pidfd = os.pidfd_open(pid)
@@ -196,16 +213,40 @@ class FaceCheck:
             self.code = self._reap()
         self.close()
 
+    def take_authtok(self, pamh) -> None:
+        """After a match: the sealed login password the helper wrote, if any, becomes PAM_AUTHTOK (for
+        pam_gnome_keyring); the bytes read are zeroed (the string handed to PAM cannot be)."""
+        if self.authtok is None or self.code != 0:
+            return
+        secret = bytearray(MAX_TYPED + 1)
+        view = memoryview(secret)
+        size = 0
+        try:
+            while size < len(secret) and ready([self.authtok], 0):
+                got = os.readv(self.authtok, [view[size:]])  # straight into the buffer: no bytes copy left behind
+                if not got:
+                    break
+                size += got
+            if 0 < size <= MAX_TYPED:
+                pamh.authtok = str(view[:size], "utf-8", "surrogateescape")
+                log(pamh, "sealed keyring password set as PAM_AUTHTOK")
+        finally:
+            view.release()
+            secret[:] = bytes(len(secret))
+
     def close(self) -> None:
-        for fd in (self.out, self.pidfd):
+        for fd in (self.out, self.pidfd, self.authtok):
+            if fd is None:
+                continue
             try:
                 os.close(fd)
             except OSError:
                 pass
         self.out = self.pidfd = -1
+        self.authtok = None
 
 
-def _exec_child(argv: list[str], env: dict[str, str], out: int) -> None:
+def _exec_child(argv: list[str], env: dict[str, str], out: int, authtok: int | None = None) -> None:
     """In the forked child: a clean process as pam_exec's seteuid makes it, then exec the helper."""
     try:
         os.setsid()
@@ -214,7 +255,10 @@ def _exec_child(argv: list[str], env: dict[str, str], out: int) -> None:
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(null, 2)
-        os.closerange(3, 65536)
+        if authtok is not None:
+            os.dup2(authtok, AUTHTOK_FD)
+            os.set_inheritable(AUTHTOK_FD, True)  # dup2 onto itself leaves the pipe's close-on-exec set
+        os.closerange(AUTHTOK_FD + (authtok is not None), 65536)
         gid, uid = os.getegid(), os.geteuid()
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
@@ -402,6 +446,7 @@ def terminal_auth(pamh, fd: int, opts: dict[str, str], env: dict[str, str]) -> i
                     if code == 0:
                         prompt.write(f"\n{lines}")
                         log(pamh, "face recognised at the prompt")
+                        face.take_authtok(pamh)
                         return pamh.PAM_SUCCESS
                     if code is not None:
                         face.close()
@@ -478,6 +523,7 @@ def conversation_auth(pamh, opts: dict[str, str], env: dict[str, str]) -> int:
                 say(pamh, line)
         for line in face.lines():
             say(pamh, line)
+        face.take_authtok(pamh)
     finally:
         face.stop()
     return pamh.PAM_SUCCESS if face.code == 0 else pamh.PAM_IGNORE
@@ -513,4 +559,52 @@ def pam_sm_authenticate(pamh, flags, argv):
 
 
 def pam_sm_setcred(pamh, flags, argv):
+    return pamh.PAM_IGNORE
+
+
+PAM_UPDATE_AUTHTOK = 0x2000
+RESEAL_WAIT = 15.0
+"""Seconds the password change waits for the helper to reseal (the TPM takes about 0.1 s)."""
+
+
+def pam_sm_chauthtok(pamh, flags, argv):
+    """On a ``password`` line after the password module: once it changed the password, the helper reseals the
+    user's TPM-sealed keyring password (faceid keyring) with the new one, through a pipe. Never fails the change."""
+    try:
+        if not flags & getattr(pamh, "PAM_UPDATE_AUTHTOK", PAM_UPDATE_AUTHTOK) or os.geteuid() != 0:
+            return pamh.PAM_IGNORE
+        opts = parse_args(list(argv[1:]))
+        why = unsafe_path(opts["helper"])
+        if why:
+            log(pamh, f"not running the helper: {why}")
+            return pamh.PAM_IGNORE
+        new = pamh.authtok
+        if not new:
+            return pamh.PAM_IGNORE
+        env = child_env(pamh)
+        env["PAM_TYPE"] = "password"
+        secret = bytearray(new.encode("utf-8", "surrogateescape"))
+        read_end, write_end = os.pipe()
+        try:
+            os.write(write_end, secret)
+        finally:
+            secret[:] = bytes(len(secret))
+            os.close(write_end)
+        argv_child = [opts["helper"]] + (["--config", opts["config"]] if opts.get("config") else []) + \
+            ["--reseal-fd", str(AUTHTOK_FD)]
+        null = os.open(os.devnull, os.O_WRONLY)
+        pid = os.fork()
+        if pid == 0:
+            _exec_child(argv_child, env, null, read_end)
+        os.close(read_end)
+        os.close(null)
+        pidfd = os.pidfd_open(pid)
+        try:
+            if not ready([pidfd], RESEAL_WAIT):
+                os.kill(pid, SIGKILL)
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+        finally:
+            os.close(pidfd)
+    except Exception as exc:
+        log(pamh, f"keyring reseal skipped: {type(exc).__name__}: {exc}")
     return pamh.PAM_IGNORE

@@ -174,11 +174,12 @@ def prove(copy: PrivateCopy, after: list[str], before: tuple[str, ...] = (), wri
 # ---------------------------------------------------------------- inside the private mount namespace
 
 
-def _authenticate(service: str, user: str, uid: int, password: str) -> tuple[bool, str]:
-    """python-pam in a child whose real uid is the user (euid root, like setuid sudo), so pam_rootok is no shortcut."""
+def _authenticate(service: str, user: str, uid: int, password: str, wrap: tuple[str, ...] = ()) -> tuple[bool, str]:
+    """python-pam in a child whose real uid is the user (euid root, like setuid sudo), so pam_rootok is no shortcut;
+    ``wrap`` runs it (e.g. in a mount namespace)."""
     try:
-        done = subprocess.run([sys.executable, "-I", "-c", _CHECK_CHILD, service, user, str(uid)], input=password,
-                              capture_output=True, text=True, timeout=CHECK_TIMEOUT, cwd="/",
+        done = subprocess.run([*wrap, sys.executable, "-I", "-c", _CHECK_CHILD, service, user, str(uid)],
+                              input=password, capture_output=True, text=True, timeout=CHECK_TIMEOUT, cwd="/",
                               env={"PATH": SAFE_PATH})
     except subprocess.TimeoutExpired:
         return False, f"PAM did not answer within {CHECK_TIMEOUT:.0f} s"
@@ -187,6 +188,26 @@ def _authenticate(service: str, user: str, uid: int, password: str) -> tuple[boo
         return False, f"PAM check crashed: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
     flag, _, reason = last.partition(" ")
     return flag == "1", reason
+
+
+CHECK_SERVICE = "faceid-password-check"
+"""The service a password is checked with, in a private copy only: common-auth without our face lines."""
+
+
+def check_password(user: str, uid: int, password: str) -> tuple[bool, str]:
+    """Is ``password`` ``user``'s login password? Asked of the real password modules (common-auth, our face
+    lines taken out, in a private copy of /etc/pam.d) so that a face at the camera can never stand in for it."""
+    from pam_faceid.pamstack import pamconf
+
+    with private_copy() as copy:
+        pam_copy = copy.mounts[0][0]
+        common = pam_copy / "common-auth"
+        if common.is_file():
+            common.write_text(pamconf.remove_lines(common.read_text()))
+        (pam_copy / CHECK_SERVICE).write_text("auth include common-auth\naccount required pam_permit.so\n")
+        wrap = ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                'mount --bind "$1" /etc/pam.d && shift && exec "$@"', "sh", str(pam_copy))
+        return _authenticate(CHECK_SERVICE, user, uid, password, wrap)
 
 
 def _prove_services(names: list[str], spec: dict, stand_ins: bool) -> Proof:
