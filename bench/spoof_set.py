@@ -2,7 +2,7 @@
 
 The sessions themselves (what each kind is, how the camera is simulated, and
 the honest limits of the genuine stand-ins) are rendered by
-bench/spoof_sessions.py, which tests/test_liveness.py also uses; this script
+bench/spoof_sessions.py; this script
 picks identities, renders ``--count`` sessions of every kind and writes them as
 JPEG frame folders with a ``manifest.json`` for bench/liveness.py.
 

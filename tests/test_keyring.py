@@ -218,6 +218,7 @@ def test_passwd_reseals_the_keyring_password(tpm, temp_user, tmp_path: Path) -> 
     shutil.copytree("/etc/pam.d", pam_copy, symlinks=True)
     with open(pam_copy / "common-password", "a") as fh:
         fh.write(f"password optional pam_python.so {pamconf.PROMPT_MODULE} helper={HELPER} config={config}\n")
+    assert not pamconf.enabled_in((pam_copy / "common-password").read_text()), "the reseal line counted as face auth"
     new = f"new-{temp_user.password}"
     child = pexpect.spawn("unshare", ["--mount", "--propagation", "private", "sh", "-c",
                                       'mount --bind "$1" /etc/pam.d && exec passwd "$2"', "sh", str(pam_copy),

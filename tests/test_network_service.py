@@ -67,6 +67,18 @@ def _in_namespace(pam_dir: Path, argv: list[str]) -> list[str]:
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(pam_dir), *argv]
 
 
+def _wait_listening(server: subprocess.Popen, port: int) -> None:
+    """Until ``server`` accepts on 127.0.0.1:``port``; its output as the error if it exits first."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, server.stdout.read().decode()
+            time.sleep(0.05)
+
+
 def _set_password(user: str, password: str) -> None:
     subprocess.run(["chpasswd"], input=f"{user}:{password}\n", text=True, check=True, capture_output=True)
 
@@ -125,14 +137,7 @@ def test_a_face_never_opens_an_ftp_login_for_another_local_user(victim_at_camera
     server = subprocess.Popen(_in_namespace(_private_pam(tmp_path, d.config_path), [VSFTPD, str(conf)]),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, server.stdout.read().decode()
-                time.sleep(0.05)
+        _wait_listening(server, port)
         before = LockoutStore(d.state_dir).read(victim)
         for _ in range(2):
             assert _ftp_login_as(attacker, port, victim, "not-the-password").startswith("530"), \
@@ -227,14 +232,7 @@ def ssh_server(victim_at_camera, tmp_path):
         return done.stdout + done.stderr
 
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, server.stdout.read().decode()
-                time.sleep(0.05)
+        _wait_listening(server, port)
         yield run, victim, d
     finally:
         os.killpg(server.pid, 9)

@@ -154,9 +154,11 @@ class Rule:
         return os.path.basename(self.module)
 
     def program(self) -> tuple[str | None, tuple[str, ...]]:
-        """For a pam_exec rule: the program it runs and that program's arguments; for our pam_python module: its
-        ``helper=``; else (None, ())."""
-        if self.module_name == "pam_python.so" and self.args and os.path.basename(self.args[0]) == PROMPT_MODULE.name:
+        """For a pam_exec rule: the program it runs and that program's arguments; for our pam_python module on an
+        auth line: its ``helper=`` (on a ``password`` line it only reseals the keyring: not a face line); else
+        (None, ())."""
+        if self.module_name == "pam_python.so" and self.args and os.path.basename(self.args[0]) == PROMPT_MODULE.name \
+                and self.type.lstrip("-") == "auth":
             return next((arg[len("helper="):] for arg in self.args[1:] if arg.startswith("helper=")), None), ()
         if self.module_name != "pam_exec.so":
             return None, ()

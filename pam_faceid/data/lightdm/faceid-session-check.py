@@ -34,6 +34,8 @@ ENV_KEYS = ("DISPLAY", "XDG_SEAT", "XDG_SESSION_TYPE", "XDG_RUNTIME_DIR", "DBUS_
 
 def login_locked() -> dict:
     """{"locked": bool} from the Secret Service, or {"locked": None, "error": why}."""
+    if not os.environ.get("DBUS_SESSION_BUS_ADDRESS"):  # never autolaunch a bus nothing would stop
+        return {"locked": None, "error": "no session bus (DBUS_SESSION_BUS_ADDRESS unset)"}
     try:
         bus = Gio.bus_get_sync(Gio.BusType.SESSION, None)
         reply = bus.call_sync(SECRETS, LOGIN, "org.freedesktop.DBus.Properties", "Get",
