@@ -275,6 +275,7 @@ def test_silent_and_trickling_clients_are_dropped_without_holding_others(faceidd
         message = answer(hog, timeout=5)
         assert (message.type, message.get("code")) == ("error", "timeout"), message
         hog.close()
+    d.wait_log("status asked by pid=", after=mark)  # logged just after the answer is sent
     lines = d.logs()[mark:].splitlines()
     dropped = next(i for i, line in enumerate(lines) if "protocol error from pid=" in line and ": timeout:" in line)
     served = next(i for i, line in enumerate(lines) if "status asked by pid=" in line)
