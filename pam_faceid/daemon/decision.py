@@ -20,7 +20,8 @@ class Verdict:
     frames: int = 0
     reason: str | None = None
     liveness: str | None = dataclasses.field(default=None, compare=False)
-    """For the audit log and root peers only: "live", "off", "not_live:<reason>", or None (no liveness check)."""
+    """For the audit log: "live(0.97)", "off", "not_live:<reason>(0.12)", or None (no liveness check); root peers
+    get the word without the mean P(real) in brackets."""
     matches: int = 0
     """Frames whose score reached the threshold, so a client can say how many of min_matching_frames it saw."""
 
@@ -171,5 +172,5 @@ def verdict_fields(verdict: Verdict, uid: int) -> dict[str, Any]:
     if uid != 0:
         fields["score"] = None
     else:  # the root helper hands a sealed keyring password on only after a live face (common.sealed)
-        fields["liveness"] = verdict.liveness
+        fields["liveness"] = verdict.liveness.split("(", 1)[0] if verdict.liveness else verdict.liveness
     return fields

@@ -334,7 +334,7 @@ def hand_keyring(state_dir: str, user: str, service: str, verdict: protocol.Mess
         why = "not run by root"
     elif service not in sealed.SERVICES:
         why = f"service {service or '-'} is not a greeter ({', '.join(sorted(sealed.SERVICES))})"
-    elif str(verdict.get("liveness") or "").partition("(")[0] != "live":  # "live(0.97)": the mean P(real) too
+    elif verdict.get("liveness") != "live":
         why = f"liveness was {verdict.get('liveness') or 'not checked'}, not live"
     else:
         try:
