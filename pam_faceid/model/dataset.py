@@ -23,6 +23,8 @@ import numpy as np
 from pam_faceid.common.images import IMAGE_SUFFIXES, entry_kind
 from pam_faceid.model.holdout import held_out
 from pam_faceid.vision.embedder import InputSpec
+from pam_faceid.common.images import read_image
+from pam_faceid.vision.faces import FacePipeline
 
 log = logging.getLogger(__name__)
 
@@ -147,15 +149,11 @@ _worker: dict = {}
 def _init_worker(spec: InputSpec) -> None:
     import cv2
 
-    from pam_faceid.vision.faces import FacePipeline
-
     cv2.setNumThreads(1)
     _worker["pipeline"] = FacePipeline(policy="centre", min_size=20, spec=spec)
 
 
 def _prepare_one(path: str):
-    from pam_faceid.common.images import read_image
-
     image = read_image(path)
     return None if image is None else _worker["pipeline"].process(image)[0]
 

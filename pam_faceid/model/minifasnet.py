@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pam_faceid.vision import antispoof
+from pam_faceid.common.store import atomic_write_bytes
 
 SOURCE_REPO = "https://github.com/minivision-ai/Silent-Face-Anti-Spoofing"
 SOURCE_COMMIT = "b6d5f04ad78778917853b25c778acef6d5626d15"
@@ -253,8 +254,6 @@ def provenance(source: Path, onnx_bytes: bytes, command: str) -> dict:
 
 def export(source: Path = DEFAULT_SOURCE, out: Path = DEFAULT_OUT) -> Path:
     """Write minifasnet.onnx, minifasnet.json, LICENSE and NOTICE into ``out``: the shipped package data."""
-    from pam_faceid.common.store import atomic_write_bytes
-
     source = Path(source)
     onnx_bytes = export_onnx(load_pair(source))
     meta = provenance(source, onnx_bytes, "python -m pam_faceid.model.minifasnet export --source ../shared/models/minifasnet")

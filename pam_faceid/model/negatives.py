@@ -44,6 +44,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from pam_faceid.common.images import read_image
+from pam_faceid.common.store import atomic_write_bytes
+from pam_faceid.model.dataset import DatasetError, scan_dataset
+from pam_faceid.model.holdout import held_out
+from pam_faceid.vision.embedder import Embedder, ModelError, ONNX_FILE, model_id_of
+from pam_faceid.vision.faces import FacePipeline
+
 
 BANK_FILE = "negatives.npz"
 DEFAULT_LIMIT = 1000
@@ -65,9 +72,6 @@ def bank_path(state_dir: str | os.PathLike[str]) -> Path:
 def _people(root: Path) -> list[list[Path]]:
     """Each identity's sorted image files under ROOT/IDENTITY/ (dataset.scan_dataset's rules), by identity name,
     less the same-camera identities held out for measuring (model.holdout)."""
-    from pam_faceid.model.dataset import DatasetError, scan_dataset
-    from pam_faceid.model.holdout import held_out
-
     skip = held_out(root)
     try:
         return [paths for name, paths in scan_dataset(root).images().items() if name not in skip]
@@ -89,9 +93,6 @@ def image_files(folder: Path, limit: int) -> list[Path]:
 def build(folder: Path, embedder: Any, limit: int = DEFAULT_LIMIT,
           progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Embed up to ``limit`` faces of ``folder`` (one per image, photo-collection face choice)."""
-    from pam_faceid.vision.faces import FacePipeline
-    from pam_faceid.common.images import read_image
-
     pipeline = FacePipeline(policy="centre", min_size=20, spec=embedder.input)
     files = image_files(folder, limit)
     crops = []
@@ -111,8 +112,6 @@ def build(folder: Path, embedder: Any, limit: int = DEFAULT_LIMIT,
 
 def save(state_dir: str | os.PathLike[str], embeddings: np.ndarray, model_id: str, source: str) -> Path:
     """Cache the bank root-only and atomically (same writer as the enrolments)."""
-    from pam_faceid.common.store import atomic_write_bytes
-
     buf = io.BytesIO()
     np.savez(buf, embeddings=embeddings.astype(np.float32), model_id=np.array(model_id), source=np.array(source))
     path = bank_path(state_dir)
@@ -190,11 +189,6 @@ def build_shipped(model_dir: str | os.PathLike[str], roots: Sequence[str | os.Pa
     """
     from tqdm import tqdm
 
-    from pam_faceid.vision.embedder import model_id_of
-    from pam_faceid.vision.embedder import ONNX_FILE, Embedder
-    from pam_faceid.vision.faces import FacePipeline
-    from pam_faceid.common.images import read_image
-    from pam_faceid.common.store import atomic_write_bytes
 
     model_dir = Path(model_dir)
     embedder = Embedder(model_dir, "onnx")
@@ -230,8 +224,6 @@ def build_shipped(model_dir: str | os.PathLike[str], roots: Sequence[str | os.Pa
 
 def load_shipped(model_dir: str | os.PathLike[str], model_id: str) -> np.ndarray:
     """The bank shipped beside the model, as float32 unit vectors; NegativesError when absent, corrupt or stale."""
-    from pam_faceid.vision.embedder import ONNX_FILE
-
     model_dir = Path(model_dir)
     path, meta_path = model_dir / SHIPPED_FILE, model_dir / SHIPPED_META
     try:
@@ -292,7 +284,6 @@ def main(argv: list[str] | None = None) -> int:
     build_cmd.add_argument("roots", metavar="ROOT", nargs="+", help="ROOT/IDENTITY/IMAGE folders of train/")
     build_cmd.add_argument("--limit", type=int, default=SHIPPED_LIMIT, help=f"most identities (default {SHIPPED_LIMIT})")
     args = parser.parse_args(argv)
-    from pam_faceid.vision.embedder import ModelError
 
     try:
         path = build_shipped(args.model_dir, args.roots, args.limit)

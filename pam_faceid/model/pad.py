@@ -31,6 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from pam_faceid.common.images import IMAGE_SUFFIXES
+from pam_faceid.camera import CameraError, open_source
+from pam_faceid.daemon.engine import FrameRefused, decode_frame
+from pam_faceid.vision.faces import FaceRefused
+from pam_faceid.vision.liveness import LivenessCheck, Policy, looks_infrared
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".webm", ".mov", ".avi", ".mkv", ".m4v", ".mpg", ".mpeg"})
 BONA_FIDE_NAMES = ("real", "live", "bona_fide", "bonafide")
@@ -105,8 +109,6 @@ def scan_bona_fide(root: Path, limit: int | None = None) -> list[Session]:
 
 def jpeg_frames(path: Path, max_frames: int) -> Iterator[bytes]:
     """The first ``max_frames`` frames of a capture as the PAM helper sends them (no dark-frame skipping)."""
-    from pam_faceid.camera import open_source
-
     with open_source(os.fspath(path), dark_threshold=0.0) as source:
         for n, jpeg in enumerate(source.jpeg_frames()):
             if n >= max_frames:
@@ -116,11 +118,6 @@ def jpeg_frames(path: Path, max_frames: int) -> Iterator[bytes]:
 
 def score_session(session: Session, find: Callable[[Any], Any], model: Any, max_frames: int) -> Session:
     """Fill ``session.frames`` and ``.scores`` through faceidd's decoding, face choice and model."""
-    from pam_faceid.daemon.engine import FrameRefused, decode_frame
-    from pam_faceid.camera import CameraError
-    from pam_faceid.vision.faces import FaceRefused
-    from pam_faceid.vision.liveness import looks_infrared
-
     try:
         for jpeg in jpeg_frames(session.path, max_frames):
             session.frames += 1
@@ -143,8 +140,6 @@ def score_session(session: Session, find: Callable[[Any], Any], model: Any, max_
 def session_live(scores: list[float], min_frames: int, threshold: float, still: bool) -> bool:
     """Whether faceidd's check (vision.liveness) at this operating point calls the session live after any of
     its frames; a still is shown for ``min_frames`` frames."""
-    from pam_faceid.vision.liveness import LivenessCheck, Policy
-
     check = LivenessCheck("basic", policy=Policy(min_frames=min_frames, threshold=threshold))
     for score in (scores[:1] * min_frames if still else scores):
         check.observe(score)
