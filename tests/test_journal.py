@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import syslog
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pam_faceid.common import protocol
-from pam_faceid.cli import CommandError, demo
+from pam_faceid.common import scaffold
 
 # In a private mount namespace: /dev becomes a tmpfs holding binds of the real nodes, plus /dev/log bound to
 # the test's datagram socket, so faceidd's syslog lines reach the test and nobody else's /dev changes.
@@ -105,10 +106,16 @@ def test_under_the_journal_audit_lines_are_filed_once(faceidd, tmp_path):
 
 
 def test_faceid_demo_quotes_faceidds_last_line_without_the_prefix(faceidd):
+    """faceid demo's "faceidd did not start: ..." is faceidd's own last line, without its sd-daemon prefix."""
     d = faceidd()
     d.rewrite_config({"auth": {"timeout": "soon"}})
-    with open(d.log_path, "wb") as log:
-        proc = subprocess.Popen(d.command(), stdout=log, stderr=subprocess.STDOUT, env={"PATH": "/usr/bin"})
-        proc.wait(30)
-    with pytest.raises(CommandError, match=r"^faceidd exited with 2: /\S+config.yaml: auth.timeout = soon: "):
-        demo._wait_ready(proc, d.socket, d.log_path)
+    daemon = scaffold.Daemon(d.config_path, d.log_path)
+    try:
+        with pytest.raises(scaffold.ScaffoldError):
+            daemon.start(timeout=30)
+    finally:
+        daemon.close()
+    raw = d.logs().strip().splitlines()[-1]
+    line = scaffold.last_log_line(d.log_path)
+    assert re.match(r"^<\d>", raw) and raw.endswith(line), raw  # faceidd's line, its prefix taken off
+    assert re.match(r"^/\S+config.yaml: auth.timeout = soon: ", line), line
