@@ -24,8 +24,17 @@ from faceidd_util import HELPER, enrol, require_model
 from pam_faceid.helper import caller
 from pam_faceid.helper import main as helper
 
-CGROUP_ROOT = Path("/sys/fs/cgroup/systemd")
-"""The name=systemd hierarchy, where logind's session scopes live on this cgroup v1 machine."""
+def _session_hierarchy() -> Path:
+    """Where sd-login reads a process's session scope: the unified (cgroup2) hierarchy where one is mounted at
+    /sys/fs/cgroup/unified (hybrid) or /sys/fs/cgroup (unified), else the legacy name=systemd one."""
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    cgroup2 = {fields[1] for fields in (line.split() for line in mounts) if len(fields) > 2 and fields[2] == "cgroup2"}
+    return next((Path(p) for p in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup") if p in cgroup2),
+                Path("/sys/fs/cgroup/systemd"))
+
+
+CGROUP_ROOT = _session_hierarchy()
+"""The hierarchy logind's session scopes are read from here (the unified one on this hybrid machine)."""
 
 
 def require_namespaces() -> None:
@@ -95,7 +104,7 @@ def test_another_user_cannot_su_to_an_enrolled_user_by_their_face(face_at_camera
 def session_scope():
     """``session_scope(id)`` -> the cgroup.procs file of a ``session-ID.scope`` cgroup; removed afterwards."""
     if not (CGROUP_ROOT / "cgroup.procs").is_file():
-        pytest.skip(f"no name=systemd cgroup hierarchy at {CGROUP_ROOT}")
+        pytest.skip(f"no cgroup hierarchy for session scopes at {CGROUP_ROOT}")
     parent = CGROUP_ROOT / f"faceid-test-{secrets.token_hex(4)}.slice"
 
     def make(session: str) -> Path:

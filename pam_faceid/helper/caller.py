@@ -9,7 +9,8 @@ and console logins run as root with no requesting user yet, and keep working.
 
 Where the session is also matters: a camera is in front of a local user
 only. logind's view of the caller's session (the session scope of its
-cgroup, which no unprivileged process can leave) says whether it is remote;
+cgroup, which no unprivileged process can leave, asked through libsystemd's
+sd-login) says whether it is remote;
 without logind, sshd among the caller's ancestors, in its audit session or
 holding its terminal does; the environment's SSH_* variables, which a caller
 controls, are only an extra reason to skip.
@@ -21,12 +22,12 @@ from __future__ import annotations
 
 import os
 import pwd
-from typing import Mapping
+from typing import Any, Mapping
 
 UNSET_LOGINUID = 4294967295
 """/proc/PID/loginuid of a process outside any login session (system services, greeters, containers)."""
 SESSIONS_DIR = "/run/systemd/sessions"
-"""logind's per-session state files (KEY=VALUE lines: UID, REMOTE, REMOTE_HOST, SEAT, TTY, ...)."""
+"""Where logind keeps its session records (sd-login reads them; tests lay one out there)."""
 SSH_VARIABLES = ("SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY")
 
 
@@ -84,38 +85,57 @@ def requester_problem(user: str, uid: int, env: Mapping[str, str], caller_pid: i
     return None
 
 
-def session_id(pid: int) -> str | None:
-    """The logind session process ``pid`` runs in, from its cgroup path (as sd_pid_get_session does)."""
-    raw = _read_proc(pid, "cgroup")
-    for line in (raw or b"").decode("utf-8", "replace").splitlines():
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if not (hierarchy == "0" or controllers == "name=systemd"):
-            continue
-        for part in path.split("/"):
-            if part.startswith("session-") and part.endswith(".scope"):
-                name = part[len("session-"):-len(".scope")]
-                if name.isalnum():
-                    return name
-    return None
+def _libsystemd() -> Any:
+    """libsystemd through ctypes: logind's supported API (sd-login), or None where it is not installed."""
+    import ctypes  # 1 ms; only here (the helper loads it anyway for PR_SET_PDEATHSIG)
 
-
-def logind_session(pid: int, sessions_dir: str | None = None) -> dict[str, str] | None:
-    """logind's record of the session ``pid`` runs in (KEY -> value, its id under "ID"), or None (no logind,
-    no session)."""
-    name = session_id(pid)
-    if name is None:
-        return None
     try:
-        with open(os.path.join(sessions_dir or SESSIONS_DIR, name), "rb") as fh:
-            text = fh.read(1 << 16).decode("utf-8", "replace")
+        lib = ctypes.CDLL("libsystemd.so.0")
+        libc = ctypes.CDLL(None)
     except OSError:
         return None
-    record = {"ID": name}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not key.startswith("#"):
-            record[key.strip()] = value.strip()
+    lib.sd_pid_get_session.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_void_p)]
+    lib.sd_session_is_remote.argtypes = [ctypes.c_char_p]
+    lib.sd_session_get_remote_host.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+    libc.free.argtypes = [ctypes.c_void_p]
+    return ctypes, lib, libc
+
+
+def _taken_string(ctypes: Any, libc: Any, pointer: Any) -> str | None:
+    """The C string sd-login allocated for us, freed."""
+    if not pointer.value:
+        return None
+    try:
+        return ctypes.string_at(pointer.value).decode("utf-8", "replace")
+    finally:
+        libc.free(pointer.value)
+
+
+def logind_session(pid: int) -> dict[str, str] | None:
+    """logind's record of the session ``pid`` runs in (its id under "ID", REMOTE, REMOTE_HOST), or None (no
+    libsystemd, no session, or one logind does not know).
+
+    Asked through sd-login (sd_pid_get_session, sd_session_is_remote), the
+    supported API: the session comes from the process's cgroup, which no
+    unprivileged process can leave.
+    """
+    loaded = _libsystemd()
+    if loaded is None:
+        return None
+    ctypes, lib, libc = loaded
+    pointer = ctypes.c_void_p()
+    if lib.sd_pid_get_session(pid, ctypes.byref(pointer)) < 0:
+        return None
+    name = _taken_string(ctypes, libc, pointer)
+    if not name:
+        return None
+    remote = lib.sd_session_is_remote(name.encode())
+    if remote < 0:
+        return None
+    record = {"ID": name, "REMOTE": "1" if remote > 0 else "0"}
+    host = ctypes.c_void_p()
+    if remote > 0 and lib.sd_session_get_remote_host(name.encode(), ctypes.byref(host)) >= 0:
+        record["REMOTE_HOST"] = _taken_string(ctypes, libc, host) or ""
     return record
 
 
