@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from pam_faceid.vision.liveness import MODES, LivenessCheck
+
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
@@ -67,8 +69,6 @@ class Decision:
         self.last_reason: str | None = None
         self.verdict: Verdict | None = None
         if liveness is not None:
-            from pam_faceid.vision.liveness import MODES
-
             if liveness not in MODES:
                 raise ValueError(f"liveness mode {liveness!r}: choose one of {', '.join(MODES)}")
         self.liveness_mode = liveness
@@ -83,8 +83,6 @@ class Decision:
         if self.liveness_mode is None:
             return None
         if self.liveness is None:
-            from pam_faceid.vision.liveness import LivenessCheck
-
             return LivenessCheck(self.liveness_mode).verdict()
         return self.liveness.verdict()
 
@@ -104,8 +102,6 @@ class Decision:
         if self.liveness_mode is None or frame is None or face is None:
             return
         if self.liveness is None:
-            from pam_faceid.vision.liveness import LivenessCheck
-
             self.liveness = LivenessCheck(self.liveness_mode, self.liveness_model)
         self.liveness.add(frame, face)
 

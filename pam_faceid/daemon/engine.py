@@ -16,12 +16,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from pam_faceid.common import protocol
+from pam_faceid.common.images import brightness_percent
 from pam_faceid.common.config import Config, load_config
 from pam_faceid.common.store import Enrolment, Store, StoreError
 from pam_faceid.common.userhead import UserHead, load_head
+from pam_faceid.vision import antispoof
+from pam_faceid.vision.embedder import META_FILE, ONNX_FILE, Embedder, default_model_dir, model_id_of
+from pam_faceid.vision.faces import FacePipeline, FaceRefused, align
 from pam_faceid.vision.operating import OperatingPoint, effective
 
 log = logging.getLogger("faceidd")
@@ -45,9 +50,6 @@ class Engine:
     """
 
     def __init__(self, model_path: str, backend: str, pipeline: Any = None, lock: threading.Lock | None = None):
-        from pam_faceid.vision.embedder import Embedder, model_id_of
-        from pam_faceid.vision.faces import FacePipeline
-
         self.key = (model_path, backend, _model_stamp(model_path))
         self.embedder = Embedder(model_path or None, backend)
         self.pipeline = pipeline if pipeline is not None else FacePipeline(spec=self.embedder.input)
@@ -69,9 +71,6 @@ class Engine:
         image folder's JPEG files unchecked). Raises FrameRefused, before any
         decoding, for a frame no camera sends (protocol.frame_problem).
         """
-        from pam_faceid.common.images import brightness_percent
-        from pam_faceid.vision.faces import FaceRefused, align
-
         frame = decode_frame(jpeg)
         if frame is None:
             return None, "undecodable", None, None
@@ -95,8 +94,6 @@ def decode_frame(jpeg: bytes) -> np.ndarray | None:
     Raises FrameRefused, before any decoding, for a frame no camera sends
     (protocol.frame_problem). ``faceid liveness`` measures through this too.
     """
-    import cv2
-
     problem = protocol.frame_problem(jpeg)
     if problem is not None:
         raise FrameRefused(problem)
@@ -114,8 +111,6 @@ def decode_frame(jpeg: bytes) -> np.ndarray | None:
 
 def _model_stamp(model_path: str) -> tuple[float, ...]:
     """Modification times of the model files, so a reload notices a replaced model."""
-    from pam_faceid.vision.embedder import META_FILE, ONNX_FILE, default_model_dir
-
     folder = Path(model_path) if model_path else default_model_dir()
     stamps = []
     for name in (ONNX_FILE, META_FILE):
@@ -223,8 +218,6 @@ def _liveness_model(mode: str) -> tuple[Any, str | None]:
     """The anti-spoofing model, loaded once per process; or why not (sessions then answer "error")."""
     if mode == "off":
         return None, None
-    from pam_faceid.vision import antispoof
-
     try:
         model = antispoof.shared()
         model.score(np.zeros((antispoof.SIZE, antispoof.SIZE, 3), np.uint8), (0, 0, antispoof.SIZE, antispoof.SIZE))
