@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pam_faceid.common import atomic
+from pam_faceid.helper.pam_prompt import unsafe_path
 from pam_faceid.pamstack import pamproof
 from pam_faceid.pamstack.pamproof import PamConfError
 
@@ -95,8 +96,6 @@ def face_line(helper: str, control: str, how: FaceStart = FaceStart()) -> str:
     """
     if how.start == "exec":
         return f"auth\t{control}\tpam_exec.so quiet stdout seteuid {helper}"
-    from pam_faceid.helper.pam_prompt import unsafe_path
-
     if how.start not in STARTS:
         raise PamConfError(f"--start {how.start}: use one of {', '.join(STARTS)}")
     why = unsafe_path(str(how.module))

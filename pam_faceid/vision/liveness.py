@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from pam_faceid.vision.antispoof import shared
+
 MODES = ("off", "basic", "strict")
 
 REASONS = {
@@ -112,8 +114,6 @@ class LivenessCheck:
             self.infrared_frames += 1
             return None
         if self._model is None:
-            from pam_faceid.vision.antispoof import shared
-
             self._model = shared()
         score = float(self._model.score(frame, face.box))
         self.observe(score)
