@@ -116,8 +116,13 @@ def jpeg_frames(path: Path, max_frames: int) -> Iterator[bytes]:
             yield jpeg
 
 
-def score_session(session: Session, find: Callable[[Any], Any], model: Any, max_frames: int) -> Session:
-    """Fill ``session.frames`` and ``.scores`` through faceidd's decoding, face choice and model."""
+def faces_of(session: Session, find: Callable[[Any], Any], max_frames: int) -> Iterator[tuple[Any, Any]]:
+    """(frame, face) for each of the capture's first ``max_frames`` frames in which faceidd would score a face.
+
+    Counts ``session.frames`` and ``.infrared`` on the way and records an
+    unreadable capture in ``session.error``, so the measurement and the
+    training (model.pad_training) see the same frames and the same crops.
+    """
     try:
         for jpeg in jpeg_frames(session.path, max_frames):
             session.frames += 1
@@ -131,9 +136,15 @@ def score_session(session: Session, find: Callable[[Any], Any], model: Any, max_
                 face = find(frame)
             except FaceRefused:
                 continue
-            session.scores.append(float(model.score(frame, face.box)))
+            yield frame, face
     except (CameraError, FrameRefused, OSError) as exc:
         session.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def score_session(session: Session, find: Callable[[Any], Any], model: Any, max_frames: int) -> Session:
+    """Fill ``session.frames`` and ``.scores`` through faceidd's decoding, face choice and model."""
+    for frame, face in faces_of(session, find, max_frames):
+        session.scores.append(float(model.score(frame, face.box)))
     return session
 
 
