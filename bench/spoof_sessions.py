@@ -545,13 +545,21 @@ def make_session(kind: str, sources: Sequence[Source], rng: np.random.Generator,
 # --------------------------------------------------------------------------- sources
 
 
-def locate(path: Path, pipeline, trim: bool) -> Source | None:
-    """A photo with its face located, or None when it cannot be read or the detector finds no usable face."""
+def locate(path: Path, pipeline, trim: bool, pad_to: int = 0) -> Source | None:
+    """A photo with its face located, or None when it cannot be read or the detector finds no usable face.
+
+    ``pad_to`` mirrors a tight crop at its edges out to that size, so a print made from it shows
+    more than the face, as a print of a whole photograph does (the face no longer fills the
+    medium, and the medium's edge leaves the anti-spoofing model's context crop).
+    """
     from pam_faceid.vision.faces import FaceRefused
 
     image = read_image(path)
     if image is None:
         return None
+    grow = [max(0, (pad_to - n + 1) // 2) for n in image.shape[:2]]
+    if any(grow):
+        image = cv2.copyMakeBorder(image, grow[0], grow[0], grow[1], grow[1], cv2.BORDER_REFLECT_101)
     try:
         face = pipeline.find(image)
     except FaceRefused:
@@ -581,11 +589,11 @@ def trim_padding(image: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.
     return image[y0:y1, x0:x1].copy(), centre - np.array([x0, y0], np.float64)
 
 
-def load_sources(folder: Path, pipeline, limit: int | None = None) -> list[Source]:
-    """The photos of one identity in which a face is found (at most ``limit``)."""
+def load_sources(folder: Path, pipeline, limit: int | None = None, pad_to: int = 0) -> list[Source]:
+    """The photos of one identity in which a face is found (at most ``limit``), mirrored out to ``pad_to``."""
     out = []
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        found = locate(path, pipeline, trim=True)
+        found = locate(path, pipeline, trim=True, pad_to=pad_to)
         if found is not None:
             out.append(found)
         if limit is not None and len(out) >= limit:

@@ -37,11 +37,13 @@ log = logging.getLogger("spoof_set")
 
 def generate(out_dir: Path, *, split: str = "dev/lfw", still_split: str = "train/yaleb", count: int = 24,
              frames: int = 10, seed: int = 0, kinds: Sequence[str] = KINDS, faces_root: Path = SHARED_FACES,
-             progress: Callable[[Iterator], Iterator] | None = None) -> list[dict]:
+             progress: Callable[[Iterator], Iterator] | None = None, pad_to: int = 0) -> list[dict]:
     """Write ``count`` sessions of every kind to ``out_dir`` and return the manifest rows.
 
     Identities are drawn (seeded) from those with at least 6 photos in ``split``;
-    ``genuine_still`` uses ``still_split`` (Extended Yale B).
+    ``genuine_still`` uses ``still_split`` (Extended Yale B). ``pad_to`` mirrors tight
+    crops (train/'s 150x150) out to that size, as dev/lfw's whole 250x250 frames are
+    (spoof_sessions.locate).
     """
     from pam_faceid.vision.faces import FacePipeline
 
@@ -68,7 +70,7 @@ def generate(out_dir: Path, *, split: str = "dev/lfw", still_split: str = "train
     for n, (kind, person) in enumerate(iterator):
         key = (person, "still" if kind == "genuine_still" else "photos")
         if key not in cache:
-            cache[key] = still_sources(person, pipeline) if kind == "genuine_still" else load_sources(person, pipeline, 40)
+            cache[key] = still_sources(person, pipeline) if kind == "genuine_still" else load_sources(person, pipeline, 40, pad_to)
         sources = cache[key]
         if len(sources) < (frames if kind == "genuine_still" else 3):
             log.warning("skipping %s for %s: only %d usable photos", kind, person.name, len(sources))
@@ -84,6 +86,7 @@ def generate(out_dir: Path, *, split: str = "dev/lfw", still_split: str = "train
                      "identity": session.identity, "frames": len(session.frames), "sources": session.sources,
                      "params": session.params})
     (out_dir / "manifest.json").write_text(json.dumps({"split": split, "still_split": still_split, "seed": seed,
+                                                       "pad_to": pad_to,
                                                        "frames": frames, "sessions": rows}, indent=1))
     return rows
 
@@ -105,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=24, help="sessions per kind (default 24)")
     parser.add_argument("--frames", type=int, default=10, help="frames per session (default 10)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pad-to", type=int, default=0,
+                        help="mirror smaller photos out to this size (250 for train/'s crops; default 0: as they are)")
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kinds (default all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -119,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         progress = None
     rows = generate(out, split=args.split, still_split=args.still_split, count=args.count, frames=args.frames,
-                    seed=args.seed, kinds=kinds, progress=progress)
+                    seed=args.seed, kinds=kinds, progress=progress,
+                    pad_to=args.pad_to)
     print(f"{len(rows)} sessions written to {out}")
     return 0
 
