@@ -65,6 +65,58 @@ def test_both_networks_take_every_weight_and_the_onnx_file_equals_torch(pair):
     assert np.abs(antispoof.AntiSpoof().probabilities(batch) - reference).max() < 1e-5
 
 
+def test_a_fine_tuned_export_keeps_the_imported_heads_beside_the_tuned_ones(pair, tmp_path):
+    """``export --finetuned`` (for measuring, never shipped): imported heads unchanged on the shared trunks, the
+    tuned heads from pair.pt; a pair.pt of other networks is refused in one line."""
+    import torch
+
+    from pam_faceid.model import minifasnet
+
+    run = tmp_path / "run"
+    run.mkdir()
+    tuned = minifasnet.load_pair(WEIGHTS)
+    with torch.no_grad():
+        for name in tuned.first.head_parameters("conv_5"):
+            param = dict(tuned.first.named_parameters())[name]
+            param.mul_(1.5)
+    torch.save({"first": tuned.first.state_dict(), "second": tuned.second.state_dict()}, run / "pair.pt")
+    (run / "training.json").write_text(json.dumps({
+        "command": "test", "commit": "test", "sets": [], "live": [], "frames": {}, "settings": {"learn_from": "conv_5"},
+        "history": [{"epoch": 0, "balanced_error": 0.3}, {"epoch": 1, "balanced_error": 0.1}]}))
+    export("--finetuned", str(run), "--out", str(tmp_path / "both"))
+    export("--finetuned", str(run), "--heads", "tuned", "--out", str(tmp_path / "tuned"))
+    batch = np.random.default_rng(1).uniform(0, 255, (3, 2, 3, 80, 80)).astype(np.float32)
+    with torch.inference_mode():
+        alone = pair(torch.from_numpy(batch[:, 0]), torch.from_numpy(batch[:, 1])).numpy()
+        changed = tuned(torch.from_numpy(batch[:, 0]), torch.from_numpy(batch[:, 1])).numpy()
+    both = antispoof.AntiSpoof(tmp_path / "both").probabilities(batch)
+    assert both.shape == (3, 4, 3)
+    assert np.abs(both[:, [0, 2]] - alone).max() < 1e-5 and np.abs(both[:, [1, 3]] - changed).max() < 1e-5
+    assert np.abs(antispoof.AntiSpoof(tmp_path / "tuned").probabilities(batch) - changed).max() < 1e-5
+    meta = json.loads((tmp_path / "both" / "minifasnet.json").read_text())
+    assert meta["finetuned"]["heads"] == "both" and meta["finetuned"]["epoch"] == 1
+    assert "fine-tuned by pam_faceid" in (tmp_path / "both" / "NOTICE").read_text()
+    torch.save({"first": {}, "second": {}}, run / "pair.pt")
+    done = subprocess.run([sys.executable, "-m", "pam_faceid.model.minifasnet", "export", "--source", str(WEIGHTS),
+                           "--finetuned", str(run), "--out", str(tmp_path / "bad")], capture_output=True, text=True,
+                          cwd=REPO, timeout=300, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"minifasnet: {run}/pair.pt: not the fine-tuned pair of these "
+                                                "networks: Error(s) in loading state_dict for MiniFASNet:"]
+
+
+def test_the_shipped_model_cannot_be_overwritten_by_a_fine_tuned_one(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pam_faceid.model.minifasnet", "export", "--finetuned", str(tmp_path)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+    assert done.returncode == 2 and "--finetuned needs --out" in done.stderr
+
+
+def export(*args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "pam_faceid.model.minifasnet", "export", "--source", str(WEIGHTS),
+                           *args], check=False, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_a_state_dict_of_another_network_is_refused_in_one_line(tmp_path):
     torch = pytest.importorskip("torch", reason="torch is not installed (./install.sh --dev)")
     from pam_faceid.model import minifasnet

@@ -17,8 +17,10 @@ networks' crops (inputs ``crop_2_7`` and ``crop_4_0``, [N, 3, 80, 80], BGR
 0-255) and giving their softmaxes ([N, 2, 3]: network, class), its
 provenance (source, commit, sha256 of inputs and output, licence, command),
 the Apache licence and a NOTICE. The same inputs give the same bytes.
-``check`` scores labelled stills and videos through the run-time path
-(vision.antispoof) to compare with the source's own figures.
+``export --finetuned DIR --out OUT`` writes a model with the heads
+``pam_faceid.model.pad_training`` fine-tuned (``Ensemble``: [N, 4, 3]), for
+``faceid liveness --model OUT`` to measure beside the shipped one; it is not
+shipped (docs/liveness.md, "Fine-tuning on rendered attacks").
 """
 
 from __future__ import annotations
@@ -60,8 +62,15 @@ commit {commit}, {path}/{v2} and {path}/{v1se}
 Licensed under the Apache License, Version 2.0 (LICENSE in this folder).
 Changes: the two PyTorch state dicts were read into a network written for pam_faceid
 (pam_faceid/model/minifasnet.py), batch normalisation folded into the convolutions, and
-both networks exported together to one ONNX file; the weights themselves are unchanged.
+both networks exported together to one ONNX file{changes}
 """
+FINETUNED_CHANGE = """.
+The weights of the layers from {learn_from} up were then fine-tuned by pam_faceid
+(pam_faceid/model/pad_training.py) on rendered presentation attacks and photos of live
+people; the lower layers and every batch-norm statistic keep the source's values."""
+UNCHANGED = "; the weights themselves are unchanged."
+HEADS = ("both", "tuned")
+"""What a fine-tuned export holds: the Ensemble of imported and fine-tuned heads, or the fine-tuned pair alone."""
 
 
 class FormatError(ValueError):
@@ -167,11 +176,25 @@ class MiniFASNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [N, 3] for crops [N, 3, 80, 80] (BGR 0-255)."""
+        return self.head(self.trunk(x, ORDER[0]), ORDER[0])
+
+    def trunk(self, x: torch.Tensor, split: str) -> torch.Tensor:
+        """The layers below ``split`` (a name in ORDER): what fine-tuning leaves as imported."""
         x = self.conv2_dw(self.conv1(x))
-        for name in ORDER:
+        for name in ORDER[:ORDER.index(split)]:
             x = getattr(self, name)(x)
-        x = self.conv_6_dw(self.conv_6_sep(x)).flatten(1)
-        return self.prob(self.bn(self.linear(x)))
+        return x
+
+    def head(self, x: torch.Tensor, split: str) -> torch.Tensor:
+        """Logits from the trunk's output: ``split`` and the layers above it."""
+        for name in ORDER[ORDER.index(split):]:
+            x = getattr(self, name)(x)
+        return self.prob(self.bn(self.linear(self.conv_6_dw(self.conv_6_sep(x)).flatten(1))))
+
+    def head_parameters(self, split: str) -> list[str]:
+        """Names of the parameters of ``split`` and the layers above it."""
+        below = ("conv1", "conv2_dw") + ORDER[:ORDER.index(split)]
+        return [name for name, _ in self.named_parameters() if name.split(".")[0] not in below]
 
 
 def read_state_dict(path: Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
@@ -207,12 +230,61 @@ class Pair(nn.Module):
         return torch.stack([F.softmax(self.first(crop_2_7), dim=1), F.softmax(self.second(crop_4_0), dim=1)], dim=1)
 
 
-def load_pair(source: Path = DEFAULT_SOURCE) -> Pair:
+class Ensemble(nn.Module):
+    """The imported pair and its fine-tuned heads on their shared trunks: softmaxes [N, 4, 3].
+
+    Fine-tuning changes only the layers from ``split`` up, so each network's
+    trunk runs once and feeds both its imported head and its fine-tuned one
+    (order: V2 imported, V2 fine-tuned, V1SE imported, V1SE fine-tuned). The
+    run-time score is the mean "real" of all four: the imported heads keep
+    what 5 M real captures taught them, the fine-tuned ones add the rendered
+    attacks, and neither decides alone.
+    """
+
+    def __init__(self, imported: Pair, tuned: Pair, split: str):
+        super().__init__()
+        self.imported = imported
+        self.tuned = tuned
+        self.split = split
+
+    def forward(self, crop_2_7: torch.Tensor, crop_4_0: torch.Tensor) -> torch.Tensor:
+        out = []
+        for base, tuned, crop in ((self.imported.first, self.tuned.first, crop_2_7),
+                                  (self.imported.second, self.tuned.second, crop_4_0)):
+            shared = base.trunk(crop, self.split)
+            out += [F.softmax(base.head(shared, self.split), dim=1), F.softmax(tuned.head(shared, self.split), dim=1)]
+        return torch.stack(out, dim=1)
+
+
+def load_pair(source: Path = DEFAULT_SOURCE, finetuned: Path | None = None) -> Pair:
+    """The imported pair; with ``finetuned`` (a folder pad_training wrote) its weights replaced by the fine-tuned ones."""
     nets = [from_state_dict(read_state_dict(Path(source) / name, sha)) for name, sha in WEIGHTS.values()]
-    return Pair(*nets).eval()
+    pair = Pair(*nets)
+    if finetuned is not None:
+        state = torch.load(Path(finetuned) / "pair.pt", map_location="cpu", weights_only=True)
+        try:
+            pair.first.load_state_dict(state["first"])
+            pair.second.load_state_dict(state["second"])
+        except (KeyError, RuntimeError) as exc:
+            raise FormatError(f"{finetuned}/pair.pt: not the fine-tuned pair of these networks: "
+                              f"{(str(exc).splitlines() or [''])[0]}") from None
+    return pair.eval()
 
 
-def export_onnx(pair: Pair) -> bytes:
+def load_model(source: Path = DEFAULT_SOURCE, finetuned: Path | None = None, heads: str = "both") -> nn.Module:
+    """What the export writes: the imported pair, or with ``finetuned`` the Ensemble of it and its fine-tuned
+    heads (``heads`` "both") or the fine-tuned pair alone ("tuned")."""
+    imported = load_pair(source)
+    if finetuned is None:
+        return imported
+    tuned = load_pair(source, finetuned)
+    if heads == "tuned":
+        return tuned
+    split = json.loads((Path(finetuned) / "training.json").read_text())["settings"]["learn_from"]
+    return Ensemble(imported, tuned, split).eval()
+
+
+def export_onnx(pair: nn.Module) -> bytes:
     """The ONNX bytes (fp32, opset 17, batch axis dynamic, batch norm folded): the same for the same weights."""
     import onnx
 
@@ -231,7 +303,8 @@ def export_onnx(pair: Pair) -> bytes:
     return proto.SerializeToString()
 
 
-def provenance(source: Path, onnx_bytes: bytes, command: str) -> dict:
+def provenance(source: Path, onnx_bytes: bytes, command: str, finetuned: Path | None = None,
+               heads: str = "both") -> dict:
     inputs = {}
     for name, (file, _) in WEIGHTS.items():
         inputs[name] = {"file": f"{SOURCE_PATH}/{file}",
@@ -249,20 +322,40 @@ def provenance(source: Path, onnx_bytes: bytes, command: str) -> dict:
                    "sha256": hashlib.sha256(onnx_bytes).hexdigest(), "bytes": len(onnx_bytes),
                    "format": f"ONNX opset {OPSET}, fp32, batch norm folded"},
         "command": command,
-    }
+    } | ({} if finetuned is None else {"finetuned": finetuning(finetuned) | {"heads": heads}})
 
 
-def export(source: Path = DEFAULT_SOURCE, out: Path = DEFAULT_OUT) -> Path:
-    """Write minifasnet.onnx, minifasnet.json, LICENSE and NOTICE into ``out``: the shipped package data."""
+def finetuning(folder: Path) -> dict:
+    """What the fine-tuned weights are: their sha256 and the training report's command, data and chosen epoch."""
+    report = json.loads((Path(folder) / "training.json").read_text())
+    history = report["history"]
+    kept = min(history, key=lambda row: row["balanced_error"])
+    return {"file": str(Path(folder) / "pair.pt"),
+            "sha256": hashlib.sha256((Path(folder) / "pair.pt").read_bytes()).hexdigest(),
+            "command": report["command"], "commit": report["commit"], "sets": report["sets"], "live": report["live"],
+            "settings": report["settings"], "frames": report["frames"], "epoch": kept["epoch"],
+            "validation": {"balanced_error": kept["balanced_error"],
+                           "imported_balanced_error": history[0]["balanced_error"]}}
+
+
+def export(source: Path = DEFAULT_SOURCE, out: Path = DEFAULT_OUT, finetuned: Path | None = None,
+           heads: str = "both") -> Path:
+    """Write minifasnet.onnx, minifasnet.json, LICENSE and NOTICE into ``out``: the shipped package data
+    (the imported pair), or with ``finetuned`` a fine-tuned model for measuring (``faceid liveness --model``)."""
     source = Path(source)
-    onnx_bytes = export_onnx(load_pair(source))
-    meta = provenance(source, onnx_bytes, "python -m pam_faceid.model.minifasnet export --source ../shared/models/minifasnet")
+    onnx_bytes = export_onnx(load_model(source, finetuned, heads))
+    command = "python -m pam_faceid.model.minifasnet export --source ../shared/models/minifasnet"
+    if finetuned is not None:
+        command += f" --finetuned {finetuned} --heads {heads} --out {out}"
+    meta = provenance(source, onnx_bytes, command, finetuned, heads)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / antispoof.ONNX_FILE, onnx_bytes, mode=0o644)
     atomic_write_bytes(out / antispoof.META_FILE, (json.dumps(meta, indent=2) + "\n").encode(), mode=0o644)
     atomic_write_bytes(out / "LICENSE", (source / "LICENSE").read_bytes(), mode=0o644)
     names = [f for f, _ in WEIGHTS.values()]
-    notice = NOTICE.format(repo=SOURCE_REPO, commit=SOURCE_COMMIT, path=SOURCE_PATH, v2=names[0], v1se=names[1])
+    changes = FINETUNED_CHANGE.format(learn_from=meta["finetuned"]["settings"]["learn_from"]) if finetuned else UNCHANGED
+    notice = NOTICE.format(repo=SOURCE_REPO, commit=SOURCE_COMMIT, path=SOURCE_PATH, v2=names[0], v1se=names[1],
+                           changes=changes)
     atomic_write_bytes(out / "NOTICE", notice.encode(), mode=0o644)
     return out
 
@@ -274,10 +367,16 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="folder with the two .pth files and LICENSE "
                    "(default ../shared/models/minifasnet)")
     e.add_argument("--out", type=Path, default=DEFAULT_OUT, help="default: pam_faceid/data/antispoof")
+    e.add_argument("--finetuned", type=Path, help="a folder pad_training wrote (pair.pt, training.json): export the "
+                   "fine-tuned model, for measuring, instead of the shipped one")
+    e.add_argument("--heads", choices=HEADS, default="both", help="with --finetuned: the imported and fine-tuned heads "
+                   "averaged (both, the default) or the fine-tuned pair alone (tuned)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.finetuned is not None and args.out == DEFAULT_OUT:
+        parser.error("--finetuned needs --out: the shipped model is the imported one (docs/liveness.md says why)")
     try:
-        out = export(args.source, args.out)
+        out = export(args.source, args.out, args.finetuned, args.heads)
     except (FormatError, OSError, RuntimeError) as exc:
         print(f"minifasnet: {(str(exc).splitlines() or [type(exc).__name__])[0]}", file=sys.stderr)
         return 1

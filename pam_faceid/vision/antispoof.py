@@ -92,16 +92,17 @@ class AntiSpoof:
     def __init__(self, folder: Path | None = None):
         import onnxruntime as ort
 
+        fix = "reinstall pam_faceid" if folder is None else "write it with python -m pam_faceid.model.minifasnet export"
         folder = Path(folder) if folder is not None else model_dir()
         try:
             self.metadata: dict[str, Any] = json.loads((folder / META_FILE).read_text())
             expected = self.metadata["output"]["sha256"]
             digest = _sha256(folder / ONNX_FILE)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise AntiSpoofError(f"anti-spoofing model in {folder}: {exc}; reinstall pam_faceid") from None
+            raise AntiSpoofError(f"anti-spoofing model in {folder}: {exc}; {fix}") from None
         if digest != expected:
             raise AntiSpoofError(f"anti-spoofing model {folder / ONNX_FILE}: sha256 {digest} is not the "
-                                 f"{expected} its {META_FILE} records; reinstall pam_faceid")
+                                 f"{expected} its {META_FILE} records; {fix}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
@@ -110,7 +111,7 @@ class AntiSpoof:
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """[N, 2, 3] softmaxes (network, class) for [N, 2, 3, 80, 80] crops."""
+        """[N, heads, 3] softmaxes (head, class) for [N, 2, 3, 80, 80] crops: 2 heads, or 4 in a fine-tuned export."""
         feed = {name: np.ascontiguousarray(batch[:, i]) for i, name in enumerate(self.inputs)}
         return self.session.run(None, feed)[0]
 
