@@ -18,6 +18,7 @@ EXAMPLE = """example:
   faceid liveness ../shared/spoof/videos ../shared/spoof/stills
   faceid liveness /tmp/spoof_set --real ../shared/faces/dev/lfw --limit 200 --mode basic --json
   faceid liveness CAPTURES --threshold 0.5 --min-frames 4    # another operating point
+  faceid liveness CAPTURES --model /tmp/tuned                 # another model, e.g. a fine-tuned export
 
 CAPTURES/real/ holds bona fide sessions (also live/, genuine*/); every other folder is an attack kind named
 by the folder (replay/, print/, mask/...). A session is a video file, an image, or a folder of frames."""
@@ -46,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--max-frames", type=int, default=60, metavar="N",
                         help="frames of a session looked at (default 60, faceidd's daemon.max_frames_per_session)")
     parser.add_argument("--limit", type=int, metavar="N", help="at most N sessions per kind folder (name order)")
+    parser.add_argument("--model", metavar="DIR", type=Path,
+                        help="an anti-spoofing model folder to measure instead of the shipped one (minifasnet.onnx "
+                             "and minifasnet.json, e.g. from python -m pam_faceid.model.minifasnet export --out DIR)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (with every session's scores)")
     parser.set_defaults(run=run)
     return parser
@@ -68,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         sessions = pad.scan(args.captures, args.limit)
         for folder in args.real:
             sessions += pad.scan_bona_fide(folder, args.limit)
-        model = AntiSpoof()
+        model = AntiSpoof(args.model)
     except (ValueError, OSError, AntiSpoofError) as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
     if not sessions:
@@ -85,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                                     policy.threshold if args.threshold is None else args.threshold)
     if args.json:
         out = {"command": "faceid " + " ".join(sys.argv[1:]),
-               "commit": source_commit(), "modes": results,
+               "commit": source_commit(), "model": model.metadata.get("output", {}).get("sha256"), "modes": results,
                "sessions": [{"path": str(s.path), "kind": s.kind, "still": s.still, "frames": s.frames,
                              "scores": [round(x, 4) for x in s.scores], "error": s.error, "infrared": s.infrared}
                             for s in sessions]}
