@@ -102,3 +102,28 @@ def test_bad_input_is_one_line(tmp_path):
     assert "absent: not a folder" in done.stderr
     done = faceid(str(tmp_path), "--threshold", "1.5")
     assert done.returncode == 2 and "--threshold 1.5: must be from 0 to 1" in done.stderr
+
+
+def test_another_model_folder_is_measured_and_a_wrong_one_named(tmp_path):
+    """--model scores with the folder's model: the shipped files copied give the shipped scores; a folder whose
+    ONNX file is not the one its minifasnet.json records is refused in one line."""
+    from pam_faceid.vision.antispoof import META_FILE, ONNX_FILE, model_dir
+
+    photo = read_image(SAMPLES / "sample_person" / "eileen_collins.jpg")
+    captures = tmp_path / "captures" / "print" / "one"
+    captures.mkdir(parents=True)
+    for i, frame in enumerate(camera_frames(photo, 2, seed=3)):
+        cv2.imwrite(str(captures / f"{i}.jpg"), frame)
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in (ONNX_FILE, META_FILE):
+        (model / name).write_bytes((model_dir() / name).read_bytes())
+    shipped = json.loads(faceid(str(tmp_path / "captures"), "--json").stdout)
+    copied = faceid(str(tmp_path / "captures"), "--json", "--model", str(model))
+    assert copied.returncode == 0, copied.stderr
+    assert len(shipped["sessions"][0]["scores"]) == 2
+    assert json.loads(copied.stdout)["sessions"][0]["scores"] == shipped["sessions"][0]["scores"]
+    (model / ONNX_FILE).write_bytes(b"not a model")
+    done = faceid(str(tmp_path / "captures"), "--model", str(model))
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
+    assert f"{model / ONNX_FILE}: sha256" in done.stderr and "minifasnet export" in done.stderr
