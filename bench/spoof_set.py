@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=24, help="sessions per kind (default 24)")
     parser.add_argument("--frames", type=int, default=10, help="frames per session (default 10)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--faces-root", type=Path, default=SHARED_FACES,
+                        help="where --split and --still-split are (default ../shared/faces)")
     parser.add_argument("--pad-to", type=int, default=0,
                         help="mirror smaller photos out to this size (250 for train/'s crops; default 0: as they are)")
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kinds (default all)")
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         progress = None
     rows = generate(out, split=args.split, still_split=args.still_split, count=args.count, frames=args.frames,
                     seed=args.seed, kinds=kinds, progress=progress,
-                    pad_to=args.pad_to)
+                    pad_to=args.pad_to, faces_root=args.faces_root)
     print(f"{len(rows)} sessions written to {out}")
     return 0
 
