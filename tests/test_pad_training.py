@@ -6,14 +6,20 @@ Needs torch and ../shared/models/minifasnet (each test skips saying which is mis
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from cli_support import FACEID
 from faces_support import REPO
 
+from pam_faceid.cli.demo import camera_frames
+from pam_faceid.common.images import read_image
 from pam_faceid.model import pad
 
 WEIGHTS = REPO.parent / "shared" / "models" / "minifasnet"
@@ -84,3 +90,33 @@ def test_a_set_rendered_from_dev_is_refused_too(training, tmp_path):
     assert "rendered it from dev/lfw" in training.measured(tmp_path)
     (tmp_path / "manifest.json").write_text('{"split": "train/celeba", "sessions": []}')
     assert training.measured(tmp_path) is None
+
+
+def test_a_run_writes_weights_a_measurable_export_and_its_report(training, tmp_path):
+    """Capture folders in, pair.pt and training.json out, then an export faceid liveness --model can measure."""
+    samples = Path(str(resources.files("pam_faceid") / "data" / "samples"))
+    photos = sorted(p for p in samples.rglob("*.jpg"))[:2]
+    for kind in ("real", "print"):
+        for n, photo in enumerate(photos):
+            folder = tmp_path / "sets" / kind / f"{n:04d}_{photo.stem}"
+            folder.mkdir(parents=True)
+            for i, frame in enumerate(camera_frames(read_image(photo), 3, seed=n)):
+                cv2.imwrite(str(folder / f"{i}.jpg"), frame)
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "pam_faceid.model.pad_training", "--sets", str(tmp_path / "sets"),
+                           "--out", str(run), "--epochs", "1", "--batch", "4", "--learn-from", "conv_5",
+                           "--validation", "0.5"], capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((run / "training.json").read_text())
+    assert [row["epoch"] for row in report["history"]] == [0, 1]
+    assert report["frames"]["train"] + report["frames"]["validation"] == 12
+    done = subprocess.run([sys.executable, "-m", "pam_faceid.model.minifasnet", "export", "--source", str(WEIGHTS),
+                           "--finetuned", str(run), "--out", str(tmp_path / "model")], capture_output=True, text=True,
+                          cwd=REPO, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = subprocess.run([FACEID, "liveness", str(tmp_path / "sets"), "--model", str(tmp_path / "model"), "--json"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    measured = json.loads(done.stdout)
+    assert measured["model"] == json.loads((tmp_path / "model" / "minifasnet.json").read_text())["output"]["sha256"]
+    assert sorted(measured["modes"]["basic"]["kinds"]) == ["print", "real"]

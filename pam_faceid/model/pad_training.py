@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import logging
 import sys
@@ -48,6 +49,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pam_faceid import source_commit
+from pam_faceid.common.store import atomic_write_bytes
 from pam_faceid.model import minifasnet, pad
 from pam_faceid.vision import antispoof
 from pam_faceid.vision.faces import FacePipeline
@@ -252,7 +254,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="the first layer that learns; those below keep the imported weights (default conv_4)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     for path in [*args.sets, *args.live]:
         problem = measured(path)
         if problem:
@@ -262,20 +263,25 @@ def main(argv: list[str] | None = None) -> int:
     crops = join([cached(sessions, args.frames, folder, args.cache) for folder, sessions in sources])
     held = np.array([is_validation(p, args.validation) for p in crops.identity])
     data, val = subset(crops, ~held), subset(crops, held)
+    if not len(data.x) or not len(val.x):
+        parser.error(f"{len(data.x)} frames for training and {len(val.x)} for validation: both need faces "
+                     "(more people, or another --validation)")
     log.info("%d frames for training, %d for validation; kinds: %s", len(data.x), len(val.x),
              dict(Counter(crops.kind)))
     pair = minifasnet.load_pair(args.source)
     pair, history = train(pair, data, val, epochs=args.epochs, lr=args.lr, pull=args.pull, batch=args.batch,
                           seed=args.seed, learn_from=args.learn_from)
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.save({"first": pair.first.state_dict(), "second": pair.second.state_dict()}, args.out / "pair.pt")
+    weights = io.BytesIO()
+    torch.save({"first": pair.first.state_dict(), "second": pair.second.state_dict()}, weights)
+    atomic_write_bytes(args.out / "pair.pt", weights.getvalue(), mode=0o644)
     report = {"command": "python -m pam_faceid.model.pad_training " + " ".join(sys.argv[1:] if argv is None else argv),
               "commit": source_commit(), "sets": [str(s) for s in args.sets], "live": [str(s) for s in args.live],
               "frames": {"train": len(data.x), "validation": len(val.x)},
               "settings": {k: getattr(args, k) for k in ("epochs", "lr", "pull", "batch", "validation", "seed",
                                                         "frames", "live_limit", "learn_from")},
               "history": history}
-    (args.out / "training.json").write_text(json.dumps(report, indent=1))
+    atomic_write_bytes(args.out / "training.json", json.dumps(report, indent=1).encode(), mode=0o644)
     print(f"written to {args.out}")
     return 0
 
