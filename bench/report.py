@@ -1,7 +1,7 @@
 """Turn the benchmarks' JSON results into bench/results.md and the PNG plots, so no figure is typed by hand.
 
 Reads helper_start.json, auth_latency.json, embedder.json, daemon_memory.json,
-retrain.json and same_camera.json from the results folder; a missing one is reported as not
+retrain.json, same_camera.json and the liveness results from the results folder; a missing one is reported as not
 run. Plots: ROC and score histograms on the dev pairs (one curve per
 backend) and the login latency distribution of the three paths. The README
 links bench/results.md rather than carrying a copy.
@@ -323,6 +323,15 @@ def liveness_section(lv: dict | None, lat: dict | None) -> list[str]:
     return lines
 
 
+def liveness_models_section(lm: dict | None) -> list[str]:
+    """The shipped anti-spoofing model beside fine-tuned exports (bench/liveness_models.py), when that was run."""
+    if lm is None:
+        return []
+    return ["## Liveness: the shipped model beside fine-tuned ones (`bench/liveness_models.py`)", "",
+            f"Synthetic set {lm['sets']}; commit {lm['commit']}. How the fine-tuned models were made, and why none "
+            "ships: docs/liveness.md.", "", *lm["table"], ""]
+
+
 def same_camera_section(sc: dict | None) -> list[str]:
     lines = ["## Same-camera FAR: one threshold against each user's operating point (`bench/same_camera.py`)", ""]
     if sc is None:
@@ -355,6 +364,7 @@ def body(results: dict[str, dict | None], command: str, elapsed: float | None) -
     lines += embedder_section(emb) if emb else ["## The face model", "", "Not run.", ""]
     lines += memory_section(mem) if mem else ["## faceidd memory", "", "Not run.", ""]
     lines += liveness_section(results.get("liveness"), results.get("liveness_latency"))
+    lines += liveness_models_section(results.get("liveness_models"))
     lines += retrain_section(rt)
     lines += same_camera_section(results.get("same_camera"))
     return lines
@@ -362,7 +372,7 @@ def body(results: dict[str, dict | None], command: str, elapsed: float | None) -
 
 def write(folder: Path, out_dir: Path, command: str, elapsed: float | None = None) -> Path:
     results = {name: _load(folder, name) for name in ("helper_start", "auth_latency", "embedder",
-                                                      "daemon_memory", "retrain", "liveness", "liveness_latency",
+                                                      "daemon_memory", "retrain", "liveness", "liveness_latency", "liveness_models",
                                                       "same_camera")}
     if not any(results.values()):
         raise SystemExit(f"report: no results in {folder}")
