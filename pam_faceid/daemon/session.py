@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pam_faceid.common import protocol
+from pam_faceid.common.procfs import stat_fields
 from pam_faceid.common.store import StoreError, validate_user
 from pam_faceid.daemon import journal, snapshots
 from pam_faceid.daemon.decision import Decision, Verdict, verdict_fields
@@ -48,11 +49,9 @@ def pam_application(pid: int) -> tuple[int, int] | None:
     process; its start time tells it from a later process with the same pid.
     """
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            ppid = int(fh.read().rpartition(b")")[2].split()[1])
-        with open(f"/proc/{ppid}/stat", "rb") as fh:
-            started = int(fh.read().rpartition(b")")[2].split()[19])
-    except (OSError, ValueError, IndexError):
+        ppid = int(stat_fields(pid)[1])
+        started = int(stat_fields(ppid)[19])
+    except (ValueError, IndexError):
         return None
     return ppid, started
 

@@ -24,19 +24,13 @@ import os
 import pwd
 from typing import Any, Mapping
 
+from pam_faceid.common.procfs import read_proc, stat_fields
+
 UNSET_LOGINUID = 4294967295
 """/proc/PID/loginuid of a process outside any login session (system services, greeters, containers)."""
 SESSIONS_DIR = "/run/systemd/sessions"
 """Where logind keeps its session records (sd-login reads them; tests lay one out there)."""
 SSH_VARIABLES = ("SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY")
-
-
-def _read_proc(pid: int, name: str, limit: int = 1 << 16) -> bytes | None:
-    try:
-        with open(f"/proc/{pid}/{name}", "rb") as fh:
-            return fh.read(limit)
-    except OSError:
-        return None
 
 
 def process_uids(pid: int) -> tuple[int | None, int | None]:
@@ -46,13 +40,13 @@ def process_uids(pid: int) -> tuple[int | None, int | None]:
     uid is the user who started it: the one asking.
     """
     real = None
-    status = _read_proc(pid, "status")
+    status = read_proc(pid, "status")
     for line in (status or b"").splitlines():
         if line.startswith(b"Uid:"):
             fields = line.split()
             real = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
             break
-    raw = (_read_proc(pid, "loginuid") or b"").strip()
+    raw = (read_proc(pid, "loginuid") or b"").strip()
     login = int(raw) if raw.isdigit() and int(raw) != UNSET_LOGINUID else None
     return real, login
 
@@ -139,12 +133,6 @@ def logind_session(pid: int) -> dict[str, str] | None:
     return record
 
 
-def _stat_fields(pid: int) -> list[bytes]:
-    """/proc/PID/stat's fields after the command name (state, ppid, pgrp, session, tty_nr, ...); [] if unreadable."""
-    raw = _read_proc(pid, "stat") or b""
-    return raw.rpartition(b")")[2].split()
-
-
 def _sshd_processes() -> set[int]:
     """Pids of running sshd processes (by their executable, which a user cannot give a root process)."""
     found = set()
@@ -197,16 +185,16 @@ def sshd_session(pid: int) -> str | None:
     while current > 1 and seen < 64:
         if current in sshds:
             return f"sshd (pid {current}) is among its ancestors"
-        fields = _stat_fields(current)
+        fields = stat_fields(current)
         if len(fields) < 2 or not fields[1].isdigit():
             break
         current, seen = int(fields[1]), seen + 1
-    session = (_read_proc(pid, "sessionid") or b"").strip()
+    session = (read_proc(pid, "sessionid") or b"").strip()
     if session.isdigit() and int(session) != UNSET_LOGINUID:
         for sshd in sshds:
-            if (_read_proc(sshd, "sessionid") or b"").strip() == session:
+            if (read_proc(sshd, "sessionid") or b"").strip() == session:
                 return f"its audit session {int(session)} was opened by sshd (pid {sshd})"
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     tty = int(fields[4]) if len(fields) > 4 and fields[4].lstrip(b"-").isdigit() else 0
     major, minor = (tty >> 8) & 0xFFF, (tty & 0xFF) | ((tty >> 12) & 0xFFF00)
     if major in PTS_MAJORS:
@@ -220,7 +208,7 @@ def sshd_session(pid: int) -> str | None:
 def environment_of(pid: int) -> dict[str, str]:
     """Process ``pid``'s environment, best effort; empty when unreadable."""
     env = {}
-    for item in (_read_proc(pid, "environ", 1 << 20) or b"").split(b"\0"):
+    for item in (read_proc(pid, "environ", 1 << 20) or b"").split(b"\0"):
         key, sep, value = item.partition(b"=")
         if sep:
             env[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
