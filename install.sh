@@ -451,6 +451,18 @@ system_install() {
     step "done. Face auth is NOT enabled yet: enrol with 'sudo faceid enroll USER', then 'sudo faceid pam enable'"
 }
 
+# A folder of the user's data: removed with --purge, otherwise kept, saying so.
+purge_or_keep() {
+    local dir=$1 what=$2
+    [[ -d $dir ]] || return 0
+    if ((PURGE)); then
+        step "purging $dir ($what)"
+        rm -rf "$dir"
+    else
+        step "keeping $dir ($what); --purge removes it"
+    fi
+}
+
 uninstall() {
     local units=() name entry link target sum
     [[ -n $ROOT ]] || ((EUID == 0)) || die "uninstalling needs root: sudo ./install.sh --uninstall"
@@ -514,22 +526,8 @@ uninstall() {
         step "removing $PREFIX"
         rm -rf "$PREFIX"
     fi
-    if [[ -d $STATE ]]; then
-        if ((PURGE)); then
-            step "purging $STATE (enrolments)"
-            rm -rf "$STATE"
-        else
-            step "keeping $STATE (enrolments); --purge removes it"
-        fi
-    fi
-    if [[ -d $BACKUPS ]]; then
-        if ((PURGE)); then
-            step "purging $BACKUPS (copies of PAM files from before each 'faceid pam' change)"
-            rm -rf "$BACKUPS"
-        else
-            step "keeping $BACKUPS (copies of PAM files from before each 'faceid pam' change); --purge removes it"
-        fi
-    fi
+    purge_or_keep "$STATE" "enrolments"
+    purge_or_keep "$BACKUPS" "copies of PAM files from before each 'faceid pam' change"
     step "uninstalled"
 }
 
