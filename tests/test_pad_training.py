@@ -36,11 +36,12 @@ def training():
 
 
 def crops_of(kinds: list[str], seed: int, pad_training):
+    """Crops whose class a head can learn: bright for bona fide kinds, dark for attacks (plus noise)."""
     rng = np.random.default_rng(seed)
-    n = len(kinds)
-    x = rng.integers(0, 255, (n, 2, 3, 80, 80), dtype=np.uint8)
     labels = np.array([pad_training.REAL if pad.is_bona_fide(k) else pad_training.ATTACK for k in kinds])
-    return pad_training.Crops(x, labels, kinds, [f"person{i % 4}" for i in range(n)])
+    base = np.where(labels == pad_training.REAL, 200, 40)[:, None, None, None, None]
+    x = np.clip(base + rng.integers(-30, 30, (len(kinds), 2, 3, 80, 80)), 0, 255).astype(np.uint8)
+    return pad_training.Crops(x, labels, kinds, [f"person{i % 4}" for i in range(len(kinds))])
 
 
 def test_only_the_heads_learn_and_the_trunks_keep_the_imported_weights(training):
@@ -55,14 +56,12 @@ def test_only_the_heads_learn_and_the_trunks_keep_the_imported_weights(training)
     tuned, history = training.train(pair, data, val, epochs=2, lr=1e-2, pull=0.0, batch=16, seed=0,
                                     learn_from="conv_5")
     assert [row["epoch"] for row in history] == [0, 1, 2]
+    # the classes are learnable, so a trained epoch beats the imported weights and is the one kept
+    assert min(row["balanced_error"] for row in history[1:]) < history[0]["balanced_error"]
     heads = {f"{net}.{name}" for net in ("first", "second") for name in getattr(pair, net).head_parameters("conv_5")}
     after = tuned.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    kept = min(history, key=lambda row: row["balanced_error"])["epoch"]
-    if kept == 0:
-        assert not changed
-    else:
-        assert changed and changed <= heads, sorted(changed - heads)[:3]
+    assert changed and changed <= heads, sorted(changed - heads)[:3]
     # batch norm statistics are buffers, never learned: the imported ones stay everywhere
     assert all(torch.equal(before[k], after[k]) for k in before if "running_" in k)
 
