@@ -59,6 +59,15 @@ def faceid_liveness(args: list[str]) -> dict:
     return result
 
 
+def real_capture_args(photos: Path, count: int) -> list[str]:
+    """``faceid liveness`` arguments for the real captures: ../shared/spoof, and ``count`` photos of live people
+    from ``photos``; whichever of the two is there."""
+    args = [str(SPOOF / "videos"), str(SPOOF / "stills")] if SPOOF.is_dir() else []
+    if photos.is_dir():
+        args += ["--real", str(photos), "--limit", str(count)]
+    return args
+
+
 def sessions_of(result: dict) -> list[pad.Session]:
     return [pad.Session(Path(s["path"]), s["kind"], s["still"], s["frames"], s["scores"], s["error"],
                         s.get("infrared", 0)) for s in result["sessions"]]
@@ -152,9 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         generate(sets, split=args.split, count=args.count, seed=args.seed)
     try:
         sources = {"synthetic": faceid_liveness([str(sets), "--limit", str(args.count)])}
-        real_args = [str(SPOOF / "videos"), str(SPOOF / "stills")] if SPOOF.is_dir() else []
-        if args.real_photos.is_dir():
-            real_args += ["--real", str(args.real_photos), "--limit", str(args.photos)]
+        real_args = real_capture_args(args.real_photos, args.photos)
         if real_args:
             sources["real captures + live photos"] = faceid_liveness(real_args)
     finally:

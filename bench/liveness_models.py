@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from bench._common import DEFAULT_OUT, DEV_LFW, machine, save_json
-from bench.liveness import SPOOF, faceid_liveness
+from bench.liveness import SPOOF, faceid_liveness, real_capture_args
 
 from pam_faceid import source_commit
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not SPOOF.is_dir() or not DEV_LFW.is_dir():
         raise SystemExit(f"liveness models bench: needs {SPOOF} and {DEV_LFW}")
-    real_args = [str(SPOOF / "videos"), str(SPOOF / "stills"), "--real", str(DEV_LFW), "--limit", str(args.photos)]
+    real_args = real_capture_args(DEV_LFW, args.photos)
     results = {}
     for model in [None, *args.models]:
         extra = [] if model is None else ["--model", str(model)]

@@ -1,8 +1,8 @@
 """Turn the benchmarks' JSON results into bench/results.md and the PNG plots, so no figure is typed by hand.
 
 Reads helper_start.json, auth_latency.json, embedder.json, daemon_memory.json,
-retrain.json, same_camera.json and the liveness results from the results folder; a missing one is reported as not
-run. Plots: ROC and score histograms on the dev pairs (one curve per
+retrain.json, same_camera.json and the liveness results from the results folder; a missing
+one is reported as not run. Plots: ROC and score histograms on the dev pairs (one curve per
 backend) and the login latency distribution of the three paths. The README
 links bench/results.md rather than carrying a copy.
 """
@@ -372,8 +372,8 @@ def body(results: dict[str, dict | None], command: str, elapsed: float | None) -
 
 def write(folder: Path, out_dir: Path, command: str, elapsed: float | None = None) -> Path:
     results = {name: _load(folder, name) for name in ("helper_start", "auth_latency", "embedder",
-                                                      "daemon_memory", "retrain", "liveness", "liveness_latency", "liveness_models",
-                                                      "same_camera")}
+                                                      "daemon_memory", "retrain", "liveness", "liveness_latency",
+                                                      "liveness_models", "same_camera")}
     if not any(results.values()):
         raise SystemExit(f"report: no results in {folder}")
     lines = body(results, command, elapsed)

@@ -196,13 +196,14 @@ def train(pair: minifasnet.Pair, data: Crops, val: Crops, *, epochs: int, lr: fl
             optimiser.step()
             total += float(loss.detach())
         errors = frame_errors(pair, val)
-        row: dict[str, Any] = {"epoch": epoch, "loss": round(total / steps, 4), "seconds": round(time.monotonic() - started, 1),
-               "validation": errors, "balanced_error": round(balanced_error(errors), 4)}
-        history.append(row)
-        log.info("epoch %d: loss %.4f, validation balanced error %.4f (%s)", epoch, row["loss"],
-                 row["balanced_error"], ", ".join(f"{k} {e['error']:.3f}" for k, e in errors.items()))
-        if balanced_error(errors) < best[0]:
-            best = (balanced_error(errors), {k: v.clone() for k, v in pair.state_dict().items()}, epoch)
+        error = balanced_error(errors)
+        history.append({"epoch": epoch, "loss": round(total / steps, 4),
+                        "seconds": round(time.monotonic() - started, 1), "validation": errors,
+                        "balanced_error": round(error, 4)})
+        log.info("epoch %d: loss %.4f, validation balanced error %.4f (%s)", epoch, total / steps, error,
+                 ", ".join(f"{k} {e['error']:.3f}" for k, e in errors.items()))
+        if error < best[0]:
+            best = (error, {k: v.clone() for k, v in pair.state_dict().items()}, epoch)
     pair.load_state_dict(best[1])
     log.info("kept epoch %d", best[2])
     return pair.eval(), history
