@@ -63,6 +63,20 @@ def _sorted_entries(folder: Path) -> list[str]:
     return sorted(os.listdir(folder))
 
 
+def _entries_of_kind(folder: Path, names: list[str], wanted: str, skipped: Counter, other: str) -> list[Path]:
+    """The entries of ``folder`` that are a ``wanted`` ("file" or "dir"); the other of the two is counted in
+    ``skipped`` as ``other``, hidden entries and anything else (links, devices...) by what they are."""
+    found = []
+    for name in names:
+        path = folder / name
+        kind = "hidden entry" if name.startswith(".") else entry_kind(path)
+        if kind == wanted:
+            found.append(path)
+        else:
+            skipped[other if kind in ("file", "dir") else kind] += 1
+    return found
+
+
 def scan_dataset(root: Path | str) -> Dataset:
     """List ``root/IDENTITY/FILE`` without reading any image; raise DatasetError when there is nothing in it.
 
@@ -80,41 +94,17 @@ def scan_dataset(root: Path | str) -> Dataset:
         raise DatasetError(f"cannot list dataset folder {show_path(root)}: {exc.strerror}") from None
     identities: dict[str, list[Path]] = {}
     skipped: Counter = Counter()
-    identity_dirs = 0
-    for name in names:
-        path = root / name
-        if name.startswith("."):
-            skipped["hidden entry"] += 1
-            continue
-        kind = entry_kind(path)
-        if kind == "file":
-            skipped["file outside an identity folder"] += 1
-            continue
-        if kind != "dir":
-            skipped[kind] += 1
-            continue
-        identity_dirs += 1
+    folders = _entries_of_kind(root, names, "dir", skipped, other="file outside an identity folder")
+    for path in folders:
         try:
             entries = _sorted_entries(path)
         except OSError as exc:
             skipped[f"unreadable identity folder ({exc.strerror})"] += 1
             continue
-        files = []
-        for entry in entries:
-            file_path = path / entry
-            if entry.startswith("."):
-                skipped["hidden entry"] += 1
-                continue
-            kind = entry_kind(file_path)
-            if kind == "file":
-                files.append(file_path)
-            elif kind == "dir":
-                skipped["nested folder"] += 1
-            else:
-                skipped[kind] += 1
+        files = _entries_of_kind(path, entries, "file", skipped, other="nested folder")
         if files:
-            identities[name] = files
-    if identity_dirs == 0:
+            identities[path.name] = files
+    if not folders:
         raise DatasetError(f"no identity folders in {show_path(root)} (expected DATASET/IDENTITY/IMAGE)")
     return Dataset(root=root, identities=identities, skipped=skipped)
 
