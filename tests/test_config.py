@@ -230,6 +230,9 @@ ERRORS = [
     ("camera:\n  rotate: 45\n", "camera.rotate = 45: must be one of 0, 90, 180, 270"),
     ("model:\n  backend: tensorflow\n", "model.backend = tensorflow: must be one of onnx, torch"),
     ("liveness:\n  mode: false\n", "liveness.mode = false: must be one of off, basic, strict"),
+    # the hand-made cues' keys are gone with them (docs/liveness.md): named, not a crash
+    ("liveness:\n  blink: true\n", "liveness.blink = true: unknown key; did you mean liveness.mode? "
+                                    "(liveness keys: mode)"),
     ("logging:\n  level: verbose\n", "logging.level = verbose: must be one of debug, info, warning, error"),
     ("model:\n  path: models/x\n", "model.path = models/x: must be empty or an absolute path"),
     ("daemon:\n  socket: ''\n", 'daemon.socket = "": must be an absolute path'),
